@@ -1,0 +1,284 @@
+//! The process layer of `dms`: the [`Spawner`] seam between the manager and the OS.
+//!
+//! A PID is never trusted on its own: PIDs are reused (pid_max is often 32768). Every
+//! operation that acts on a process takes a [`ProcIdentity`] (PID, start ticks, boot ID),
+//! and the Linux implementation opens a pidfd, re-verifies that identity through it, and
+//! only then signals through the pidfd. [`Pid`] cannot hold 0, 1 or a negative number, and
+//! the spawner refuses to act on its own PID.
+
+pub use dms_store::Pid;
+
+use async_trait::async_trait;
+use std::ffi::OsString;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// One incarnation of a process: equal only for the same process, never for a later
+/// process that was given the same PID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProcIdentity {
+    /// The PID.
+    pub pid: Pid,
+    /// Start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+    pub start_ticks: u64,
+    /// The boot ID (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
+}
+
+/// What a probe of a PID found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// No process has this PID.
+    Gone,
+    /// A zombie: dead, waiting to be reaped. Counts as dead.
+    Zombie(ProcIdentity),
+    /// A live process.
+    Alive(ProcInfo),
+}
+
+/// What is known of a live process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcInfo {
+    /// Its identity.
+    pub identity: ProcIdentity,
+    /// When it started, on the wall clock, derived from its start ticks and the boot time.
+    pub started_at: SystemTime,
+    /// Its process group.
+    pub pgid: i32,
+    /// Its session.
+    pub sid: i32,
+    /// The executable, when readable.
+    pub exe: Option<PathBuf>,
+    /// The command line, when readable.
+    pub cmdline: Option<Vec<String>>,
+}
+
+/// Resource usage of a live process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// User + system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    /// CPU use over the sampling interval, in percent of one core (can exceed 100).
+    pub cpu_percent: f64,
+    /// Resident set size, in bytes.
+    pub rss_bytes: u64,
+    /// Number of threads.
+    pub threads: u64,
+}
+
+/// The two signals dms sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// SIGTERM: please stop.
+    Term,
+    /// SIGKILL: stop now.
+    Kill,
+}
+
+impl Signal {
+    /// The conventional name: `"SIGTERM"` or `"SIGKILL"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "SIGTERM",
+            Signal::Kill => "SIGKILL",
+        }
+    }
+}
+
+/// What became of a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// Delivered to the process (and to its group, when it leads one).
+    Delivered,
+    /// The process had already exited (or is a zombie): nothing was sent.
+    Gone,
+    /// A process has this PID but it is not the recorded one: nothing was sent.
+    Mismatch,
+}
+
+/// How a process ended, when it is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signaled(i32),
+    /// It is gone, but it was not our child, so the status is unknown.
+    Unknown,
+}
+
+/// The result of waiting for a process to exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// It exited (or was already gone).
+    Exited(ExitStatus),
+    /// It was still running when the timeout passed.
+    TimedOut,
+}
+
+/// The result of [`Spawner::terminate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// Signals sent, in order.
+    pub signals: Vec<Signal>,
+    /// Whether the process is now gone.
+    pub stopped: bool,
+    /// Its exit status, when known.
+    pub status: Option<ExitStatus>,
+    /// Set when the PID belonged to another process: nothing was sent.
+    pub mismatch: bool,
+}
+
+/// How to start a helper.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// The program: a path, or a name looked up in `PATH` of `env`.
+    pub program: OsString,
+    /// Its arguments (without argv\[0\]).
+    pub args: Vec<OsString>,
+    /// The environment, exactly: nothing else is inherited. Values are never logged.
+    pub env: Vec<(OsString, OsString)>,
+    /// The log file; stdout and stderr are appended to it. Created (0644) if missing.
+    pub log: PathBuf,
+    /// The working directory; `/` when `None`.
+    pub cwd: Option<PathBuf>,
+}
+
+/// A helper that has been created but has not yet run its program.
+///
+/// This is the start barrier: the process exists and has a PID (so it can be recorded),
+/// but it does not exec the program until [`StartGate::release`] is called. If the gate
+/// is dropped instead, or dms dies first, the process exits without running the program.
+/// So no crash at any moment leaves a running helper that no record names.
+pub struct Pending {
+    /// The new process.
+    pub identity: ProcIdentity,
+    /// Lets the program run.
+    pub gate: Box<dyn StartGate>,
+}
+
+impl Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The barrier that holds a freshly spawned helper before it runs its program.
+#[async_trait]
+pub trait StartGate: Send + Sync {
+    /// Lets the helper exec its program, and waits until it has. An exec failure (ENOENT,
+    /// EACCES, ...) is an error naming the program, and the process is gone when it
+    /// returns. Dropping the gate instead makes the helper exit without running anything.
+    async fn release(self: Box<Self>) -> Result<(), ProcError>;
+}
+
+/// A process-layer failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcError {
+    /// The program could not be started.
+    #[error("cannot start {program:?}: {source}")]
+    Exec {
+        /// The program.
+        program: OsString,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log file could not be opened.
+    #[error("cannot open log file {}: {source}", path.display())]
+    Log {
+        /// The log path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The caller may not signal or inspect this process.
+    #[error("permission denied on PID {pid}: {what}; run dms as the helper's user or as root")]
+    PermissionDenied {
+        /// The PID.
+        pid: Pid,
+        /// What was attempted.
+        what: String,
+    },
+    /// Refused: the PID is dms's own.
+    #[error("refusing to act on PID {0}: it is dms itself")]
+    SelfPid(Pid),
+    /// Any other OS error.
+    #[error("{op} PID {pid}: {source}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// The PID.
+        pid: Pid,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A scripted failure of the fake spawner.
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+/// The OS seam of the manager: spawn, probe, signal, wait, measure.
+///
+/// Implementations: [`linux::LinuxSpawner`] (the real one) and [`fake::FakeSpawner`] (a
+/// deterministic process table for tests).
+#[async_trait]
+pub trait Spawner: Debug + Send + Sync {
+    /// Creates a detached helper (own session and process group, stdin `/dev/null`,
+    /// output appended to the log) held at the start barrier. See [`Pending`].
+    async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError>;
+
+    /// Looks at whatever process has `pid` now.
+    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError>;
+
+    /// Sends `signal` to `who` (and its process group, when it leads one), only after
+    /// proving that the process with that PID is still that incarnation.
+    async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError>;
+
+    /// Waits until `who` exits, or `timeout` passes (`None`: no limit). Works for
+    /// processes that are not our children. Returns at once if it is already gone.
+    async fn wait_exit(
+        &self,
+        who: &ProcIdentity,
+        timeout: Option<Duration>,
+    ) -> Result<WaitOutcome, ProcError>;
+
+    /// CPU, memory and thread usage of `who`, with CPU percent sampled over `interval`;
+    /// `None` if it is gone or is another process now.
+    async fn usage(&self, who: &ProcIdentity, interval: Duration) -> Result<Option<Usage>, ProcError>;
+
+    /// The current boot ID.
+    fn boot_id(&self) -> &str;
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL and wait for the exit.
+    async fn terminate(&self, who: &ProcIdentity, grace: Duration) -> Result<StopOutcome, ProcError> {
+        let mut out = StopOutcome {
+            signals: Vec::new(),
+            stopped: false,
+            status: None,
+            mismatch: false,
+        };
+        for (signal, wait) in [(Signal::Term, grace), (Signal::Kill, Duration::from_secs(5))] {
+            match self.signal(who, signal).await? {
+                SignalOutcome::Delivered => out.signals.push(signal),
+                SignalOutcome::Gone => {}
+                SignalOutcome::Mismatch => {
+                    out.mismatch = true;
+                    return Ok(out);
+                }
+            }
+            if let WaitOutcome::Exited(status) = self.wait_exit(who, Some(wait)).await? {
+                out.stopped = true;
+                out.status = Some(status);
+                return Ok(out);
+            }
+        }
+        Ok(out)
+    }
+}

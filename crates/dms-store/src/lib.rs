@@ -1,0 +1,98 @@
+//! Durable tracking of helper processes for `dms`.
+//!
+//! Every helper is recorded on disk as a PID file `<run-dir>/s3/<target>.pid` holding the
+//! decimal PID: that file format and path are a contract with other tools and with the
+//! existing deployment. This crate owns that contract:
+//!
+//! - [`TargetId`] and [`Pid`]: validated newtypes, the only way to name a file or a process;
+//! - [`PidStore`]: the storage trait, with its crash contract;
+//! - backends: PID files only, SQLite write-through metadata (which keeps the PID files
+//!   too), and an in-memory backend for tests of the layers above.
+
+mod error;
+mod pid;
+mod record;
+mod target;
+
+pub use error::{Error, Result};
+pub use pid::{pid_max, InvalidPid, Pid, PID_MAX_LIMIT};
+pub use record::{Corrupt, Entry, EntryState, Identity, Lookup, Metadata, Record};
+pub use target::{InvalidTargetId, TargetId, TARGET_ID_MAX_LEN, TARGET_ID_RULE};
+
+use async_trait::async_trait;
+use std::fmt::Debug;
+use std::path::Path;
+
+/// Where helpers are recorded. Implementations must be safe to share between tasks.
+///
+/// # Contract
+///
+/// - **put** replaces the record of a target atomically: a reader (in this or another
+///   process) sees either the old record or the new one, never a mix or a partial file.
+///   When `put` returns `Ok`, the PID file is durable (fsynced, and so is its directory).
+/// - **get** returns [`Lookup::Absent`] when there is no PID file, [`Lookup::Corrupt`] when
+///   something is at the path but it is not a valid PID file, else the record.
+/// - **remove** deletes the entry itself (never what a symlink points to) and reports
+///   whether there was one. Removing an absent entry is not an error.
+/// - **list** returns every entry in the PID directory, corrupt ones included with the
+///   reason; nothing is dropped silently. Order is by target ID.
+/// - The PID file is authoritative for existence: an entry exists exactly when a PID file
+///   (or something at its path) exists. Extra metadata (identity, command line, ...) lives
+///   only in backends that have a database; it is dropped when the PID file disappears
+///   or names another PID.
+///
+/// # Crashes
+///
+/// A crash (of the process or the machine) at any point leaves, for each target, either
+/// the state before the last `put`/`remove` or the state after it; a leftover temporary
+/// file is never mistaken for an entry. Each backend documents the order of its writes.
+#[async_trait]
+pub trait PidStore: Debug + Send + Sync {
+    /// Records `record` for `target`, replacing any previous entry atomically.
+    async fn put(&self, target: &TargetId, record: &Record) -> Result<()>;
+
+    /// Reads the entry of `target`.
+    async fn get(&self, target: &TargetId) -> Result<Lookup>;
+
+    /// Removes the entry of `target`; `Ok(true)` if there was one.
+    async fn remove(&self, target: &TargetId) -> Result<bool>;
+
+    /// Every entry, sorted by name, corrupt ones included.
+    async fn list(&self) -> Result<Vec<Entry>>;
+
+    /// Removes an entry whose file name is not a valid target ID (an
+    /// [`Entry::Stray`]), by that exact file name. Refuses names that are not a single
+    /// path component ending in `.pid`.
+    async fn remove_stray(&self, file_name: &str) -> Result<bool>;
+
+    /// The directory holding the PID files (`<run-dir>/s3`).
+    fn pid_dir(&self) -> &Path;
+
+    /// A short name for the backend: `"pidfile"`, `"sqlite"` or `"memory"`.
+    fn backend_name(&self) -> &'static str;
+}
+
+#[async_trait]
+impl<T: PidStore + ?Sized> PidStore for std::sync::Arc<T> {
+    async fn put(&self, target: &TargetId, record: &Record) -> Result<()> {
+        (**self).put(target, record).await
+    }
+    async fn get(&self, target: &TargetId) -> Result<Lookup> {
+        (**self).get(target).await
+    }
+    async fn remove(&self, target: &TargetId) -> Result<bool> {
+        (**self).remove(target).await
+    }
+    async fn list(&self) -> Result<Vec<Entry>> {
+        (**self).list().await
+    }
+    async fn remove_stray(&self, file_name: &str) -> Result<bool> {
+        (**self).remove_stray(file_name).await
+    }
+    fn pid_dir(&self) -> &Path {
+        (**self).pid_dir()
+    }
+    fn backend_name(&self) -> &'static str {
+        (**self).backend_name()
+    }
+}

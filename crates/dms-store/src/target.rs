@@ -1,0 +1,142 @@
+//! [`TargetId`]: the validated name of a backup target.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The longest target ID accepted, in bytes.
+pub const TARGET_ID_MAX_LEN: usize = 200;
+
+/// The rule a target ID must follow, as printed in error messages.
+pub const TARGET_ID_RULE: &str =
+    "1 to 200 bytes of [A-Za-z0-9._-], not starting with '.'";
+
+/// A validated backup target ID: 1 to 200 bytes of `[A-Za-z0-9._-]`, not starting with `.`.
+///
+/// This is the only way to turn a target into a path: because the alphabet has no `/`
+/// and the ID cannot start with `.`, [`TargetId::pid_file_in`] always names a file
+/// directly inside the given directory (never `.`, `..`, or a hidden file).
+///
+/// ```
+/// use dms_store::TargetId;
+/// let t: TargetId = "target-123".parse().unwrap();
+/// assert_eq!(t.as_str(), "target-123");
+/// assert!("../etc".parse::<TargetId>().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct TargetId(String);
+
+/// Why a string is not a valid [`TargetId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid target ID {shown}: {problem}; a target ID must be {rule}", rule = TARGET_ID_RULE)]
+pub struct InvalidTargetId {
+    /// The offending input, quoted and escaped for display (truncated when long).
+    pub shown: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl TargetId {
+    /// Validates `s` as a target ID.
+    pub fn new(s: &str) -> Result<Self, InvalidTargetId> {
+        let bad = |problem: String| InvalidTargetId {
+            shown: quote(s),
+            problem,
+        };
+        if s.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        if s.len() > TARGET_ID_MAX_LEN {
+            return Err(bad(format!("it is {} bytes long", s.len())));
+        }
+        if s.starts_with('.') {
+            return Err(bad("it starts with '.'".into()));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(bad(format!("it contains {:?}", c)));
+        }
+        Ok(TargetId(s.to_owned()))
+    }
+
+    /// The ID as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `<dir>/<target>.pid`.
+    pub fn pid_file_in(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.pid", self.0))
+    }
+
+    /// `<dir>/<target>.lock`.
+    pub fn lock_file_in(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.lock", self.0))
+    }
+
+    /// `<dir>/<target>.log`.
+    pub fn log_file_in(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.log", self.0))
+    }
+}
+
+fn quote(s: &str) -> String {
+    const SHOW: usize = 64;
+    if s.len() <= SHOW {
+        format!("{s:?}")
+    } else {
+        let mut end = SHOW;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{:?}... ({} bytes)", &s[..end], s.len())
+    }
+}
+
+impl FromStr for TargetId {
+    type Err = InvalidTargetId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TargetId::new(s)
+    }
+}
+
+impl fmt::Display for TargetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TargetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TargetId({:?})", self.0)
+    }
+}
+
+impl AsRef<str> for TargetId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_alphabet() {
+        for ok in ["a", "target-123", "target-prod-001", "A.b_c-D", "x.", &"a".repeat(200)] {
+            assert_eq!(TargetId::new(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for bad in ["", ".", "..", ".hidden", "../x", "a/b", "a b", "a\0b", "é", &"a".repeat(201)] {
+            let err = TargetId::new(bad).unwrap_err();
+            assert!(err.to_string().contains(TARGET_ID_RULE), "{err}");
+        }
+    }
+}
