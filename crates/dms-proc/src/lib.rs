@@ -8,6 +8,12 @@
 
 pub use dms_store::Pid;
 
+pub mod fake;
+
+/// Exit code of a helper whose [`StartGate`] was dropped (or whose spawner died) before
+/// release: it exits with this code without running its program.
+pub const GATE_DROPPED_EXIT_CODE: i32 = 125;
+
 use async_trait::async_trait;
 use std::ffi::OsString;
 use std::fmt::Debug;
@@ -226,7 +232,7 @@ pub enum ProcError {
 
 /// The OS seam of the manager: spawn, probe, signal, wait, measure.
 ///
-/// Implementations: [`linux::LinuxSpawner`] (the real one) and [`fake::FakeSpawner`] (a
+/// Implementations: `linux::LinuxSpawner` (the real one) and [`fake::FakeSpawner`] (a
 /// deterministic process table for tests).
 #[async_trait]
 pub trait Spawner: Debug + Send + Sync {
@@ -251,20 +257,31 @@ pub trait Spawner: Debug + Send + Sync {
 
     /// CPU, memory and thread usage of `who`, with CPU percent sampled over `interval`;
     /// `None` if it is gone or is another process now.
-    async fn usage(&self, who: &ProcIdentity, interval: Duration) -> Result<Option<Usage>, ProcError>;
+    async fn usage(
+        &self,
+        who: &ProcIdentity,
+        interval: Duration,
+    ) -> Result<Option<Usage>, ProcError>;
 
     /// The current boot ID.
     fn boot_id(&self) -> &str;
 
     /// SIGTERM, wait up to `grace`, then SIGKILL and wait for the exit.
-    async fn terminate(&self, who: &ProcIdentity, grace: Duration) -> Result<StopOutcome, ProcError> {
+    async fn terminate(
+        &self,
+        who: &ProcIdentity,
+        grace: Duration,
+    ) -> Result<StopOutcome, ProcError> {
         let mut out = StopOutcome {
             signals: Vec::new(),
             stopped: false,
             status: None,
             mismatch: false,
         };
-        for (signal, wait) in [(Signal::Term, grace), (Signal::Kill, Duration::from_secs(5))] {
+        for (signal, wait) in [
+            (Signal::Term, grace),
+            (Signal::Kill, Duration::from_secs(5)),
+        ] {
             match self.signal(who, signal).await? {
                 SignalOutcome::Delivered => out.signals.push(signal),
                 SignalOutcome::Gone => {}
@@ -280,5 +297,43 @@ pub trait Spawner: Debug + Send + Sync {
             }
         }
         Ok(out)
+    }
+}
+
+/// Forwards to the shared spawner, so a test can keep a handle on its fake.
+#[async_trait]
+impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
+    async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError> {
+        (**self).spawn(spec).await
+    }
+    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
+        (**self).probe(pid).await
+    }
+    async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
+        (**self).signal(who, signal).await
+    }
+    async fn wait_exit(
+        &self,
+        who: &ProcIdentity,
+        timeout: Option<Duration>,
+    ) -> Result<WaitOutcome, ProcError> {
+        (**self).wait_exit(who, timeout).await
+    }
+    async fn usage(
+        &self,
+        who: &ProcIdentity,
+        interval: Duration,
+    ) -> Result<Option<Usage>, ProcError> {
+        (**self).usage(who, interval).await
+    }
+    fn boot_id(&self) -> &str {
+        (**self).boot_id()
+    }
+    async fn terminate(
+        &self,
+        who: &ProcIdentity,
+        grace: Duration,
+    ) -> Result<StopOutcome, ProcError> {
+        (**self).terminate(who, grace).await
     }
 }

@@ -1,0 +1,1030 @@
+//! [`FakeSpawner`]: a deterministic, scriptable process table implementing [`Spawner`].
+//!
+//! It exists so the manager can be driven through thousands of crash and PID-reuse
+//! scenarios without real processes:
+//!
+//! - **PIDs** are handed out from a configurable range and wrap around, skipping PIDs in
+//!   use, so a small range forces reuse quickly ([`FakeConfig`]).
+//! - **Start ticks** come from a fake clock that advances by one per created process (see
+//!   [`FakeSpawner::set_ticks_per_spawn`] and [`FakeSpawner::advance_ticks`]), so a reused
+//!   PID has a different [`ProcIdentity`].
+//! - **Scripts**: [`exit`](FakeSpawner::exit), [`crash`](FakeSpawner::crash),
+//!   [`make_zombie`](FakeSpawner::make_zombie), [`ignore_term`](FakeSpawner::ignore_term),
+//!   [`fail_next_spawn`](FakeSpawner::fail_next_spawn),
+//!   [`deny_probe`](FakeSpawner::deny_probe), [`deny_signal`](FakeSpawner::deny_signal),
+//!   [`spawn_foreign`](FakeSpawner::spawn_foreign) (a process that is not ours, to play the
+//!   unrelated program that inherits a recycled PID).
+//! - **Audit**: every delivered signal is recorded with the identity it reached
+//!   ([`FakeSpawner::signals`]), and [`FakeSpawner::is_ours`] says whether an identity was
+//!   created by [`Spawner::spawn`], so a test can assert that no foreign process was ever
+//!   signalled.
+//! - **Time**: [`Spawner::wait_exit`] is event-driven (a `tokio::sync::watch` channel
+//!   bumped on every change) and its timeout uses `tokio::time`, so under
+//!   `#[tokio::test(start_paused = true)]` grace periods cost no real time.
+//!
+//! The start barrier behaves like the real one: [`Spawner::spawn`] creates a *pending*
+//! process that has a PID but runs nothing; [`StartGate::release`] runs the program (or
+//! fails with [`ProcError::Exec`] and removes the process, if a failure was scripted);
+//! dropping the gate removes the process as if it exited with
+//! [`GATE_DROPPED_EXIT_CODE`] before running anything.
+//!
+//! `FakeSpawner` is cheap to clone (an `Arc` inside): a test keeps one handle to script
+//! and inspect, and gives another to the code under test.
+//!
+//! ```
+//! use dms_proc::fake::{FakeConfig, FakeSpawner};
+//! use dms_proc::{Probe, SpawnSpec, Spawner};
+//! use std::time::Duration;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+//! let fake = FakeSpawner::new(FakeConfig { first_pid: 100, max_pid: 101, boot_id: "boot-a".into() });
+//! let spec = SpawnSpec {
+//!     program: "/usr/bin/helper".into(),
+//!     args: vec![],
+//!     env: vec![],
+//!     log: "/tmp/helper.log".into(),
+//!     cwd: None,
+//! };
+//! let pending = fake.spawn(&spec).await.unwrap();
+//! let helper = pending.identity.clone();
+//! pending.gate.release().await.unwrap();
+//!
+//! fake.ignore_term(helper.pid);
+//! let stop = fake.terminate(&helper, Duration::from_secs(10)).await.unwrap();
+//! assert!(stop.stopped);
+//! assert_eq!(stop.signals.len(), 2); // SIGTERM was ignored, SIGKILL was not
+//!
+//! // The PID range wraps: the next processes reuse PIDs, with new start ticks.
+//! let foreign = fake.spawn_foreign();
+//! let again = fake.spawn_foreign();
+//! assert_eq!(again.pid, helper.pid);
+//! assert_ne!(again, helper);
+//! assert!(matches!(fake.probe(foreign.pid).await.unwrap(), Probe::Alive(_)));
+//! assert!(fake.signals().iter().all(|s| fake.is_ours(&s.identity)));
+//! # });
+//! ```
+
+use crate::{
+    ExitStatus, Pending, Pid, Probe, ProcError, ProcIdentity, ProcInfo, Signal, SignalOutcome,
+    SpawnSpec, Spawner, StartGate, Usage, WaitOutcome, GATE_DROPPED_EXIT_CODE,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// Signal number of SIGTERM, as reported in [`ExitStatus::Signaled`].
+const SIGTERM: i32 = 15;
+/// Signal number of SIGKILL, as reported in [`ExitStatus::Signaled`].
+const SIGKILL: i32 = 9;
+/// Fake clock ticks per second, for [`ProcInfo::started_at`].
+const TICKS_PER_SECOND: u64 = 100;
+/// Start ticks of the first process.
+const FIRST_TICKS: u64 = 1_000;
+
+/// Configuration of a [`FakeSpawner`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeConfig {
+    /// The first PID handed out; at least 2.
+    pub first_pid: i32,
+    /// The last PID handed out before wrapping around to `first_pid`; below the
+    /// kernel's `pid_max` (every fake PID must be a valid [`Pid`]).
+    pub max_pid: i32,
+    /// The boot ID of every process and of [`Spawner::boot_id`].
+    pub boot_id: String,
+}
+
+impl Default for FakeConfig {
+    /// PIDs 1000..=1999, boot ID `"fake-boot"`.
+    fn default() -> Self {
+        FakeConfig {
+            first_pid: 1000,
+            max_pid: 1999,
+            boot_id: "fake-boot".to_owned(),
+        }
+    }
+}
+
+/// How the next [`Spawner::spawn`] fails (see [`FakeSpawner::fail_next_spawn`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnFailure {
+    /// The program does not exist: [`StartGate::release`] fails with
+    /// [`ProcError::Exec`] (`ENOENT`) and the process is gone, like the real spawner.
+    NotFound,
+    /// The program may not be executed: [`StartGate::release`] fails with
+    /// [`ProcError::Exec`] (`EACCES`) and the process is gone.
+    PermissionDenied,
+    /// The log file cannot be opened: [`Spawner::spawn`] itself fails with
+    /// [`ProcError::Log`] (`EACCES`) and no process is created.
+    Log,
+    /// [`Spawner::spawn`] itself fails with [`ProcError::Injected`] carrying this text,
+    /// and no process is created (like a failed fork).
+    Injected(String),
+}
+
+/// A signal that reached a process (see [`FakeSpawner::signals`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalRecord {
+    /// The process that received it, as it really was (not as the caller believed).
+    pub identity: ProcIdentity,
+    /// The signal.
+    pub signal: Signal,
+    /// Whether that process was created by [`Spawner::spawn`] of this fake.
+    pub ours: bool,
+}
+
+/// The state of a process in the fake table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeState {
+    /// Created by [`Spawner::spawn`], held at the start barrier: runs nothing yet.
+    Pending,
+    /// Running its program.
+    Running,
+    /// Dead but not reaped (see [`FakeSpawner::make_zombie`]).
+    Zombie,
+}
+
+/// A snapshot of one process of the fake table (see [`FakeSpawner::processes`]).
+#[derive(Debug, Clone)]
+pub struct FakeProcess {
+    /// Its identity.
+    pub identity: ProcIdentity,
+    /// Its state.
+    pub state: FakeState,
+    /// Whether [`Spawner::spawn`] of this fake created it.
+    pub ours: bool,
+    /// How it was spawned (`None` for a foreign process).
+    pub spec: Option<SpawnSpec>,
+    /// Whether it ignores SIGTERM.
+    pub ignores_term: bool,
+}
+
+#[derive(Debug)]
+struct Proc {
+    identity: ProcIdentity,
+    state: FakeState,
+    ours: bool,
+    spec: Option<SpawnSpec>,
+    ignores_term: bool,
+    deny_probe: bool,
+    deny_signal: bool,
+    usage: Usage,
+    /// Failure to report when the gate is released (scripted at spawn time).
+    exec_failure: Option<io::ErrorKind>,
+}
+
+#[derive(Debug)]
+struct State {
+    next_pid: i32,
+    ticks: u64,
+    ticks_per_spawn: u64,
+    self_pid: Option<Pid>,
+    procs: BTreeMap<i32, Proc>,
+    /// Exit statuses of our processes that have exited (kept forever: tests are short).
+    exited: HashMap<ProcIdentity, ExitStatus>,
+    ours: HashSet<ProcIdentity>,
+    signals: Vec<SignalRecord>,
+    spawn_failures: VecDeque<SpawnFailure>,
+    spawns: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: FakeConfig,
+    state: Mutex<State>,
+    /// Bumped on every change of the table; `wait_exit` waits on it.
+    changed: watch::Sender<u64>,
+    /// Wall-clock time of tick 0 of this fake "boot".
+    boot_time: SystemTime,
+}
+
+/// A deterministic, scriptable process table implementing [`Spawner`]. See the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct FakeSpawner {
+    inner: Arc<Inner>,
+}
+
+impl Default for FakeSpawner {
+    fn default() -> Self {
+        FakeSpawner::new(FakeConfig::default())
+    }
+}
+
+impl FakeSpawner {
+    /// A fake with an empty process table.
+    ///
+    /// # Panics
+    ///
+    /// If `first_pid < 2`, `max_pid < first_pid`, or `max_pid` is not a valid [`Pid`]
+    /// (at or above the kernel's `pid_max`): a test misconfiguration.
+    pub fn new(config: FakeConfig) -> FakeSpawner {
+        assert!(
+            config.first_pid >= 2 && config.max_pid >= config.first_pid,
+            "FakeConfig: need 2 <= first_pid <= max_pid, got {}..={}",
+            config.first_pid,
+            config.max_pid
+        );
+        assert!(
+            Pid::try_from(config.max_pid).is_ok(),
+            "FakeConfig: max_pid {} is not a valid PID (pid_max is {})",
+            config.max_pid,
+            dms_store::pid_max()
+        );
+        let (changed, _) = watch::channel(0);
+        FakeSpawner {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    next_pid: config.first_pid,
+                    ticks: FIRST_TICKS,
+                    ticks_per_spawn: 1,
+                    self_pid: None,
+                    procs: BTreeMap::new(),
+                    exited: HashMap::new(),
+                    ours: HashSet::new(),
+                    signals: Vec::new(),
+                    spawn_failures: VecDeque::new(),
+                    spawns: 0,
+                }),
+                config,
+                changed,
+                boot_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            }),
+        }
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &FakeConfig {
+        &self.inner.config
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the table consistent enough for tests.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.inner.changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Allocates the next free PID (wrapping) and a fresh start tick.
+    fn allocate(&self, st: &mut State) -> Option<ProcIdentity> {
+        let (first, max) = (self.inner.config.first_pid, self.inner.config.max_pid);
+        let span = (max - first + 1) as usize;
+        let mut pid = st.next_pid;
+        for _ in 0..span {
+            let candidate = pid;
+            pid = if pid >= max { first } else { pid + 1 };
+            if !st.procs.contains_key(&candidate) {
+                st.next_pid = pid;
+                return Some(self.identity_at(st, candidate));
+            }
+        }
+        None
+    }
+
+    fn identity_at(&self, st: &mut State, pid: i32) -> ProcIdentity {
+        let start_ticks = st.ticks;
+        st.ticks += st.ticks_per_spawn;
+        ProcIdentity {
+            pid: Pid::try_from(pid).expect("fake PIDs are validated in FakeSpawner::new"),
+            start_ticks,
+            boot_id: self.inner.config.boot_id.clone(),
+        }
+    }
+
+    fn insert(&self, st: &mut State, identity: ProcIdentity, ours: bool, spec: Option<SpawnSpec>) {
+        let state = if ours {
+            FakeState::Pending
+        } else {
+            FakeState::Running
+        };
+        st.procs.insert(
+            identity.pid.get(),
+            Proc {
+                identity,
+                state,
+                ours,
+                spec,
+                ignores_term: false,
+                deny_probe: false,
+                deny_signal: false,
+                usage: Usage {
+                    cpu_seconds: 0.0,
+                    cpu_percent: 0.0,
+                    rss_bytes: 4096 * 256,
+                    threads: 1,
+                },
+                exec_failure: None,
+            },
+        );
+    }
+
+    /// Creates a running process that is *not* ours, at the next free PID of the range
+    /// (wrapping), with fresh start ticks: the unrelated program that inherits a
+    /// recycled PID.
+    ///
+    /// # Panics
+    ///
+    /// If every PID of the range is in use.
+    pub fn spawn_foreign(&self) -> ProcIdentity {
+        let mut st = self.state();
+        let identity = self
+            .allocate(&mut st)
+            .expect("FakeSpawner::spawn_foreign: every PID of the range is in use");
+        self.insert(&mut st, identity.clone(), false, None);
+        drop(st);
+        self.bump();
+        identity
+    }
+
+    /// Creates a running foreign process at exactly `pid`, with fresh start ticks;
+    /// `None` if a process (live, pending or zombie) already has that PID. `pid` need not
+    /// lie in the configured range.
+    pub fn spawn_foreign_at(&self, pid: Pid) -> Option<ProcIdentity> {
+        let mut st = self.state();
+        if st.procs.contains_key(&pid.get()) {
+            return None;
+        }
+        let identity = self.identity_at(&mut st, pid.get());
+        self.insert(&mut st, identity.clone(), false, None);
+        drop(st);
+        self.bump();
+        Some(identity)
+    }
+
+    /// Makes the process with `pid` exit with `code` (it is reaped at once, like a child
+    /// of the real spawner); `false` if no live or pending process has that PID.
+    pub fn exit(&self, pid: Pid, code: i32) -> bool {
+        self.end(pid, ExitStatus::Code(code), false)
+    }
+
+    /// Makes the process with `pid` die of signal `signo` (a crash: 11 for SIGSEGV, 9
+    /// for the OOM killer, ...); `false` if no live or pending process has that PID.
+    pub fn crash(&self, pid: Pid, signo: i32) -> bool {
+        self.end(pid, ExitStatus::Signaled(signo), false)
+    }
+
+    /// Makes the process with `pid` exit with `code` but stay in the table as a zombie
+    /// (unreaped, as happens to orphans when PID 1 does not reap) until
+    /// [`reap`](Self::reap); `false` if no live or pending process has that PID.
+    pub fn make_zombie(&self, pid: Pid, code: i32) -> bool {
+        self.end(pid, ExitStatus::Code(code), true)
+    }
+
+    /// Removes the zombie with `pid`; `false` if there is none.
+    pub fn reap(&self, pid: Pid) -> bool {
+        let mut st = self.state();
+        let is_zombie = st
+            .procs
+            .get(&pid.get())
+            .is_some_and(|p| p.state == FakeState::Zombie);
+        if is_zombie {
+            st.procs.remove(&pid.get());
+            drop(st);
+            self.bump();
+        }
+        is_zombie
+    }
+
+    fn end(&self, pid: Pid, status: ExitStatus, zombie: bool) -> bool {
+        let mut st = self.state();
+        let done = end_locked(&mut st, pid.get(), status, zombie);
+        drop(st);
+        if done {
+            self.bump();
+        }
+        done
+    }
+
+    /// Makes the process with `pid` ignore SIGTERM once its program runs (SIGKILL still
+    /// kills it); `false` if no process has that PID.
+    pub fn ignore_term(&self, pid: Pid) -> bool {
+        self.with_proc(pid, |p| p.ignores_term = true)
+    }
+
+    /// Makes [`Spawner::probe`] and [`Spawner::usage`] of `pid` fail with
+    /// [`ProcError::PermissionDenied`] (a process of another user behind `hidepid`);
+    /// `false` if no process has that PID.
+    pub fn deny_probe(&self, pid: Pid) -> bool {
+        self.with_proc(pid, |p| p.deny_probe = true)
+    }
+
+    /// Makes [`Spawner::signal`] of `pid` fail with [`ProcError::PermissionDenied`] (a
+    /// process of another user); `false` if no process has that PID.
+    pub fn deny_signal(&self, pid: Pid) -> bool {
+        self.with_proc(pid, |p| p.deny_signal = true)
+    }
+
+    /// Sets what [`Spawner::usage`] reports for `pid`; `false` if no process has it.
+    pub fn set_usage(&self, pid: Pid, usage: Usage) -> bool {
+        self.with_proc(pid, |p| p.usage = usage)
+    }
+
+    fn with_proc(&self, pid: Pid, f: impl FnOnce(&mut Proc)) -> bool {
+        let mut st = self.state();
+        match st.procs.get_mut(&pid.get()) {
+            Some(p) => {
+                f(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues a failure for the next [`Spawner::spawn`] (failures queue up in order; each
+    /// spawn consumes one).
+    pub fn fail_next_spawn(&self, failure: SpawnFailure) {
+        self.state().spawn_failures.push_back(failure);
+    }
+
+    /// Advances the fake clock by `ticks`: processes created afterwards start later.
+    pub fn advance_ticks(&self, ticks: u64) {
+        self.state().ticks += ticks;
+    }
+
+    /// How far the fake clock advances per created process (default 1). With 0,
+    /// processes created back to back share start ticks, so a reused PID can get the
+    /// *same* identity: the pathological case identity checks cannot catch.
+    pub fn set_ticks_per_spawn(&self, ticks: u64) {
+        self.state().ticks_per_spawn = ticks;
+    }
+
+    /// Declares `pid` to be dms's own PID: [`Spawner::signal`] refuses it with
+    /// [`ProcError::SelfPid`].
+    pub fn set_self_pid(&self, pid: Pid) {
+        self.state().self_pid = Some(pid);
+    }
+
+    /// Every signal delivered so far, in order, with the identity it reached. Refused
+    /// signals (mismatch, gone, permission denied, self) are not in it.
+    pub fn signals(&self) -> Vec<SignalRecord> {
+        self.state().signals.clone()
+    }
+
+    /// Whether `identity` was created by [`Spawner::spawn`] of this fake (alive or not).
+    pub fn is_ours(&self, identity: &ProcIdentity) -> bool {
+        self.state().ours.contains(identity)
+    }
+
+    /// A snapshot of the process table (pending, running and zombie processes), by PID.
+    pub fn processes(&self) -> Vec<FakeProcess> {
+        self.state()
+            .procs
+            .values()
+            .map(|p| FakeProcess {
+                identity: p.identity.clone(),
+                state: p.state,
+                ours: p.ours,
+                spec: p.spec.clone(),
+                ignores_term: p.ignores_term,
+            })
+            .collect()
+    }
+
+    /// Identities of our processes that are running their program (not pending, not
+    /// zombies), by PID.
+    pub fn running_ours(&self) -> Vec<ProcIdentity> {
+        self.state()
+            .procs
+            .values()
+            .filter(|p| p.ours && p.state == FakeState::Running)
+            .map(|p| p.identity.clone())
+            .collect()
+    }
+
+    /// The exit status of one of our processes that has exited; `None` if it has not
+    /// exited or is not ours.
+    pub fn exit_status(&self, identity: &ProcIdentity) -> Option<ExitStatus> {
+        self.state().exited.get(identity).copied()
+    }
+
+    /// How many times [`Spawner::spawn`] was called (failed calls included).
+    pub fn spawn_count(&self) -> u64 {
+        self.state().spawns
+    }
+
+    /// `Some(status)` once `who` is gone or a zombie; `None` while it lives.
+    fn exited(&self, who: &ProcIdentity) -> Option<ExitStatus> {
+        let st = self.state();
+        let alive = st
+            .procs
+            .get(&who.pid.get())
+            .is_some_and(|p| p.identity == *who && p.state != FakeState::Zombie);
+        (!alive).then(|| st.exited.get(who).copied().unwrap_or(ExitStatus::Unknown))
+    }
+
+    fn started_at(&self, start_ticks: u64) -> SystemTime {
+        self.inner.boot_time
+            + Duration::from_millis(start_ticks.saturating_mul(1000) / TICKS_PER_SECOND)
+    }
+}
+
+/// Ends the process at `pid` (if live or pending); records the status for our processes.
+fn end_locked(st: &mut State, pid: i32, status: ExitStatus, zombie: bool) -> bool {
+    let Some(p) = st.procs.get_mut(&pid) else {
+        return false;
+    };
+    if p.state == FakeState::Zombie {
+        return false;
+    }
+    let identity = p.identity.clone();
+    if p.ours {
+        st.exited.insert(identity, status);
+    }
+    if zombie {
+        p.state = FakeState::Zombie;
+    } else {
+        st.procs.remove(&pid);
+    }
+    true
+}
+
+fn denied(pid: Pid, what: &str) -> ProcError {
+    ProcError::PermissionDenied {
+        pid,
+        what: what.to_owned(),
+    }
+}
+
+#[async_trait]
+impl Spawner for FakeSpawner {
+    async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError> {
+        let mut st = self.state();
+        st.spawns += 1;
+        let failure = st.spawn_failures.pop_front();
+        let exec_failure = match failure {
+            Some(SpawnFailure::Injected(what)) => return Err(ProcError::Injected(what)),
+            Some(SpawnFailure::Log) => {
+                return Err(ProcError::Log {
+                    path: spec.log.clone(),
+                    source: io::Error::from(io::ErrorKind::PermissionDenied),
+                })
+            }
+            Some(SpawnFailure::NotFound) => Some(io::ErrorKind::NotFound),
+            Some(SpawnFailure::PermissionDenied) => Some(io::ErrorKind::PermissionDenied),
+            None => None,
+        };
+        let Some(identity) = self.allocate(&mut st) else {
+            return Err(ProcError::Injected(format!(
+                "no free PID in {}..={} (fork: EAGAIN)",
+                self.inner.config.first_pid, self.inner.config.max_pid
+            )));
+        };
+        self.insert(&mut st, identity.clone(), true, Some(spec.clone()));
+        if let Some(p) = st.procs.get_mut(&identity.pid.get()) {
+            p.exec_failure = exec_failure;
+        }
+        st.ours.insert(identity.clone());
+        drop(st);
+        self.bump();
+        tracing::debug!(
+            pid = %identity.pid,
+            program = ?spec.program,
+            env_keys = ?spec.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            "fake: spawned (held at the start barrier)"
+        );
+        Ok(Pending {
+            identity: identity.clone(),
+            gate: Box::new(FakeGate {
+                fake: self.clone(),
+                identity,
+                program: spec.program.clone(),
+                released: false,
+            }),
+        })
+    }
+
+    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
+        let st = self.state();
+        let Some(p) = st.procs.get(&pid.get()) else {
+            return Ok(Probe::Gone);
+        };
+        if p.deny_probe {
+            return Err(denied(pid, "read /proc/PID/stat"));
+        }
+        Ok(match p.state {
+            FakeState::Zombie => Probe::Zombie(p.identity.clone()),
+            FakeState::Pending | FakeState::Running => {
+                let running = p.state == FakeState::Running;
+                let spec = p.spec.as_ref().filter(|_| running);
+                Probe::Alive(ProcInfo {
+                    identity: p.identity.clone(),
+                    started_at: self.started_at(p.identity.start_ticks),
+                    pgid: pid.get(),
+                    sid: pid.get(),
+                    exe: spec.map(|s| PathBuf::from(&s.program)),
+                    cmdline: spec.map(|s| {
+                        std::iter::once(&s.program)
+                            .chain(&s.args)
+                            .map(|a| a.to_string_lossy().into_owned())
+                            .collect()
+                    }),
+                })
+            }
+        })
+    }
+
+    async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
+        let mut st = self.state();
+        if st.self_pid == Some(who.pid) {
+            return Err(ProcError::SelfPid(who.pid));
+        }
+        let Some(p) = st.procs.get(&who.pid.get()) else {
+            return Ok(SignalOutcome::Gone);
+        };
+        if p.identity != *who {
+            return Ok(SignalOutcome::Mismatch);
+        }
+        if p.state == FakeState::Zombie {
+            return Ok(SignalOutcome::Gone);
+        }
+        if p.deny_signal {
+            return Err(denied(who.pid, signal.name()));
+        }
+        let record = SignalRecord {
+            identity: p.identity.clone(),
+            signal,
+            ours: p.ours,
+        };
+        // A pending process has default dispositions: any signal kills it. A running
+        // one may ignore SIGTERM.
+        let dies = match signal {
+            Signal::Kill => Some(SIGKILL),
+            Signal::Term if p.state == FakeState::Running && p.ignores_term => None,
+            Signal::Term => Some(SIGTERM),
+        };
+        st.signals.push(record);
+        if let Some(signo) = dies {
+            end_locked(&mut st, who.pid.get(), ExitStatus::Signaled(signo), false);
+        }
+        drop(st);
+        self.bump();
+        Ok(SignalOutcome::Delivered)
+    }
+
+    async fn wait_exit(
+        &self,
+        who: &ProcIdentity,
+        timeout: Option<Duration>,
+    ) -> Result<WaitOutcome, ProcError> {
+        let mut rx = self.inner.changed.subscribe();
+        let wait = async {
+            loop {
+                // Mark the current version seen *before* looking, so no change is lost.
+                rx.borrow_and_update();
+                if let Some(status) = self.exited(who) {
+                    return WaitOutcome::Exited(status);
+                }
+                if rx.changed().await.is_err() {
+                    // The sender lives in `self.inner`, which we hold: cannot happen.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        Ok(match timeout {
+            None => wait.await,
+            Some(limit) => tokio::time::timeout(limit, wait)
+                .await
+                .unwrap_or(WaitOutcome::TimedOut),
+        })
+    }
+
+    async fn usage(
+        &self,
+        who: &ProcIdentity,
+        interval: Duration,
+    ) -> Result<Option<Usage>, ProcError> {
+        let check = |st: &State| -> Result<Option<Usage>, ProcError> {
+            match st.procs.get(&who.pid.get()) {
+                Some(p) if p.identity == *who && p.state != FakeState::Zombie => {
+                    if p.deny_probe {
+                        Err(denied(who.pid, "read /proc/PID/stat"))
+                    } else {
+                        Ok(Some(p.usage.clone()))
+                    }
+                }
+                _ => Ok(None),
+            }
+        };
+        if check(&self.state())?.is_none() {
+            return Ok(None);
+        }
+        tokio::time::sleep(interval).await;
+        check(&self.state())
+    }
+
+    fn boot_id(&self) -> &str {
+        &self.inner.config.boot_id
+    }
+}
+
+/// The fake start barrier.
+struct FakeGate {
+    fake: FakeSpawner,
+    identity: ProcIdentity,
+    program: OsString,
+    released: bool,
+}
+
+#[async_trait]
+impl StartGate for FakeGate {
+    async fn release(mut self: Box<Self>) -> Result<(), ProcError> {
+        self.released = true;
+        let mut st = self.fake.state();
+        let pid = self.identity.pid.get();
+        let proc = st
+            .procs
+            .get_mut(&pid)
+            .filter(|p| p.identity == self.identity && p.state == FakeState::Pending);
+        let Some(p) = proc else {
+            // Killed (or exited) while held at the barrier: the program never ran.
+            return Err(ProcError::Exec {
+                program: self.program.clone(),
+                source: io::Error::other(format!(
+                    "the helper (PID {pid}) died at the start barrier before its program ran"
+                )),
+            });
+        };
+        if let Some(kind) = p.exec_failure {
+            end_locked(&mut st, pid, ExitStatus::Code(127), false);
+            drop(st);
+            self.fake.bump();
+            return Err(ProcError::Exec {
+                program: self.program.clone(),
+                source: io::Error::from(kind),
+            });
+        }
+        p.state = FakeState::Running;
+        drop(st);
+        self.fake.bump();
+        Ok(())
+    }
+}
+
+impl Drop for FakeGate {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let mut st = self.fake.state();
+        let pending = st
+            .procs
+            .get(&self.identity.pid.get())
+            .is_some_and(|p| p.identity == self.identity && p.state == FakeState::Pending);
+        if pending {
+            end_locked(
+                &mut st,
+                self.identity.pid.get(),
+                ExitStatus::Code(GATE_DROPPED_EXIT_CODE),
+                false,
+            );
+            drop(st);
+            self.fake.bump();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SpawnSpec {
+        SpawnSpec {
+            program: "/usr/bin/helper".into(),
+            args: vec!["--flag".into()],
+            env: vec![("SECRET".into(), "value".into())],
+            log: "/tmp/fake.log".into(),
+            cwd: None,
+        }
+    }
+
+    fn small() -> FakeSpawner {
+        FakeSpawner::new(FakeConfig {
+            first_pid: 100,
+            max_pid: 102,
+            boot_id: "boot-a".into(),
+        })
+    }
+
+    async fn start(fake: &FakeSpawner) -> ProcIdentity {
+        let pending = fake.spawn(&spec()).await.unwrap();
+        let id = pending.identity.clone();
+        pending.gate.release().await.unwrap();
+        id
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pids_wrap_around_and_reuse_gets_new_identity() {
+        let fake = small();
+        let a = start(&fake).await;
+        let b = start(&fake).await;
+        let c = start(&fake).await;
+        assert_eq!(
+            [a.pid.get(), b.pid.get(), c.pid.get()],
+            [100, 101, 102],
+            "allocated in order"
+        );
+        // Table full: spawning fails, nothing is created.
+        assert!(matches!(
+            fake.spawn(&spec()).await,
+            Err(ProcError::Injected(_))
+        ));
+        assert!(fake.exit(b.pid, 0));
+        // The next allocation wraps and lands on the only free PID, with new ticks.
+        let foreign = fake.spawn_foreign();
+        assert_eq!(foreign.pid, b.pid);
+        assert_ne!(foreign, b);
+        assert!(foreign.start_ticks > b.start_ticks);
+        assert!(!fake.is_ours(&foreign));
+        assert!(fake.is_ours(&b));
+        // Signalling the old identity is refused and nothing is recorded.
+        assert_eq!(
+            fake.signal(&b, Signal::Kill).await.unwrap(),
+            SignalOutcome::Mismatch
+        );
+        assert!(fake.signals().is_empty());
+        assert!(
+            matches!(fake.probe(b.pid).await.unwrap(), Probe::Alive(i) if i.identity == foreign)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_gate_means_the_program_never_ran() {
+        let fake = small();
+        let pending = fake.spawn(&spec()).await.unwrap();
+        let id = pending.identity.clone();
+        assert!(
+            matches!(fake.probe(id.pid).await.unwrap(), Probe::Alive(ref i) if i.exe.is_none())
+        );
+        drop(pending);
+        assert_eq!(fake.probe(id.pid).await.unwrap(), Probe::Gone);
+        assert!(fake.running_ours().is_empty());
+        assert_eq!(
+            fake.wait_exit(&id, Some(Duration::ZERO)).await.unwrap(),
+            WaitOutcome::Exited(ExitStatus::Code(GATE_DROPPED_EXIT_CODE))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scripted_exec_failures_surface_at_release_and_leave_nothing() {
+        let fake = small();
+        for (failure, kind) in [
+            (SpawnFailure::NotFound, io::ErrorKind::NotFound),
+            (
+                SpawnFailure::PermissionDenied,
+                io::ErrorKind::PermissionDenied,
+            ),
+        ] {
+            fake.fail_next_spawn(failure);
+            let pending = fake.spawn(&spec()).await.unwrap();
+            let id = pending.identity.clone();
+            match pending.gate.release().await {
+                Err(ProcError::Exec { program, source }) => {
+                    assert_eq!(program, OsString::from("/usr/bin/helper"));
+                    assert_eq!(source.kind(), kind);
+                }
+                other => panic!("expected an exec error, got {other:?}"),
+            }
+            assert_eq!(fake.probe(id.pid).await.unwrap(), Probe::Gone);
+        }
+        fake.fail_next_spawn(SpawnFailure::Injected("fork".into()));
+        assert!(matches!(
+            fake.spawn(&spec()).await,
+            Err(ProcError::Injected(_))
+        ));
+        fake.fail_next_spawn(SpawnFailure::Log);
+        assert!(matches!(
+            fake.spawn(&spec()).await,
+            Err(ProcError::Log { .. })
+        ));
+        assert!(fake.processes().is_empty());
+        assert_eq!(fake.spawn_count(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn term_ignoring_helper_is_killed_after_grace_in_paused_time() {
+        let fake = small();
+        let id = start(&fake).await;
+        fake.ignore_term(id.pid);
+        let t0 = tokio::time::Instant::now();
+        let out = fake.terminate(&id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(out.signals, vec![Signal::Term, Signal::Kill]);
+        assert!(out.stopped);
+        assert_eq!(out.status, Some(ExitStatus::Signaled(SIGKILL)));
+        // The grace period passed on the (paused, auto-advancing) tokio clock.
+        assert!(t0.elapsed() >= Duration::from_secs(30));
+        let recs = fake.signals();
+        assert_eq!(recs.len(), 2);
+        assert!(recs.iter().all(|r| r.ours && r.identity == id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_exit_wakes_on_exit_without_polling() {
+        let fake = small();
+        let id = start(&fake).await;
+        let waiter = {
+            let fake = fake.clone();
+            let id = id.clone();
+            tokio::spawn(async move { fake.wait_exit(&id, None).await.unwrap() })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        fake.exit(id.pid, 3);
+        assert_eq!(
+            waiter.await.unwrap(),
+            WaitOutcome::Exited(ExitStatus::Code(3))
+        );
+        let other = start(&fake).await;
+        assert_eq!(
+            fake.wait_exit(&other, Some(Duration::from_secs(5)))
+                .await
+                .unwrap(),
+            WaitOutcome::TimedOut
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zombies_count_as_dead_and_permission_errors_are_not_death() {
+        let fake = small();
+        let id = start(&fake).await;
+        fake.make_zombie(id.pid, 0);
+        assert_eq!(fake.probe(id.pid).await.unwrap(), Probe::Zombie(id.clone()));
+        assert_eq!(
+            fake.signal(&id, Signal::Term).await.unwrap(),
+            SignalOutcome::Gone
+        );
+        assert_eq!(
+            fake.wait_exit(&id, Some(Duration::ZERO)).await.unwrap(),
+            WaitOutcome::Exited(ExitStatus::Code(0))
+        );
+        assert!(fake
+            .usage(&id, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none());
+        // The zombie holds its PID until reaped.
+        assert!(fake.spawn_foreign_at(id.pid).is_none());
+        assert!(fake.reap(id.pid));
+        assert!(fake.spawn_foreign_at(id.pid).is_some());
+
+        let other = start(&fake).await;
+        fake.deny_probe(other.pid);
+        fake.deny_signal(other.pid);
+        assert!(matches!(
+            fake.probe(other.pid).await,
+            Err(ProcError::PermissionDenied { .. })
+        ));
+        assert!(matches!(
+            fake.signal(&other, Signal::Term).await,
+            Err(ProcError::PermissionDenied { .. })
+        ));
+        fake.set_self_pid(other.pid);
+        assert!(matches!(
+            fake.signal(&other, Signal::Term).await,
+            Err(ProcError::SelfPid(_))
+        ));
+        assert!(fake.signals().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_samples_over_the_interval() {
+        let fake = small();
+        let id = start(&fake).await;
+        let want = Usage {
+            cpu_seconds: 2.5,
+            cpu_percent: 75.0,
+            rss_bytes: 1 << 20,
+            threads: 4,
+        };
+        fake.set_usage(id.pid, want.clone());
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            fake.usage(&id, Duration::from_secs(1)).await.unwrap(),
+            Some(want)
+        );
+        assert!(t0.elapsed() >= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn same_ticks_config_models_the_pathological_case() {
+        let fake = FakeSpawner::new(FakeConfig {
+            first_pid: 100,
+            max_pid: 100,
+            boot_id: "b".into(),
+        });
+        fake.set_ticks_per_spawn(0);
+        let a = fake.spawn_foreign();
+        fake.exit(a.pid, 0);
+        let b = fake.spawn_foreign();
+        assert_eq!(a, b, "same PID, same ticks, same boot: indistinguishable");
+        fake.advance_ticks(5);
+        fake.exit(b.pid, 0);
+        let c = fake.spawn_foreign();
+        assert_eq!(c.start_ticks, b.start_ticks + 5);
+    }
+}
