@@ -7,14 +7,30 @@
 //! - [`TargetId`] and [`Pid`]: validated newtypes, the only way to name a file or a process;
 //! - [`PidStore`]: the storage trait, with its crash contract;
 //! - backends: PID files only, SQLite write-through metadata (which keeps the PID files
-//!   too), and an in-memory backend for tests of the layers above.
+//!   too), and an in-memory backend ([`MemoryStore`]) for tests of the layers above.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use dms_store::{Entry, MemoryStore, Pid, PidStore, Record, TargetId};
+//! let store: Box<dyn PidStore> = Box::new(MemoryStore::new("/run/dms/s3".into()));
+//! let target: TargetId = "target-123".parse()?;
+//! store.put(&target, &Record::bare(Pid::new(12345)?)).await?;
+//! let entries = store.list().await?;
+//! assert!(matches!(&entries[..], [Entry::Target { target: t, .. }] if t == &target));
+//! assert!(store.remove(&target).await?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
 mod error;
+mod memory;
+mod names;
 mod pid;
 mod record;
 mod target;
 
 pub use error::{Error, Result};
+pub use memory::{MemoryStore, StoreOp};
 pub use pid::{pid_max, InvalidPid, Pid, PID_MAX_LIMIT};
 pub use record::{Corrupt, Entry, EntryState, Identity, Lookup, Metadata, Record};
 pub use target::{InvalidTargetId, TargetId, TARGET_ID_MAX_LEN, TARGET_ID_RULE};

@@ -166,12 +166,28 @@ mod tests {
     #[test]
     fn refuses_dangerous_values() {
         let cases: &[&[u8]] = &[
-            b"", b"\n", b"0", b"1", b"-1", b"+5", b"4294967295", b"99999999999", b"abc",
-            b"12 34", b"1\x002", b"0x10", b"-", b"\xff\xfe",
+            b"",
+            b"\n",
+            b"0",
+            b"1",
+            b"-1",
+            b"+5",
+            b"4294967295",
+            b"99999999999",
+            b"abc",
+            b"12 34",
+            b"1\x002",
+            b"0x10",
+            b"-",
+            b"\xff\xfe",
             b"99999999999999999999999999999999999",
         ];
         for c in cases {
-            assert!(Pid::parse(c).is_err(), "{:?} accepted", String::from_utf8_lossy(c));
+            assert!(
+                Pid::parse(c).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(c)
+            );
         }
         assert_eq!(Pid::parse(b"-1"), Err(InvalidPid::Negative(-1)));
         assert_eq!(Pid::parse(b"1"), Err(InvalidPid::Reserved(1)));

@@ -8,8 +8,7 @@ use std::str::FromStr;
 pub const TARGET_ID_MAX_LEN: usize = 200;
 
 /// The rule a target ID must follow, as printed in error messages.
-pub const TARGET_ID_RULE: &str =
-    "1 to 200 bytes of [A-Za-z0-9._-], not starting with '.'";
+pub const TARGET_ID_RULE: &str = "1 to 200 bytes of [A-Za-z0-9._-], not starting with '.'";
 
 /// A validated backup target ID: 1 to 200 bytes of `[A-Za-z0-9._-]`, not starting with `.`.
 ///
@@ -127,14 +126,32 @@ mod tests {
 
     #[test]
     fn accepts_the_alphabet() {
-        for ok in ["a", "target-123", "target-prod-001", "A.b_c-D", "x.", &"a".repeat(200)] {
+        for ok in [
+            "a",
+            "target-123",
+            "target-prod-001",
+            "A.b_c-D",
+            "x.",
+            &"a".repeat(200),
+        ] {
             assert_eq!(TargetId::new(ok).unwrap().as_str(), ok);
         }
     }
 
     #[test]
     fn refuses_everything_else() {
-        for bad in ["", ".", "..", ".hidden", "../x", "a/b", "a b", "a\0b", "é", &"a".repeat(201)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "../x",
+            "a/b",
+            "a b",
+            "a\0b",
+            "é",
+            &"a".repeat(201),
+        ] {
             let err = TargetId::new(bad).unwrap_err();
             assert!(err.to_string().contains(TARGET_ID_RULE), "{err}");
         }
