@@ -1,9 +1,10 @@
 //! Errors of the store.
 
-use std::path::PathBuf;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
 /// A store operation failed. Every variant names the path involved and, where it can,
-/// what to do about it.
+/// what to do about it. No variant ever carries an environment value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -32,7 +33,78 @@ pub enum Error {
     /// A request the store refuses (e.g. a stray name with a `/`).
     #[error("{0}")]
     Invalid(String),
+    /// The blocking task doing the I/O was cancelled, which happens only while the async
+    /// runtime shuts down; the operation may or may not have taken effect.
+    #[error("{op} was cancelled because the async runtime is shutting down; retry it")]
+    Cancelled {
+        /// The operation ("put", "list", ...).
+        op: &'static str,
+    },
 }
 
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether an operation needed to read or to change a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
+}
+
+impl Error {
+    /// An [`Error::Io`] on `path` with a hint derived from the OS error: for permission
+    /// errors it names the effective user who needs `access` to `dir`.
+    pub(crate) fn io(
+        op: &'static str,
+        path: &Path,
+        source: std::io::Error,
+        dir: &Path,
+        access: Access,
+    ) -> Error {
+        let hint = hint_for(&source, dir, access);
+        Error::Io {
+            op,
+            path: path.to_owned(),
+            source,
+            hint,
+        }
+    }
+}
+
+fn hint_for(source: &std::io::Error, dir: &Path, access: Access) -> Option<String> {
+    let what = match access {
+        Access::Read => "read",
+        Access::Write => "write",
+    };
+    match source.kind() {
+        ErrorKind::PermissionDenied => Some(format!(
+            "{} needs {what} access to {}; fix the owner or mode of that directory \
+             (e.g. the tmpfiles.d entry `d /run/dms 0755 USER GROUP -`) or run dms as its owner",
+            effective_user(),
+            dir.display()
+        )),
+        ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "{} is on a read-only file system; choose a writable run directory with --run-dir",
+            dir.display()
+        )),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some(format!(
+            "the file system holding {} is full; free some space and retry",
+            dir.display()
+        )),
+        ErrorKind::NotADirectory => Some(format!(
+            "a component of {} is not a directory; move it aside or choose another --run-dir",
+            dir.display()
+        )),
+        _ => None,
+    }
+}
+
+/// `user NAME (uid N)` for the effective user, or `uid N` when it has no name.
+pub(crate) fn effective_user() -> String {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("user {} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}

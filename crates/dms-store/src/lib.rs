@@ -22,16 +22,20 @@
 //! # }).unwrap();
 //! ```
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod error;
 mod memory;
 mod names;
 mod pid;
+mod pidfile;
 mod record;
 mod target;
 
 pub use error::{Error, Result};
 pub use memory::{MemoryStore, StoreOp};
 pub use pid::{pid_max, InvalidPid, Pid, PID_MAX_LIMIT};
+pub use pidfile::{PidFileStore, DIR_MODE, MAX_PID_FILE_LEN, PID_FILE_MODE, PID_SUBDIR};
 pub use record::{Corrupt, Entry, EntryState, Identity, Lookup, Metadata, Record};
 pub use target::{InvalidTargetId, TargetId, TARGET_ID_MAX_LEN, TARGET_ID_RULE};
 
@@ -51,7 +55,10 @@ use std::path::Path;
 /// - **remove** deletes the entry itself (never what a symlink points to) and reports
 ///   whether there was one. Removing an absent entry is not an error.
 /// - **list** returns every entry in the PID directory, corrupt ones included with the
-///   reason; nothing is dropped silently. Order is by target ID.
+///   reason, and `*.pid` names that are not valid target IDs as [`Entry::Stray`]; nothing
+///   is dropped silently. Files not ending in `.pid` (lock files, temporary files of an
+///   atomic write) are not entries. Order is by name without `.pid` (for targets: by
+///   target ID).
 /// - The PID file is authoritative for existence: an entry exists exactly when a PID file
 ///   (or something at its path) exists. Extra metadata (identity, command line, ...) lives
 ///   only in backends that have a database; it is dropped when the PID file disappears
