@@ -5,10 +5,47 @@
 //! and the Linux implementation opens a pidfd, re-verifies that identity through it, and
 //! only then signals through the pidfd. [`Pid`] cannot hold 0, 1 or a negative number, and
 //! the spawner refuses to act on its own PID.
+//!
+//! - [`linux::LinuxSpawner`]: the real implementation (fork + start barrier + execve,
+//!   pidfds, `/proc`); its module docs describe the design.
+//! - [`fake::FakeSpawner`]: a deterministic, scriptable process table for tests of the
+//!   layers above (PID reuse, crashes, zombies, permission errors, paused tokio time).
+//!
+//! The start barrier: [`Spawner::spawn`] returns a [`Pending`] helper that has a PID but
+//! runs nothing until [`StartGate::release`]; record it durably in between.
+//!
+//! ```
+//! use dms_proc::fake::FakeSpawner;
+//! use dms_proc::{SignalOutcome, Signal, SpawnSpec, Spawner};
+//! use std::time::Duration;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+//! let spawner = FakeSpawner::default(); // or dms_proc::linux::LinuxSpawner::new()?
+//! let spec = SpawnSpec {
+//!     program: "/usr/bin/s3vaultfuse.py".into(),
+//!     args: vec![],
+//!     env: vec![("vault_s3_bucket".into(), "backups".into())],
+//!     log: "/var/log/dms/target-a.log".into(),
+//!     cwd: None,
+//! };
+//! let pending = spawner.spawn(&spec).await?;
+//! let helper = pending.identity.clone(); // PID, start ticks, boot ID
+//! // ... write the PID file for `helper` here ...
+//! pending.gate.release().await?;
+//!
+//! // Later, possibly after a restart: an identity that no longer matches is refused.
+//! let stale = dms_proc::ProcIdentity { start_ticks: helper.start_ticks + 1, ..helper.clone() };
+//! assert_eq!(spawner.signal(&stale, Signal::Term).await?, SignalOutcome::Mismatch);
+//! let stop = spawner.terminate(&helper, Duration::from_secs(10)).await?;
+//! assert!(stop.stopped);
+//! # Ok::<(), dms_proc::ProcError>(())
+//! # }).unwrap();
+//! ```
 
 pub use dms_store::Pid;
 
 pub mod fake;
+pub mod linux;
 
 /// Exit code of a helper whose [`StartGate`] was dropped (or whose spawner died) before
 /// release: it exits with this code without running its program.
@@ -225,6 +262,15 @@ pub enum ProcError {
         #[source]
         source: std::io::Error,
     },
+    /// A file under `/proc` could not be read.
+    #[error("cannot read {}: {source}; is /proc mounted?", path.display())]
+    ProcFs {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A scripted failure of the fake spawner.
     #[error("injected failure: {0}")]
     Injected(String),
@@ -232,7 +278,7 @@ pub enum ProcError {
 
 /// The OS seam of the manager: spawn, probe, signal, wait, measure.
 ///
-/// Implementations: `linux::LinuxSpawner` (the real one) and [`fake::FakeSpawner`] (a
+/// Implementations: [`linux::LinuxSpawner`] (the real one) and [`fake::FakeSpawner`] (a
 /// deterministic process table for tests).
 #[async_trait]
 pub trait Spawner: Debug + Send + Sync {

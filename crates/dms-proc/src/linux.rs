@@ -1,0 +1,1093 @@
+//! [`LinuxSpawner`]: the real [`Spawner`], built on fork/execve, pidfds and `/proc`.
+//!
+//! # Spawning with a crash-atomic start barrier
+//!
+//! `std::process::Command::spawn` cannot be used: it blocks until the child has exec'd
+//! (it reads an internal close-on-exec error pipe), so a `pre_exec` hook that waits for
+//! the caller's confirmation would deadlock the caller. Instead [`Spawner::spawn`] forks
+//! by hand:
+//!
+//! 1. **Before the fork**, in the parent, everything the child needs is prepared, so the
+//!    child never allocates: the program path (a name without `/` is looked up in the
+//!    `PATH` *of the given environment*, else `/usr/local/bin:/usr/bin:/bin`; not found is
+//!    an [`ProcError::Exec`] at once and no process is created), `argv` (`argv[0]` is the
+//!    program as given) and `envp` as C string arrays, the working directory, the log
+//!    file (opened `O_APPEND|O_CREAT`, mode 0644) and `/dev/null`, a *gate* socket pair
+//!    and an *error* pipe, all close-on-exec and all moved to descriptors >= 5.
+//! 2. **In the child** (only async-signal-safe calls): reset the signal mask and every
+//!    disposition to default; `setsid()` (own session and process group, so it survives
+//!    dms and a terminal hang-up); `dup2` `/dev/null` to 0, the log to 1 and 2, the gate
+//!    end to 3 and the error pipe to 4 (close-on-exec); close every other descriptor
+//!    (`close_range(5, ~0)`, or a loop up to `RLIMIT_NOFILE`), so nothing of dms leaks into
+//!    the helper and no other pending child holds a copy of *our* gate; `chdir`. Then it
+//!    **blocks in `read()` on the gate**: one byte means "you are recorded, run"; end of
+//!    file (the gate was dropped, or dms died and the kernel closed its end) means `_exit`
+//!    with [`GATE_DROPPED_EXIT_CODE`] without running anything. After the byte it closes
+//!    the gate and `execve`s with exactly the given environment. If `chdir` or `execve`
+//!    fails it writes the stage and `errno` to the error pipe and `_exit(127)`s.
+//! 3. **[`StartGate::release`]** sends the byte (`MSG_NOSIGNAL`: a dead child is an error,
+//!    not a `SIGPIPE`), then reads the error pipe: end of file with no data means the
+//!    `execve` succeeded (the close-on-exec end vanished); data means it failed: the child
+//!    is reaped and the error names the program. A child that died before the byte was
+//!    sent (killed while pending) is reported as an exec error as well.
+//!
+//! So a crash of dms at any moment either leaves a pending child, which sees end of file
+//! on the gate and exits without running the program, or a helper that was released,
+//! which the caller only does after recording it. One residual, documented gap: between
+//! the fork and the `close_range` in another pending child (microseconds, no blocking),
+//! or until another thread's `Command` child execs, a copy of a gate end can exist in a
+//! second process; the gate still closes as soon as that copy does.
+//!
+//! # Reaping
+//!
+//! Each spawned child gets a tokio task that waits for its pidfd to become readable
+//! (the child exited) and reaps it with `waitid(P_PIDFD, WEXITED)`, storing the status
+//! for [`Spawner::wait_exit`]. So children never linger as zombies while the runtime
+//! runs. (If the pidfd cannot be polled, the task falls back to a blocking `waitpid` on
+//! the blocking pool.) Statuses are kept per PID and replaced when the PID is reused by
+//! another child, so memory stays bounded by `pid_max`. Nothing in this crate calls
+//! `waitpid(-1)`; a caller that does would steal these statuses.
+//!
+//! # Probing
+//!
+//! [`Spawner::probe`] reads `/proc/PID/stat` through the `procfs` crate: the state (a
+//! zombie is [`Probe::Zombie`], i.e. dead), the start time in clock ticks since boot
+//! (field 22), the process group and session; the boot ID comes from
+//! `/proc/sys/kernel/random/boot_id`, read once. `exe` and `cmdline` are best effort.
+//! `started_at` is derived from the start ticks and the current offset between
+//! `CLOCK_REALTIME` and `CLOCK_BOOTTIME` (the clock the kernel uses for field 22), not
+//! from the whole seconds of `btime`; it is informational, identities compare raw ticks.
+//! `EACCES`/`EPERM` are errors ([`ProcError::PermissionDenied`]), never "dead".
+//!
+//! # Signalling
+//!
+//! [`Spawner::signal`] refuses dms's own PID ([`ProcError::SelfPid`]); [`Pid`] already
+//! cannot hold 0, 1 or a negative number. Then:
+//!
+//! 1. open a pidfd for the PID (`ESRCH`: [`SignalOutcome::Gone`]);
+//! 2. re-read `/proc/PID/stat` and compare start ticks and boot ID with the recorded
+//!    identity ([`SignalOutcome::Mismatch`], nothing sent) and check it is not a zombie
+//!    ([`SignalOutcome::Gone`]);
+//! 3. signal through the pidfd.
+//!
+//! This order makes PID reuse harmless: if the process the pidfd refers to is not the
+//! one verified in step 2, it must have died before the verified one got its PID, so the
+//! signal fails with `ESRCH` instead of reaching anyone else.
+//!
+//! When the process leads its process group (pgid == pid, which holds for every helper
+//! this spawner starts), the whole group is signalled with
+//! `pidfd_send_signal(PIDFD_SIGNAL_PROCESS_GROUP)` (Linux >= 6.9): the group is named by
+//! the pidfd's `struct pid`, not by a number, so it cannot be a recycled group, and each
+//! member gets the signal once. On older kernels (`EINVAL`) it falls back to signalling
+//! the leader through the pidfd and then `kill(-pgid)` while holding the verified pidfd.
+//! Residual race of that fallback, stated honestly: if the leader and every member of its
+//! group exit between the verification and the `kill`, and the PID is reused by a new
+//! process that makes itself a group leader, all within those microseconds, the `kill`
+//! reaches that group; the leader also receives the signal twice. A zombie leader is
+//! treated as gone: members of its group that outlived it are not signalled.
+//!
+//! [`Spawner::terminate`] escalates SIGTERM to SIGKILL after the grace period.
+//!
+//! # Waiting and usage
+//!
+//! [`Spawner::wait_exit`] awaits the reaper for our children (so it knows the exit
+//! status) and otherwise polls a verified pidfd for readability with
+//! `tokio::io::unix::AsyncFd` under `tokio::time::timeout`: no sleep loops, and it works
+//! for processes that are not our children (status [`ExitStatus::Unknown`]). A zombie is
+//! exited. [`Spawner::usage`] reads `utime + stime`, `rss` (pages, times the page size)
+//! and `num_threads` twice, `interval` apart, each time re-verifying the identity.
+//!
+//! # Logging
+//!
+//! Spawns are logged with `tracing` at info level with the program, the number of
+//! arguments and the environment *keys*; environment values never reach a log.
+//!
+//! ```no_run
+//! use dms_proc::linux::LinuxSpawner;
+//! use dms_proc::{SpawnSpec, Spawner};
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> Result<(), dms_proc::ProcError> {
+//! let spawner = LinuxSpawner::new()?;
+//! let pending = spawner
+//!     .spawn(&SpawnSpec {
+//!         program: "sleep".into(),
+//!         args: vec!["60".into()],
+//!         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+//!         log: "/tmp/helper.log".into(),
+//!         cwd: None,
+//!     })
+//!     .await?;
+//! let helper = pending.identity.clone();
+//! // ... record `helper` durably here, then:
+//! pending.gate.release().await?;
+//! let stop = spawner.terminate(&helper, Duration::from_secs(10)).await?;
+//! assert!(stop.stopped);
+//! # Ok(()) }
+//! ```
+
+use crate::{
+    ExitStatus, Pending, Pid, Probe, ProcError, ProcIdentity, ProcInfo, Signal, SignalOutcome,
+    SpawnSpec, Spawner, StartGate, Usage, WaitOutcome, GATE_DROPPED_EXIT_CODE,
+};
+use async_trait::async_trait;
+use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::io::Errno;
+use rustix::process::{PidfdFlags, WaitId, WaitIdOptions};
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::unix::{AsyncFd, AsyncFdRegisterError};
+use tokio::io::Interest;
+use tokio::sync::watch;
+
+/// Where the boot ID is read from.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+/// The search path used when the given environment has no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// `PIDFD_SIGNAL_PROCESS_GROUP` from `<linux/pidfd.h>` (Linux 6.9).
+const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+/// Exit code of a child whose `chdir` or `execve` failed.
+const EXEC_FAILED_EXIT_CODE: i32 = 127;
+/// The child's descriptor for the gate (read end).
+const CHILD_GATE_FD: i32 = 3;
+/// The child's descriptor for the error pipe (write end, close-on-exec).
+const CHILD_ERR_FD: i32 = 4;
+/// Descriptors below this are the child's fixed layout; parent-side copies are moved up.
+const FIRST_FREE_FD: i32 = 5;
+/// Stages reported through the error pipe.
+const STAGE_SETUP: u32 = 1;
+const STAGE_CHDIR: u32 = 2;
+const STAGE_EXEC: u32 = 3;
+
+/// Exit status of one of our children: `None` until the reaper has reaped it.
+type StatusRx = watch::Receiver<Option<ExitStatus>>;
+
+#[derive(Debug)]
+struct Child {
+    start_ticks: u64,
+    status: StatusRx,
+}
+
+/// The real [`Spawner`] for Linux >= 5.4 (pidfds, `waitid(P_PIDFD)`). See the
+/// [module docs](self) for the design.
+#[derive(Debug, Clone)]
+pub struct LinuxSpawner {
+    boot_id: Arc<str>,
+    /// Our children, by PID (replaced when the PID is reused by a later child).
+    children: Arc<Mutex<HashMap<i32, Child>>>,
+}
+
+impl LinuxSpawner {
+    /// A spawner; reads the boot ID once.
+    pub fn new() -> Result<LinuxSpawner, ProcError> {
+        let boot_id =
+            std::fs::read_to_string(BOOT_ID_PATH).map_err(|source| ProcError::ProcFs {
+                path: PathBuf::from(BOOT_ID_PATH),
+                source,
+            })?;
+        Ok(LinuxSpawner {
+            boot_id: Arc::from(boot_id.trim()),
+            children: Arc::default(),
+        })
+    }
+
+    /// The exit status of one of our children once it has been reaped; `None` while it
+    /// runs, or if `who` is not a child of this spawner.
+    pub fn child_status(&self, who: &ProcIdentity) -> Option<ExitStatus> {
+        self.child(who).and_then(|rx| *rx.borrow())
+    }
+
+    fn child(&self, who: &ProcIdentity) -> Option<StatusRx> {
+        if *who.boot_id != *self.boot_id {
+            return None;
+        }
+        let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children
+            .get(&who.pid.get())
+            .filter(|c| c.start_ticks == who.start_ticks)
+            .map(|c| c.status.clone())
+    }
+
+    fn identity(&self, pid: Pid, start_ticks: u64) -> ProcIdentity {
+        ProcIdentity {
+            pid,
+            start_ticks,
+            boot_id: self.boot_id.to_string(),
+        }
+    }
+
+    /// Re-reads `/proc/PID/stat` and classifies it against `who`.
+    fn verify(&self, who: &ProcIdentity) -> Result<Verified, ProcError> {
+        if *who.boot_id != *self.boot_id {
+            return Ok(Verified::Mismatch);
+        }
+        Ok(match read_stat(who.pid)? {
+            None => Verified::Gone,
+            Some(stat) if matches!(stat.state, 'Z' | 'X' | 'x') => Verified::Gone,
+            Some(stat) if stat.starttime != who.start_ticks => Verified::Mismatch,
+            Some(stat) => Verified::Alive(Box::new(stat)),
+        })
+    }
+}
+
+enum Verified {
+    Gone,
+    Mismatch,
+    Alive(Box<procfs::process::Stat>),
+}
+
+/// Reads `/proc/PID/stat`; `Ok(None)` when no process has the PID.
+fn read_stat(pid: Pid) -> Result<Option<procfs::process::Stat>, ProcError> {
+    let proc = match procfs::process::Process::new(pid.get()) {
+        Ok(p) => p,
+        Err(e) => return map_procfs(pid, e),
+    };
+    match proc.stat() {
+        Ok(stat) => Ok(Some(stat)),
+        Err(e) => map_procfs(pid, e),
+    }
+}
+
+fn map_procfs<T>(pid: Pid, e: procfs::ProcError) -> Result<Option<T>, ProcError> {
+    match e {
+        procfs::ProcError::NotFound(_) => Ok(None),
+        procfs::ProcError::PermissionDenied(_) => Err(ProcError::PermissionDenied {
+            pid,
+            what: "read /proc/PID/stat".to_owned(),
+        }),
+        procfs::ProcError::Io(io, _) if io.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        other => Err(ProcError::Os {
+            op: "read /proc/PID/stat of",
+            pid,
+            source: io::Error::other(other.to_string()),
+        }),
+    }
+}
+
+fn pidfd_open(pid: Pid) -> Result<Option<OwnedFd>, ProcError> {
+    let raw = rustix::process::Pid::from_raw(pid.get()).expect("a Pid is positive");
+    match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::SRCH) => Ok(None),
+        Err(e) => Err(ProcError::Os {
+            op: "pidfd_open",
+            pid,
+            source: e.into(),
+        }),
+    }
+}
+
+fn rustix_signal(signal: Signal) -> rustix::process::Signal {
+    match signal {
+        Signal::Term => rustix::process::Signal::TERM,
+        Signal::Kill => rustix::process::Signal::KILL,
+    }
+}
+
+/// `pidfd_send_signal(fd, sig, NULL, flags)`; rustix has no flags argument.
+fn pidfd_send_signal_flags(fd: &OwnedFd, signal: Signal, flags: libc::c_uint) -> Result<(), Errno> {
+    let sig = rustix_signal(signal).as_raw();
+    // SAFETY: plain syscall with a valid descriptor, a valid signal and a null siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
+    }
+}
+
+/// Wall-clock time of the moment `start_ticks` after boot.
+fn started_at(start_ticks: u64) -> SystemTime {
+    fn now(clock: libc::clockid_t) -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and a valid out pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        Duration::new(
+            ts.tv_sec.max(0) as u64,
+            ts.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    }
+    let since_boot = now(libc::CLOCK_BOOTTIME);
+    let wall = now(libc::CLOCK_REALTIME);
+    let boot = SystemTime::UNIX_EPOCH + wall.saturating_sub(since_boot);
+    let tps = procfs::ticks_per_second().max(1);
+    boot + Duration::from_secs(start_ticks / tps)
+        + Duration::from_nanos((start_ticks % tps) * 1_000_000_000 / tps)
+}
+
+fn exec_error(program: &OsStr, source: io::Error) -> ProcError {
+    ProcError::Exec {
+        program: program.to_owned(),
+        source,
+    }
+}
+
+fn cstring(program: &OsStr, what: &str, bytes: &[u8]) -> Result<CString, ProcError> {
+    CString::new(bytes).map_err(|_| {
+        exec_error(
+            program,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} contains a NUL byte"),
+            ),
+        )
+    })
+}
+
+/// Finds the program: a path is used as is; a bare name is searched in the `PATH` of
+/// the given environment.
+fn resolve_program(spec: &SpawnSpec) -> Result<PathBuf, ProcError> {
+    let program = Path::new(&spec.program);
+    if spec.program.is_empty() {
+        return Err(exec_error(
+            &spec.program,
+            io::Error::new(io::ErrorKind::InvalidInput, "empty program name"),
+        ));
+    }
+    if spec.program.as_bytes().contains(&b'/') {
+        return Ok(program.to_path_buf());
+    }
+    let path = spec
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+    for dir in path.as_bytes().split(|&b| b == b':') {
+        let dir = if dir.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(dir))
+        };
+        let candidate = dir.join(program);
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if executable {
+            return Ok(candidate);
+        }
+    }
+    Err(exec_error(
+        &spec.program,
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no executable of that name in the PATH of the given environment",
+        ),
+    ))
+}
+
+/// Moves a descriptor to `FIRST_FREE_FD` or above, close-on-exec.
+fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= FIRST_FREE_FD {
+        Ok(fd)
+    } else {
+        Ok(rustix::io::fcntl_dupfd_cloexec(&fd, FIRST_FREE_FD)?)
+    }
+}
+
+/// Everything the child needs, prepared before the fork so the child never allocates.
+struct ChildPlan {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    cwd: CString,
+    devnull: OwnedFd,
+    log: OwnedFd,
+    gate_r: OwnedFd,
+    err_w: OwnedFd,
+    max_fd: i32,
+}
+
+/// The parent's ends, kept by the [`StartGate`].
+struct ParentEnds {
+    gate_w: OwnedFd,
+    err_r: OwnedFd,
+}
+
+fn prepare(spec: &SpawnSpec) -> Result<(ChildPlan, ParentEnds), ProcError> {
+    let program = spec.program.as_os_str();
+    let path = resolve_program(spec)?;
+    let path = cstring(program, "the program path", path.as_os_str().as_bytes())?;
+    let mut argv = vec![cstring(program, "the program", program.as_bytes())?];
+    for arg in &spec.args {
+        argv.push(cstring(program, "an argument", arg.as_bytes())?);
+    }
+    let mut envp = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        let key = k.as_bytes();
+        if key.is_empty() || key.contains(&b'=') {
+            return Err(exec_error(
+                program,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid environment key {k:?} (empty or containing '=')"),
+                ),
+            ));
+        }
+        let mut entry = Vec::with_capacity(key.len() + 1 + v.len());
+        entry.extend_from_slice(key);
+        entry.push(b'=');
+        entry.extend_from_slice(v.as_bytes());
+        envp.push(cstring(
+            program,
+            &format!("environment variable {k:?}"),
+            &entry,
+        )?);
+    }
+    let cwd_path = spec.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let cwd = cstring(
+        program,
+        "the working directory",
+        cwd_path.as_os_str().as_bytes(),
+    )?;
+
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&spec.log)
+        .map_err(|source| ProcError::Log {
+            path: spec.log.clone(),
+            source,
+        })?;
+    let setup = |what: &str, e: io::Error| {
+        exec_error(program, io::Error::new(e.kind(), format!("{what}: {e}")))
+    };
+    let devnull = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| setup("open /dev/null", e))?;
+    let (gate_w, gate_r) = UnixStream::pair().map_err(|e| setup("socketpair", e))?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| setup("pipe", e.into()))?;
+    rustix::io::ioctl_fionbio(&err_r, true).map_err(|e| setup("ioctl FIONBIO", e.into()))?;
+
+    let high = |fd: OwnedFd| high_fd(fd).map_err(|e| setup("fcntl F_DUPFD_CLOEXEC", e));
+    let max_fd = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(1 << 20, |n| n.min(1 << 20) as i32);
+
+    let argv_ptrs = argv
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp_ptrs = envp
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    Ok((
+        ChildPlan {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            cwd,
+            devnull: high(devnull.into())?,
+            log: high(log.into())?,
+            gate_r: high(gate_r.into())?,
+            err_w: high(err_w)?,
+            max_fd,
+        },
+        ParentEnds {
+            gate_w: gate_w.into(),
+            err_r,
+        },
+    ))
+}
+
+/// Reports `stage` and the current `errno` on `fd` and exits with 127.
+///
+/// # Safety
+///
+/// Only for the forked child: async-signal-safe calls only.
+unsafe fn child_fail(fd: i32, stage: u32) -> ! {
+    // SAFETY: errno location is valid for the calling thread.
+    let errno = unsafe { *libc::__errno_location() };
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&stage.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes from a valid buffer, then exits without running destructors.
+    unsafe {
+        libc::write(fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(EXEC_FAILED_EXIT_CODE)
+    }
+}
+
+/// The forked child: set up, wait at the gate, exec.
+///
+/// # Safety
+///
+/// Must only run in the child right after `fork()`: it uses only async-signal-safe
+/// calls and never returns.
+unsafe fn child_main(plan: &ChildPlan) -> ! {
+    // SAFETY (whole body): raw async-signal-safe syscalls on descriptors and C strings
+    // prepared by the parent; no allocation, no locks.
+    unsafe {
+        // Default signal handling: the helper must not inherit dms's mask or ignored
+        // signals (Rust ignores SIGPIPE), and a pending child must die of SIGTERM.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..65 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let err_src = plan.err_w.as_raw_fd();
+        if libc::dup2(err_src, CHILD_ERR_FD) < 0 {
+            child_fail(err_src, STAGE_SETUP);
+        }
+        if libc::fcntl(CHILD_ERR_FD, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+            child_fail(CHILD_ERR_FD, STAGE_SETUP);
+        }
+        if libc::setsid() < 0 {
+            child_fail(CHILD_ERR_FD, STAGE_SETUP);
+        }
+        let moves = [
+            (plan.devnull.as_raw_fd(), 0),
+            (plan.log.as_raw_fd(), 1),
+            (plan.log.as_raw_fd(), 2),
+            (plan.gate_r.as_raw_fd(), CHILD_GATE_FD),
+        ];
+        for (from, to) in moves {
+            if libc::dup2(from, to) < 0 {
+                child_fail(CHILD_ERR_FD, STAGE_SETUP);
+            }
+        }
+        // Close everything else: no leak into the helper, and no copy of another
+        // pending child's gate kept alive by us.
+        if libc::syscall(
+            libc::SYS_close_range,
+            FIRST_FREE_FD as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        ) != 0
+        {
+            for fd in FIRST_FREE_FD..plan.max_fd {
+                libc::close(fd);
+            }
+        }
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            child_fail(CHILD_ERR_FD, STAGE_CHDIR);
+        }
+        // The start barrier.
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(CHILD_GATE_FD, (&raw mut byte).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            // End of file (gate dropped, or dms died) or an error: run nothing.
+            libc::_exit(GATE_DROPPED_EXIT_CODE);
+        }
+        libc::close(CHILD_GATE_FD);
+        libc::execve(
+            plan.path.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        );
+        child_fail(CHILD_ERR_FD, STAGE_EXEC)
+    }
+}
+
+/// Registers an owned descriptor with the tokio reactor for readability.
+fn readable_fd(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, AsyncFdRegisterError<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor that it alone closes, and its
+    // `as_raw_fd` always returns the same number while the `AsyncFd` owns it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+}
+
+fn convert_status(st: &rustix::process::WaitIdStatus) -> ExitStatus {
+    if let Some(code) = st.exit_status() {
+        ExitStatus::Code(code)
+    } else if let Some(sig) = st.terminating_signal() {
+        ExitStatus::Signaled(sig)
+    } else {
+        ExitStatus::Unknown
+    }
+}
+
+/// Blocking `waitpid(pid)`: the fallback reaper.
+fn blocking_reap(pid: i32) -> ExitStatus {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child with a valid out pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return ExitStatus::Unknown;
+    }
+    if libc::WIFEXITED(status) {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ExitStatus::Signaled(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Unknown
+    }
+}
+
+/// Waits for our child to exit and reaps it.
+async fn reap(pid: i32, pidfd: Option<OwnedFd>) -> ExitStatus {
+    if let Some(fd) = pidfd {
+        if let Ok(afd) = readable_fd(fd) {
+            loop {
+                let Ok(mut guard) = afd.readable().await else {
+                    break;
+                };
+                let opts = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+                match rustix::process::waitid(WaitId::PidFd(afd.get_ref().as_fd()), opts) {
+                    Ok(Some(st)) => return convert_status(&st),
+                    Ok(None) => guard.clear_ready(),
+                    Err(Errno::INTR) => {}
+                    Err(e) => {
+                        tracing::warn!(pid, error = %e, "waitid on pidfd failed; reaping with waitpid");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || blocking_reap(pid))
+        .await
+        .unwrap_or(ExitStatus::Unknown)
+}
+
+#[async_trait]
+impl Spawner for LinuxSpawner {
+    async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError> {
+        let (plan, ends) = prepare(spec)?;
+        // SAFETY: the child runs only `child_main`, which is async-signal-safe and never
+        // returns; the parent continues normally.
+        let forked = unsafe { libc::fork() };
+        if forked < 0 {
+            return Err(exec_error(
+                &spec.program,
+                io::Error::new(
+                    io::Error::last_os_error().kind(),
+                    format!("fork: {}", io::Error::last_os_error()),
+                ),
+            ));
+        }
+        if forked == 0 {
+            // SAFETY: we are the freshly forked child.
+            unsafe { child_main(&plan) }
+        }
+        drop(plan); // closes the child's ends in the parent
+        let pid = Pid::try_from(forked).expect("fork returns a valid child PID");
+
+        // Our child cannot be reaped by anyone else, so the PID is stable until we reap.
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(%pid, error = %e, "pidfd_open of a new child failed; reaping with waitpid");
+                None
+            }
+        };
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = reap(pid.get(), pidfd).await;
+            tracing::debug!(%pid, ?status, "reaped helper");
+            tx.send_replace(Some(status));
+        });
+        let start_ticks = match read_stat(pid) {
+            Ok(Some(stat)) => stat.starttime,
+            other => {
+                // Cannot identify it: do not leave it behind.
+                // SAFETY: our own child, not yet reaped.
+                unsafe { libc::kill(pid.get(), libc::SIGKILL) };
+                return Err(exec_error(
+                    &spec.program,
+                    io::Error::other(format!(
+                        "cannot read /proc/{pid}/stat of the new child: {:?}",
+                        other.err()
+                    )),
+                ));
+            }
+        };
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                pid.get(),
+                Child {
+                    start_ticks,
+                    status: rx.clone(),
+                },
+            );
+        let identity = self.identity(pid, start_ticks);
+        tracing::info!(
+            %pid,
+            start_ticks,
+            program = ?spec.program,
+            args = spec.args.len(),
+            env_keys = ?spec.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            log = %spec.log.display(),
+            "helper created, held at the start barrier"
+        );
+        Ok(Pending {
+            identity,
+            gate: Box::new(LinuxGate {
+                pid,
+                program: spec.program.clone(),
+                ends: Some(ends),
+                status: rx,
+            }),
+        })
+    }
+
+    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
+        let proc = match procfs::process::Process::new(pid.get()) {
+            Ok(p) => p,
+            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| Probe::Gone),
+        };
+        let stat = match proc.stat() {
+            Ok(stat) => stat,
+            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| Probe::Gone),
+        };
+        let identity = self.identity(pid, stat.starttime);
+        Ok(match stat.state {
+            'Z' => Probe::Zombie(identity),
+            'X' | 'x' => Probe::Gone,
+            _ => Probe::Alive(ProcInfo {
+                identity,
+                started_at: started_at(stat.starttime),
+                pgid: stat.pgrp,
+                sid: stat.session,
+                exe: proc.exe().ok(),
+                cmdline: proc.cmdline().ok().filter(|c| !c.is_empty()),
+            }),
+        })
+    }
+
+    async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
+        if u32::try_from(who.pid.get()) == Ok(std::process::id()) {
+            return Err(ProcError::SelfPid(who.pid));
+        }
+        if *who.boot_id != *self.boot_id {
+            tracing::info!(pid = %who.pid, "not signalling: recorded in another boot");
+            return Ok(SignalOutcome::Mismatch);
+        }
+        let Some(pidfd) = pidfd_open(who.pid)? else {
+            return Ok(SignalOutcome::Gone);
+        };
+        let stat = match self.verify(who)? {
+            Verified::Gone => return Ok(SignalOutcome::Gone),
+            Verified::Mismatch => {
+                tracing::warn!(
+                    pid = %who.pid,
+                    start_ticks = who.start_ticks,
+                    "not signalling: the PID now belongs to another process"
+                );
+                return Ok(SignalOutcome::Mismatch);
+            }
+            Verified::Alive(stat) => stat,
+        };
+        let leads_group = stat.pgrp == who.pid.get();
+        let denied = || ProcError::PermissionDenied {
+            pid: who.pid,
+            what: format!("send {}", signal.name()),
+        };
+        let os = |e: Errno| ProcError::Os {
+            op: "pidfd_send_signal to",
+            pid: who.pid,
+            source: e.into(),
+        };
+        let to_leader = || match rustix::process::pidfd_send_signal(&pidfd, rustix_signal(signal)) {
+            Ok(()) => Ok(SignalOutcome::Delivered),
+            Err(Errno::SRCH) => Ok(SignalOutcome::Gone),
+            Err(Errno::PERM) => Err(denied()),
+            Err(e) => Err(os(e)),
+        };
+        let outcome = if leads_group {
+            match pidfd_send_signal_flags(&pidfd, signal, PIDFD_SIGNAL_PROCESS_GROUP) {
+                Ok(()) => Ok(SignalOutcome::Delivered),
+                // The leader left its group meanwhile (or the group is gone): the leader
+                // alone, still through the verified pidfd.
+                Err(Errno::SRCH) => to_leader(),
+                Err(Errno::PERM) => Err(denied()),
+                Err(Errno::INVAL) => {
+                    // Kernel < 6.9: leader through the pidfd, then the group by number
+                    // while holding the verified pidfd (see the module docs for the race).
+                    let out = to_leader()?;
+                    if out == SignalOutcome::Delivered {
+                        let pgid = rustix::process::Pid::from_raw(who.pid.get())
+                            .expect("a Pid is positive");
+                        match rustix::process::kill_process_group(pgid, rustix_signal(signal)) {
+                            Ok(()) | Err(Errno::SRCH) | Err(Errno::PERM) => {}
+                            Err(e) => {
+                                tracing::warn!(pid = %who.pid, error = %e, "kill(-pgid) failed")
+                            }
+                        }
+                    }
+                    Ok(out)
+                }
+                Err(e) => Err(os(e)),
+            }
+        } else {
+            to_leader()
+        }?;
+        tracing::info!(
+            pid = %who.pid,
+            start_ticks = who.start_ticks,
+            signal = signal.name(),
+            group = leads_group,
+            ?outcome,
+            "signal"
+        );
+        Ok(outcome)
+    }
+
+    async fn wait_exit(
+        &self,
+        who: &ProcIdentity,
+        timeout: Option<Duration>,
+    ) -> Result<WaitOutcome, ProcError> {
+        let wait = async {
+            if let Some(mut rx) = self.child(who) {
+                // Our child: the reaper knows its status.
+                let reaped = rx.wait_for(Option::is_some).await.map(|s| *s);
+                return match reaped {
+                    Ok(status) => Ok(WaitOutcome::Exited(status.unwrap_or(ExitStatus::Unknown))),
+                    // The reaper task is gone (runtime shutting down): poll the pidfd.
+                    Err(_) => self.wait_foreign(who).await,
+                };
+            }
+            self.wait_foreign(who).await
+        };
+        match timeout {
+            None => wait.await,
+            Some(limit) => tokio::time::timeout(limit, wait)
+                .await
+                .unwrap_or(Ok(WaitOutcome::TimedOut)),
+        }
+    }
+
+    async fn usage(
+        &self,
+        who: &ProcIdentity,
+        interval: Duration,
+    ) -> Result<Option<Usage>, ProcError> {
+        let sample = || -> Result<Option<(Box<procfs::process::Stat>, Instant)>, ProcError> {
+            Ok(match self.verify(who)? {
+                Verified::Alive(stat) => Some((stat, Instant::now())),
+                Verified::Gone | Verified::Mismatch => None,
+            })
+        };
+        let Some((first, t0)) = sample()? else {
+            return Ok(None);
+        };
+        tokio::time::sleep(interval).await;
+        let Some((second, t1)) = sample()? else {
+            return Ok(None);
+        };
+        let tps = procfs::ticks_per_second().max(1) as f64;
+        let cpu = |s: &procfs::process::Stat| (s.utime + s.stime) as f64 / tps;
+        let wall = t1.duration_since(t0).as_secs_f64();
+        let cpu_percent = if wall > 0.0 {
+            ((cpu(&second) - cpu(&first)).max(0.0) / wall) * 100.0
+        } else {
+            0.0
+        };
+        Ok(Some(Usage {
+            cpu_seconds: cpu(&second),
+            cpu_percent,
+            rss_bytes: second.rss.saturating_mul(procfs::page_size()),
+            threads: u64::try_from(second.num_threads).unwrap_or(0),
+        }))
+    }
+
+    fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+}
+
+impl LinuxSpawner {
+    /// Waits for a process that is not (or no longer) tracked as our child, by polling a
+    /// verified pidfd.
+    async fn wait_foreign(&self, who: &ProcIdentity) -> Result<WaitOutcome, ProcError> {
+        let gone = Ok(WaitOutcome::Exited(ExitStatus::Unknown));
+        let Some(pidfd) = pidfd_open(who.pid)? else {
+            return gone;
+        };
+        match self.verify(who)? {
+            Verified::Gone | Verified::Mismatch => return gone,
+            Verified::Alive(_) => {}
+        }
+        match readable_fd(pidfd) {
+            Ok(afd) => {
+                // Readable means exited; the guard is dropped with the descriptor.
+                let _exited = afd.readable().await.map_err(|source| ProcError::Os {
+                    op: "poll the pidfd of",
+                    pid: who.pid,
+                    source,
+                })?;
+                gone
+            }
+            Err(e) => {
+                // No reactor support for this fd: poll it on the blocking pool instead.
+                let (fd, _) = e.into_parts();
+                let pid = who.pid;
+                tokio::task::spawn_blocking(move || loop {
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    match rustix::event::poll(&mut fds, None) {
+                        Ok(_) => return Ok(()),
+                        Err(Errno::INTR) => continue,
+                        Err(e) => return Err(e),
+                    }
+                })
+                .await
+                .map_err(|e| ProcError::Os {
+                    op: "poll the pidfd of",
+                    pid,
+                    source: io::Error::other(e.to_string()),
+                })?
+                .map_err(|e| ProcError::Os {
+                    op: "poll the pidfd of",
+                    pid,
+                    source: e.into(),
+                })?;
+                gone
+            }
+        }
+    }
+}
+
+/// The start barrier of a real child. Dropping it closes the gate: the child exits.
+struct LinuxGate {
+    pid: Pid,
+    program: OsString,
+    ends: Option<ParentEnds>,
+    status: StatusRx,
+}
+
+impl LinuxGate {
+    /// Waits until the reaper has reaped the child.
+    async fn reaped(&mut self) -> Option<ExitStatus> {
+        self.status
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|s| *s)
+    }
+}
+
+/// Reads the error pipe to its end: `None` at end of file with no data (exec happened
+/// or the child died), else the reported stage and errno.
+async fn read_exec_report(err_r: OwnedFd) -> io::Result<Option<(u32, i32)>> {
+    let afd = readable_fd(err_r).map_err(|e| e.into_parts().1)?;
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    loop {
+        let mut guard = afd.readable().await?;
+        match guard
+            .try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[got..]).map_err(io::Error::from))
+        {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                got += n;
+                if got == buf.len() {
+                    break;
+                }
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    if got < buf.len() {
+        return Ok(None);
+    }
+    let stage = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes"));
+    Ok(Some((stage, errno)))
+}
+
+#[async_trait]
+impl StartGate for LinuxGate {
+    async fn release(mut self: Box<Self>) -> Result<(), ProcError> {
+        let ParentEnds { gate_w, err_r } = self.ends.take().expect("released once");
+        let byte = [1u8];
+        // SAFETY: sends one byte from a valid buffer on our socket; MSG_NOSIGNAL turns a
+        // dead peer into EPIPE instead of SIGPIPE.
+        let sent = unsafe {
+            libc::send(
+                gate_w.as_raw_fd(),
+                byte.as_ptr().cast(),
+                1,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        let send_error = (sent != 1).then(io::Error::last_os_error);
+        drop(gate_w);
+        let report = read_exec_report(err_r)
+            .await
+            .map_err(|e| exec_error(&self.program, e))?;
+        let pid = self.pid;
+        match (report, send_error) {
+            (None, None) => {
+                tracing::info!(%pid, program = ?self.program, "helper released: program started");
+                Ok(())
+            }
+            (Some((stage, errno)), _) => {
+                let status = self.reaped().await;
+                let err = io::Error::from_raw_os_error(errno);
+                let source = match stage {
+                    STAGE_EXEC => err,
+                    STAGE_CHDIR => io::Error::new(
+                        err.kind(),
+                        format!("cannot enter the working directory: {err}"),
+                    ),
+                    _ => io::Error::new(err.kind(), format!("child setup failed: {err}")),
+                };
+                tracing::warn!(%pid, program = ?self.program, error = %source, ?status, "helper failed to start");
+                Err(exec_error(&self.program, source))
+            }
+            (None, Some(e)) => {
+                let status = self.reaped().await;
+                Err(exec_error(
+                    &self.program,
+                    io::Error::other(format!(
+                        "the helper (PID {pid}) died at the start barrier before its program ran \
+                         (status {status:?}; release: {e})"
+                    )),
+                ))
+            }
+        }
+    }
+}
