@@ -1,0 +1,2 @@
+//! Benchmarks of the manager (filled in below).
+fn main() {}

@@ -1,0 +1,106 @@
+//! The manager's error type.
+
+use dms_proc::ProcError;
+use dms_store::{Pid, TargetId};
+use std::path::PathBuf;
+
+/// A manager operation failed. Messages say what failed, where (target, PID, path) and
+/// how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The target already has a live helper, proven ours.
+    #[error(
+        "target {target} already has a running helper (PID {pid}); stop it first \
+         (`dms kill {target}`) or replace it (`dms spawn --replace`)"
+    )]
+    AlreadyRunning {
+        /// The target.
+        target: TargetId,
+        /// The PID of the running helper.
+        pid: Pid,
+    },
+    /// The PID to adopt is not a live process (gone, or a zombie).
+    #[error(
+        "cannot adopt PID {pid} for target {target}: no live process has that PID \
+         (it exited or is a zombie); start the helper and adopt its current PID"
+    )]
+    NotRunning {
+        /// The target.
+        target: TargetId,
+        /// The PID asked for.
+        pid: Pid,
+    },
+    /// The PID is already the helper of another target.
+    #[error(
+        "cannot adopt PID {pid} for target {target}: it is already the helper of target \
+         {other}; kill that target first or adopt a different process"
+    )]
+    AlreadyTracked {
+        /// The target asked for.
+        target: TargetId,
+        /// The PID.
+        pid: Pid,
+        /// The target that already tracks it.
+        other: TargetId,
+    },
+    /// The process named by the target's entry is alive, but whether it is ours cannot be
+    /// proven (the probe was denied). It is neither signalled nor forgotten.
+    #[error(
+        "cannot verify PID {pid} of target {target}: {reason}; run dms as root or as the \
+         helper's user (the entry is kept, nothing was signalled)"
+    )]
+    Unverified {
+        /// The target.
+        target: TargetId,
+        /// The PID.
+        pid: Pid,
+        /// What the probe said.
+        reason: String,
+    },
+    /// The helper survived SIGTERM and SIGKILL.
+    #[error(
+        "helper of target {target} (PID {pid}) is still alive after SIGKILL; it is \
+         probably blocked in the kernel (see the state in /proc/{pid}/status); it is \
+         still tracked"
+    )]
+    StillRunning {
+        /// The target.
+        target: TargetId,
+        /// The PID.
+        pid: Pid,
+    },
+    /// The store (PID files, SQLite metadata) failed.
+    #[error("store: {0}")]
+    Store(#[from] dms_store::Error),
+    /// The process layer failed (spawn, exec, probe, signal).
+    #[error("process: {0}")]
+    Proc(#[from] ProcError),
+    /// A per-target lock file could not be opened or locked.
+    #[error(
+        "cannot lock {}: {source}; the run directory must be writable by this user",
+        path.display()
+    )]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory of the run-dir layout could not be created.
+    #[error(
+        "cannot create directory {}: {source}; create it or choose another --run-dir",
+        path.display()
+    )]
+    RunDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The manager's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,45 @@
+//! The `dms` manager: one long-running helper process per backup target, tracked in
+//! memory and on disk (`<run-dir>/s3/<target>.pid`), surviving the manager's own
+//! restarts without losing or mis-killing a helper.
+//!
+//! The [`Manager`] composes a [`dms_store::PidStore`] (PID files, SQLite metadata, or
+//! memory) and a [`dms_proc::Spawner`] (the real OS, or a fake), both as trait objects.
+//! See [`Manager`] for the rules it keeps: identity before any signal, one lock per
+//! target across processes, a start barrier so the PID file exists before the helper's
+//! program runs, and exit watching without polling.
+//!
+//! ```no_run
+//! use dms_core::{HelperSpec, Manager, ManagerOptions};
+//! use dms_store::{PidStore, TargetId};
+//! use dms_proc::Spawner;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! # async fn example(store: Arc<dyn PidStore>, spawner: Arc<dyn Spawner>) -> dms_core::Result<()> {
+//! let (manager, recovery) = Manager::open(store, spawner, ManagerOptions::new("/run/dms")).await?;
+//! println!("recovered {} running helpers", recovery.adopted.len());
+//!
+//! let target: TargetId = "target-123".parse().unwrap();
+//! let spec = HelperSpec { program: "/usr/bin/s3vaultfuse.py".into(), ..HelperSpec::default() };
+//! let info = manager.spawn(&target, spec).await?;
+//! assert!(manager.is_running(&target).await?);
+//! println!("{}", info.pid.unwrap());
+//!
+//! let report = manager.kill(&target, Duration::from_secs(10)).await?;
+//! assert!(report.stopped);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod lock;
+mod manager;
+mod options;
+mod report;
+
+pub use error::{Error, Result};
+pub use manager::Manager;
+pub use options::{HelperSpec, ManagerOptions};
+pub use report::{
+    CleanupReport, Event, KillReport, MountState, ProcessInfo, ProcessState, RecoveryReport,
+    RemovalReason, Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
+};

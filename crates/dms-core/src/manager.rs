@@ -1,0 +1,1151 @@
+//! The [`Manager`]: memory + store, recovery, locking, exit watching.
+
+use crate::error::{Error, Result};
+use crate::lock::TargetLocks;
+use crate::options::{HelperSpec, ManagerOptions};
+use crate::report::{
+    CleanupReport, Event, KillReport, ProcessInfo, ProcessState, RecoveryReport, RemovalReason,
+    Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
+};
+use dms_proc::{
+    ExitStatus, Pid, Probe, ProcError, ProcIdentity, ProcInfo, SpawnSpec, Spawner, WaitOutcome,
+};
+use dms_store::{Entry, EntryState, Identity, Lookup, Metadata, PidStore, Record, TargetId};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
+use tokio::task::AbortHandle;
+use tracing::{debug, error, info, warn};
+
+/// Tracks one helper process per target, in memory and in a [`PidStore`], and starts,
+/// stops and watches helpers through a [`Spawner`].
+///
+/// - **Memory** holds every helper this manager spawned, adopted or recovered, each
+///   watched by a task that awaits its exit ([`Spawner::wait_exit`], a pidfd on Linux):
+///   when a helper exits, its memory entry and its PID file are removed promptly, so a
+///   memory hit needs no system call.
+/// - **Disk** (the store) is what survives a restart. [`Manager::open`] runs
+///   [`Manager::reload`], which loads live helpers proven ours back into memory.
+/// - **Identity**: a PID is acted on only after proving it is still the recorded
+///   process: exact start ticks and boot ID where the store recorded them; for a bare
+///   PID file, a live process that started no later than the file's mtime
+///   (plus [`ManagerOptions::start_time_slack`]). Anything else is *foreign* and is never
+///   signalled.
+/// - **Locking**: every change to a target holds an in-process mutex and a `flock` on
+///   `<run-dir>/locks/<target>.lock`, so two spawns of one target, from one process or
+///   two, start exactly one helper. No other lock is held while waiting on a process.
+///
+/// `Manager` is cheap to clone (an `Arc` inside) and `Send + Sync`. Dropping the last
+/// clone stops the exit watchers but never touches a helper.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn PidStore>,
+    spawner: Arc<dyn Spawner>,
+    opts: ManagerOptions,
+    memory: RwLock<HashMap<TargetId, Tracked>>,
+    locks: TargetLocks,
+    events: broadcast::Sender<Event>,
+}
+
+/// A helper in memory.
+struct Tracked {
+    identity: ProcIdentity,
+    meta: Metadata,
+    /// False when the exit watcher could not watch: memory hits then probe.
+    watched: Arc<AtomicBool>,
+    watcher: Option<AbortHandle>,
+}
+
+/// What a probe says about a recorded PID.
+enum Verdict {
+    /// Alive and proven ours.
+    Own(Box<ProcInfo>),
+    /// Dead or a zombie.
+    Stale,
+    /// Alive, not ours.
+    Foreign(String),
+    /// The probe failed (permission denied, ...): alive or not, it is not known.
+    Unverified(String),
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tracked = self.inner.read_memory().len();
+        f.debug_struct("Manager")
+            .field("run_dir", &self.inner.opts.run_dir)
+            .field("store", &self.inner.store)
+            .field("spawner", &self.inner.spawner)
+            .field("tracked", &tracked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let memory = self.memory.get_mut().unwrap_or_else(|p| p.into_inner());
+        for tracked in memory.values() {
+            if let Some(h) = &tracked.watcher {
+                h.abort();
+            }
+        }
+    }
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+        .map_err(|source| Error::RunDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn record_for(identity: &ProcIdentity, meta: Metadata) -> Record {
+    Record {
+        pid: identity.pid,
+        identity: Some(Identity {
+            start_ticks: identity.start_ticks,
+            boot_id: identity.boot_id.clone(),
+        }),
+        meta,
+        written_at: None,
+    }
+}
+
+fn same_record(a: &Record, b: &Record) -> bool {
+    a.pid == b.pid && a.identity == b.identity && a.written_at == b.written_at
+}
+
+impl Manager {
+    /// Builds a manager over `store` and `spawner`, creates the run-dir layout
+    /// (`locks/`, `logs/`) and runs startup recovery ([`Manager::reload`]), which never
+    /// signals anything.
+    ///
+    /// Must be called inside a tokio runtime (exit watchers are tokio tasks).
+    pub async fn open(
+        store: Arc<dyn PidStore>,
+        spawner: Arc<dyn Spawner>,
+        opts: ManagerOptions,
+    ) -> Result<(Manager, RecoveryReport)> {
+        create_dir(&opts.run_dir)?;
+        create_dir(&opts.locks_dir())?;
+        create_dir(&opts.logs_dir())?;
+        let (events, _) = broadcast::channel(opts.event_capacity.max(1));
+        let inner = Arc::new(Inner {
+            locks: TargetLocks::new(opts.locks_dir()),
+            store,
+            spawner,
+            opts,
+            memory: RwLock::new(HashMap::new()),
+            events,
+        });
+        let report = inner.reload().await?;
+        info!(
+            run_dir = %inner.opts.run_dir.display(),
+            backend = inner.store.backend_name(),
+            adopted = report.adopted.len(),
+            cleared = report.cleared.len(),
+            foreign = report.foreign.len(),
+            corrupt = report.corrupt.len(),
+            "manager started"
+        );
+        Ok((Manager { inner }, report))
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &ManagerOptions {
+        &self.inner.opts
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn PidStore> {
+        &self.inner.store
+    }
+
+    /// The spawner.
+    pub fn spawner(&self) -> &Arc<dyn Spawner> {
+        &self.inner.spawner
+    }
+
+    /// Events from now on: spawned, exited (with status), killed, adopted, cleaned.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// The in-memory table: each tracked target and the exact process recorded for it,
+    /// sorted by target. (For tests and diagnostics; `list` is the full view.)
+    pub fn memory_snapshot(&self) -> Vec<(TargetId, ProcIdentity)> {
+        let mut v: Vec<_> = self
+            .inner
+            .read_memory()
+            .iter()
+            .map(|(t, tr)| (t.clone(), tr.identity.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Starts `spec` as the helper of `target`.
+    ///
+    /// Under the target's lock: refuses if a live helper proven ours exists
+    /// ([`Error::AlreadyRunning`]) unless `spec.replace` (then it is stopped first, with
+    /// [`ManagerOptions::kill_grace`]); creates the helper held at the start barrier;
+    /// records it (PID file, identity, metadata, never environment values) and in
+    /// memory; only then lets it run its program, and starts watching its exit.
+    ///
+    /// If the record cannot be written the helper never runs its program. If the program
+    /// cannot be executed, the record is removed and the error names the program.
+    pub async fn spawn(&self, target: &TargetId, spec: HelperSpec) -> Result<ProcessInfo> {
+        self.inner.spawn(target, spec).await?;
+        self.process_info(target).await
+    }
+
+    /// Stops the helper of `target`: SIGTERM to its process group, up to `grace`, then
+    /// SIGKILL; then forgets it in memory and removes its PID file.
+    ///
+    /// The PID comes from memory, else from disk, and is signalled only once proven to
+    /// be the recorded process; stale and foreign entries are removed without any
+    /// signal. Not running is not an error: see [`KillReport::was_running`].
+    pub async fn kill(&self, target: &TargetId, grace: Duration) -> Result<KillReport> {
+        self.inner.kill(target, grace).await
+    }
+
+    /// Records the live process `pid` as the helper of `target`, with its current
+    /// identity, and watches its exit. Refused if `pid` is dead or a zombie, is dms
+    /// itself, is the helper of another target, or if `target` already has another live
+    /// helper.
+    pub async fn adopt(&self, target: &TargetId, pid: Pid) -> Result<ProcessInfo> {
+        self.inner.adopt(target, pid).await?;
+        self.process_info(target).await
+    }
+
+    /// Whether `target` has a live helper proven ours.
+    ///
+    /// Memory first: a memory entry is kept truthful by its exit watcher, so a hit costs
+    /// no system call. Otherwise the PID file is read and the process probed and its
+    /// identity checked. Never changes anything. An entry whose process cannot be
+    /// verified (permission denied) is an [`Error::Unverified`].
+    pub async fn is_running(&self, target: &TargetId) -> Result<bool> {
+        let unwatched = {
+            let memory = self.inner.read_memory();
+            match memory.get(target) {
+                Some(t) if t.watched.load(Ordering::Acquire) => return Ok(true),
+                Some(t) => Some(t.identity.clone()),
+                None => None,
+            }
+        };
+        if let Some(id) = unwatched {
+            match self.inner.verify(&id).await {
+                Verdict::Own(_) => return Ok(true),
+                Verdict::Unverified(reason) => {
+                    return Err(Error::Unverified {
+                        target: target.clone(),
+                        pid: id.pid,
+                        reason,
+                    })
+                }
+                Verdict::Stale | Verdict::Foreign(_) => {}
+            }
+        }
+        match self.inner.store.get(target).await? {
+            Lookup::Present(r) => match self.inner.classify(&r).await {
+                Verdict::Own(_) => Ok(true),
+                Verdict::Unverified(reason) => Err(Error::Unverified {
+                    target: target.clone(),
+                    pid: r.pid,
+                    reason,
+                }),
+                Verdict::Stale | Verdict::Foreign(_) => Ok(false),
+            },
+            Lookup::Absent | Lookup::Corrupt(_) => Ok(false),
+        }
+    }
+
+    /// Everything known about `target` (the info object of the command line), with
+    /// resource usage sampled over [`ManagerOptions::usage_interval`] when running.
+    pub async fn process_info(&self, target: &TargetId) -> Result<ProcessInfo> {
+        let disk = self.inner.store.get(target).await?;
+        Ok(self
+            .inner
+            .info(target, disk, self.inner.opts.usage_interval)
+            .await)
+    }
+
+    /// The info of every target in memory or on disk, sorted by target. Usage of
+    /// running helpers is sampled concurrently.
+    pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
+        let (targets, _) = self.inner.all_targets().await?;
+        let mut set = tokio::task::JoinSet::new();
+        for (i, target) in targets.into_iter().enumerate() {
+            let me = self.clone();
+            set.spawn(async move { (i, me.process_info(&target).await) });
+        }
+        let mut out = Vec::with_capacity(set.len());
+        while let Some(joined) = set.join_next().await {
+            let (i, info) = joined.map_err(|e| {
+                Error::Proc(ProcError::Injected(format!("status task failed: {e}")))
+            })?;
+            out.push((i, info?));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, info)| info).collect())
+    }
+
+    /// Totals: tracked in memory, files on disk, and targets per state.
+    pub async fn stats(&self) -> Result<Stats> {
+        let (targets, entries) = self.inner.all_targets().await?;
+        let mut stats = Stats {
+            total_tracked: self.inner.read_memory().len(),
+            pid_files_on_disk: entries.len(),
+            running: 0,
+            stale: 0,
+            foreign: 0,
+            corrupt: 0,
+            unverified: 0,
+            strays: entries
+                .iter()
+                .filter(|e| matches!(e, Entry::Stray { .. }))
+                .count(),
+            stale_mounts: None,
+            backend: self.inner.store.backend_name().to_owned(),
+            run_dir: self.inner.opts.run_dir.clone(),
+        };
+        let mut disk: HashMap<TargetId, Lookup> = HashMap::new();
+        for entry in entries {
+            if let Entry::Target { target, state } = entry {
+                let lookup = match state {
+                    EntryState::Valid(r) => Lookup::Present(r),
+                    EntryState::Corrupt(c) => Lookup::Corrupt(c),
+                };
+                disk.insert(target, lookup);
+            }
+        }
+        for target in targets {
+            let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
+            match self.inner.info(&target, lookup, None).await.state {
+                ProcessState::Running => stats.running += 1,
+                ProcessState::Stale => stats.stale += 1,
+                ProcessState::Foreign => stats.foreign += 1,
+                ProcessState::Corrupt => stats.corrupt += 1,
+                ProcessState::Unverified => stats.unverified += 1,
+                ProcessState::Absent => {}
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Removes every stale, foreign and corrupt entry (and forgets memory entries whose
+    /// process is gone). Never signals anything. Entries that cannot be verified are
+    /// kept. A live helper in memory whose PID file is missing or wrong gets its file
+    /// rewritten; a live helper proven ours found only on disk is loaded into memory.
+    pub async fn cleanup_dead(&self) -> Result<CleanupReport> {
+        self.inner.cleanup_dead().await
+    }
+
+    /// Stops every running helper (each with `grace`) after removing dead entries.
+    /// Only ever runs when called: dropping a manager never stops anything.
+    ///
+    /// Every target is attempted; the first failure is returned after the others ran.
+    pub async fn cleanup_all(&self, grace: Duration) -> Result<CleanupReport> {
+        let mut report = self.inner.cleanup_dead().await?;
+        let (targets, _) = self.inner.all_targets().await?;
+        let mut first_err = None;
+        for target in targets {
+            match self.inner.kill(&target, grace).await {
+                Ok(k) if k.stopped => report.stopped.push(target),
+                Ok(_) => {}
+                Err(e) => {
+                    error!(target = %target, error = %e, "cannot stop helper");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Re-syncs memory with disk (the startup scan): forgets memory entries whose
+    /// process is gone, loads live helpers proven ours from disk, removes stale entries,
+    /// reports foreign, corrupt and unverifiable ones (cleanup removes the first two),
+    /// and rewrites the PID file of a live tracked helper when it is missing or wrong.
+    /// Never signals anything.
+    pub async fn reload(&self) -> Result<RecoveryReport> {
+        self.inner.reload().await
+    }
+}
+
+impl Inner {
+    fn read_memory(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TargetId, Tracked>> {
+        self.memory.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_memory(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TargetId, Tracked>> {
+        self.memory.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn memory_identity(&self, target: &TargetId) -> Option<ProcIdentity> {
+        self.read_memory().get(target).map(|t| t.identity.clone())
+    }
+
+    fn memory_entry(&self, target: &TargetId) -> Option<(ProcIdentity, Metadata)> {
+        self.read_memory()
+            .get(target)
+            .map(|t| (t.identity.clone(), t.meta.clone()))
+    }
+
+    fn emit(&self, event: Event) {
+        debug!(event = ?event, "event");
+        // No receiver is not an error.
+        let _ = self.events.send(event);
+    }
+
+    /// Puts `identity` in memory for `target` and starts its exit watcher. Call with
+    /// the target's lock (or its memory mutex) held.
+    fn track(self: &Arc<Self>, target: &TargetId, identity: ProcIdentity, meta: Metadata) {
+        let watched = Arc::new(AtomicBool::new(true));
+        let handle = tokio::spawn(watch_exit(
+            Arc::downgrade(self),
+            self.spawner.clone(),
+            target.clone(),
+            identity.clone(),
+            watched.clone(),
+        ));
+        let old = self.write_memory().insert(
+            target.clone(),
+            Tracked {
+                identity,
+                meta,
+                watched,
+                watcher: Some(handle.abort_handle()),
+            },
+        );
+        if let Some(old) = old {
+            if let Some(h) = old.watcher {
+                h.abort();
+            }
+        }
+    }
+
+    /// Removes the memory entry of `target` (only if it names `identity`, when given)
+    /// and stops its watcher.
+    fn forget(&self, target: &TargetId, identity: Option<&ProcIdentity>) -> bool {
+        let removed = {
+            let mut memory = self.write_memory();
+            match memory.get(target) {
+                Some(t) if identity.is_none_or(|id| *id == t.identity) => memory.remove(target),
+                _ => None,
+            }
+        };
+        match removed {
+            Some(t) => {
+                if let Some(h) = t.watcher {
+                    h.abort();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Probes `record.pid` and decides whether it is the recorded helper.
+    async fn classify(&self, record: &Record) -> Verdict {
+        if u32::try_from(record.pid.get()).ok() == Some(std::process::id()) {
+            return Verdict::Foreign(format!("PID {} is dms itself", record.pid));
+        }
+        let info = match self.spawner.probe(record.pid).await {
+            Ok(Probe::Alive(info)) => info,
+            Ok(Probe::Gone | Probe::Zombie(_)) => return Verdict::Stale,
+            Err(e) => return Verdict::Unverified(e.to_string()),
+        };
+        match (&record.identity, record.written_at) {
+            (Some(id), _) => {
+                if id.start_ticks == info.identity.start_ticks
+                    && id.boot_id == info.identity.boot_id
+                {
+                    Verdict::Own(Box::new(info))
+                } else {
+                    Verdict::Foreign(format!(
+                        "PID {} belongs to another process now (started at tick {} of boot {}; \
+                         the helper started at tick {} of boot {})",
+                        record.pid,
+                        info.identity.start_ticks,
+                        info.identity.boot_id,
+                        id.start_ticks,
+                        id.boot_id
+                    ))
+                }
+            }
+            (None, Some(written)) => {
+                if info.started_at <= written + self.opts.start_time_slack {
+                    Verdict::Own(Box::new(info))
+                } else {
+                    Verdict::Foreign(format!(
+                        "PID {} belongs to a process that started at {} after its PID file \
+                         was written at {}",
+                        record.pid,
+                        humantime::format_rfc3339_millis(info.started_at),
+                        humantime::format_rfc3339_millis(written)
+                    ))
+                }
+            }
+            (None, None) => Verdict::Foreign(format!(
+                "PID {} is alive but nothing proves it is the helper (no recorded identity, \
+                 no file time)",
+                record.pid
+            )),
+        }
+    }
+
+    /// Whether the exact process `id` is still alive.
+    async fn verify(&self, id: &ProcIdentity) -> Verdict {
+        match self.spawner.probe(id.pid).await {
+            Ok(Probe::Alive(info)) if info.identity == *id => Verdict::Own(Box::new(info)),
+            Ok(Probe::Alive(_)) => Verdict::Foreign(format!("PID {} was reused", id.pid)),
+            Ok(Probe::Gone | Probe::Zombie(_)) => Verdict::Stale,
+            Err(e) => Verdict::Unverified(e.to_string()),
+        }
+    }
+
+    /// The live helper of `target` proven ours, from memory or disk. Call with the lock.
+    async fn live_helper(&self, target: &TargetId) -> Result<Option<ProcIdentity>> {
+        if let Some(id) = self.memory_identity(target) {
+            match self.verify(&id).await {
+                Verdict::Own(_) => return Ok(Some(id)),
+                Verdict::Unverified(reason) => {
+                    return Err(Error::Unverified {
+                        target: target.clone(),
+                        pid: id.pid,
+                        reason,
+                    })
+                }
+                Verdict::Stale | Verdict::Foreign(_) => {}
+            }
+        }
+        match self.store.get(target).await? {
+            Lookup::Present(r) => match self.classify(&r).await {
+                Verdict::Own(info) => Ok(Some(info.identity)),
+                Verdict::Unverified(reason) => Err(Error::Unverified {
+                    target: target.clone(),
+                    pid: r.pid,
+                    reason,
+                }),
+                Verdict::Stale | Verdict::Foreign(_) => Ok(None),
+            },
+            Lookup::Absent | Lookup::Corrupt(_) => Ok(None),
+        }
+    }
+
+    async fn spawn(self: &Arc<Self>, target: &TargetId, spec: HelperSpec) -> Result<ProcIdentity> {
+        let _guard = self.locks.lock(target).await?;
+        if let Some(old) = self.live_helper(target).await? {
+            if !spec.replace {
+                return Err(Error::AlreadyRunning {
+                    target: target.clone(),
+                    pid: old.pid,
+                });
+            }
+            info!(target = %target, pid = old.pid.get(), "replacing running helper");
+            let out = self.spawner.terminate(&old, self.opts.kill_grace).await?;
+            if !out.stopped && !out.mismatch {
+                return Err(Error::StillRunning {
+                    target: target.clone(),
+                    pid: old.pid,
+                });
+            }
+            self.forget(target, None);
+            self.store.remove(target).await?;
+            if !out.signals.is_empty() {
+                self.emit(Event::Killed {
+                    target: target.clone(),
+                    pid: old.pid,
+                });
+            }
+        }
+
+        let log = spec
+            .log
+            .clone()
+            .unwrap_or_else(|| target.log_file_in(&self.opts.logs_dir()));
+        let cmdline: Vec<String> = std::iter::once(&spec.program)
+            .chain(spec.args.iter())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let env_keys: Vec<String> = spec
+            .env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        let proc_spec = SpawnSpec {
+            program: spec.program,
+            args: spec.args,
+            env: spec.env,
+            log: log.clone(),
+            cwd: None,
+        };
+        let pending = self.spawner.spawn(&proc_spec).await?;
+        let identity = pending.identity.clone();
+        let pid = identity.pid.get();
+        debug!(target = %target, pid, ?cmdline, ?env_keys, "helper created, held at the start barrier");
+        let meta = Metadata {
+            cmdline: Some(cmdline),
+            mount: spec.mount,
+            spawned_at: Some(SystemTime::now()),
+            log_path: Some(log),
+        };
+        if let Err(e) = self
+            .store
+            .put(target, &record_for(&identity, meta.clone()))
+            .await
+        {
+            // Dropping the gate makes the helper exit without running its program.
+            drop(pending.gate);
+            warn!(target = %target, pid, error = %e, "cannot record helper; it was not started");
+            return Err(e.into());
+        }
+        self.track(target, identity.clone(), meta);
+        if let Err(e) = pending.gate.release().await {
+            warn!(target = %target, pid, error = %e, "helper program did not start");
+            self.forget(target, Some(&identity));
+            if let Err(re) = self.store.remove(target).await {
+                error!(target = %target, pid, error = %re,
+                    "cannot remove the record of a helper that did not start; cleanup will");
+            }
+            return Err(e.into());
+        }
+        info!(target = %target, pid, "spawned helper");
+        self.emit(Event::Spawned {
+            target: target.clone(),
+            pid: identity.pid,
+        });
+        Ok(identity)
+    }
+
+    async fn kill(self: &Arc<Self>, target: &TargetId, grace: Duration) -> Result<KillReport> {
+        let _guard = self.locks.lock(target).await?;
+        let mut report = KillReport {
+            target: target.clone(),
+            pid: None,
+            was_running: false,
+            signal: None,
+            stopped: false,
+            steps: Vec::new(),
+        };
+        let mem = self.memory_identity(target);
+        let disk = self.store.get(target).await?;
+        let mut victims = Vec::new();
+        let mut disk_reason = None;
+        if let Some(id) = &mem {
+            report.pid = Some(id.pid);
+            victims.push(id.clone());
+        }
+        match &disk {
+            Lookup::Present(r) if mem.as_ref().is_some_and(|id| id.pid == r.pid) => {}
+            Lookup::Present(r) => {
+                report.pid.get_or_insert(r.pid);
+                match self.classify(r).await {
+                    Verdict::Own(info) => victims.push(info.identity),
+                    Verdict::Stale => disk_reason = Some(RemovalReason::Stale),
+                    Verdict::Foreign(why) => {
+                        info!(target = %target, pid = r.pid.get(), why, "PID file names a foreign process; not signalled");
+                        disk_reason = Some(RemovalReason::Foreign);
+                    }
+                    Verdict::Unverified(reason) => {
+                        return Err(Error::Unverified {
+                            target: target.clone(),
+                            pid: r.pid,
+                            reason,
+                        })
+                    }
+                }
+            }
+            Lookup::Corrupt(_) => disk_reason = Some(RemovalReason::Corrupt),
+            Lookup::Absent => {}
+        }
+        for victim in &victims {
+            let out = self.spawner.terminate(victim, grace).await?;
+            report
+                .steps
+                .extend(out.signals.iter().map(|s| s.name().to_owned()));
+            if let Some(last) = out.signals.last() {
+                report.signal = Some(*last);
+            }
+            if out.mismatch {
+                info!(target = %target, pid = victim.pid.get(), "PID was reused; not signalled");
+                continue;
+            }
+            if !out.stopped {
+                return Err(Error::StillRunning {
+                    target: target.clone(),
+                    pid: victim.pid,
+                });
+            }
+            if !out.signals.is_empty() {
+                report.was_running = true;
+                report.stopped = true;
+                info!(target = %target, pid = victim.pid.get(), signals = ?out.signals, "stopped helper");
+                self.emit(Event::Killed {
+                    target: target.clone(),
+                    pid: victim.pid,
+                });
+            }
+        }
+        if self.forget(target, None) {
+            report.steps.push("forget_memory".to_owned());
+        }
+        if !matches!(disk, Lookup::Absent) && self.store.remove(target).await? {
+            report.steps.push(
+                match disk_reason {
+                    Some(RemovalReason::Stale) => "clear_stale",
+                    Some(RemovalReason::Foreign) => "clear_foreign",
+                    Some(RemovalReason::Corrupt) => "clear_corrupt",
+                    None => "remove_pid_file",
+                }
+                .to_owned(),
+            );
+            if let Some(reason) = disk_reason {
+                self.emit(Event::Cleaned {
+                    target: target.clone(),
+                    pid: report.pid,
+                    reason,
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    async fn adopt(self: &Arc<Self>, target: &TargetId, pid: Pid) -> Result<ProcIdentity> {
+        if u32::try_from(pid.get()).ok() == Some(std::process::id()) {
+            return Err(ProcError::SelfPid(pid).into());
+        }
+        let _guard = self.locks.lock(target).await?;
+        let other = self
+            .read_memory()
+            .iter()
+            .find(|(t, tr)| tr.identity.pid == pid && *t != target)
+            .map(|(t, _)| t.clone());
+        if let Some(other) = other {
+            return Err(Error::AlreadyTracked {
+                target: target.clone(),
+                pid,
+                other,
+            });
+        }
+        let info = match self.spawner.probe(pid).await? {
+            Probe::Alive(info) => info,
+            Probe::Gone | Probe::Zombie(_) => {
+                return Err(Error::NotRunning {
+                    target: target.clone(),
+                    pid,
+                })
+            }
+        };
+        if let Some(live) = self.live_helper(target).await? {
+            if live != info.identity {
+                return Err(Error::AlreadyRunning {
+                    target: target.clone(),
+                    pid: live.pid,
+                });
+            }
+        }
+        let meta = Metadata {
+            cmdline: info.cmdline.clone(),
+            mount: None,
+            spawned_at: Some(SystemTime::now()),
+            log_path: None,
+        };
+        self.store
+            .put(target, &record_for(&info.identity, meta.clone()))
+            .await?;
+        self.track(target, info.identity.clone(), meta);
+        info!(target = %target, pid = pid.get(), "adopted process");
+        self.emit(Event::Adopted {
+            target: target.clone(),
+            pid,
+        });
+        Ok(info.identity)
+    }
+
+    /// Called by the exit watcher of `identity`.
+    async fn on_exit(
+        self: &Arc<Self>,
+        target: &TargetId,
+        identity: &ProcIdentity,
+        status: ExitStatus,
+    ) {
+        let pid = identity.pid.get();
+        let guard = self.locks.lock(target).await;
+        // Not `forget`: that would abort this very task.
+        let taken = {
+            let mut memory = self.write_memory();
+            match memory.get(target) {
+                Some(t) if t.identity == *identity => memory.remove(target).is_some(),
+                _ => false,
+            }
+        };
+        if !taken {
+            return;
+        }
+        match guard {
+            Ok(_guard) => match self.store.get(target).await {
+                Ok(Lookup::Present(r))
+                    if r.pid == identity.pid
+                        && r.identity.as_ref().is_none_or(|id| {
+                            id.start_ticks == identity.start_ticks && id.boot_id == identity.boot_id
+                        }) =>
+                {
+                    if let Err(e) = self.store.remove(target).await {
+                        warn!(target = %target, pid, error = %e, "cannot remove PID file of exited helper; cleanup will");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(target = %target, pid, error = %e, "cannot read PID file of exited helper; cleanup will");
+                }
+            },
+            Err(e) => {
+                warn!(target = %target, pid, error = %e, "cannot lock target; PID file of exited helper left for cleanup");
+            }
+        }
+        info!(target = %target, pid, ?status, "helper exited");
+        self.emit(Event::Exited {
+            target: target.clone(),
+            pid: identity.pid,
+            status,
+        });
+    }
+
+    /// Every target in memory or on disk (sorted), and the raw store listing.
+    async fn all_targets(&self) -> Result<(Vec<TargetId>, Vec<Entry>)> {
+        let entries = self.store.list().await?;
+        let mut targets: BTreeSet<TargetId> = self.read_memory().keys().cloned().collect();
+        for e in &entries {
+            if let Entry::Target { target, .. } = e {
+                targets.insert(target.clone());
+            }
+        }
+        Ok((targets.into_iter().collect(), entries))
+    }
+
+    /// The info object of `target`, given what the store holds for it.
+    async fn info(&self, target: &TargetId, disk: Lookup, usage: Option<Duration>) -> ProcessInfo {
+        let mem = self.memory_entry(target);
+        let pid_file_exists = !matches!(disk, Lookup::Absent);
+        let mut info = ProcessInfo {
+            target: target.clone(),
+            pid: None,
+            state: ProcessState::Absent,
+            running: false,
+            pid_file: target.pid_file_in(self.store.pid_dir()),
+            pid_file_exists,
+            source: match (mem.is_some(), pid_file_exists) {
+                (true, true) => Some(Source::Both),
+                (true, false) => Some(Source::Memory),
+                (false, true) => Some(Source::Disk),
+                (false, false) => None,
+            },
+            started_at: None,
+            uptime_secs: None,
+            cpu_percent: None,
+            rss_bytes: None,
+            threads: None,
+            cmdline: None,
+            mount: None,
+            mounted: None,
+            mount_state: None,
+            detail: None,
+        };
+        let (verdict, meta) = match (mem, disk) {
+            (Some((id, meta)), _) => {
+                info.pid = Some(id.pid);
+                (self.verify(&id).await, meta)
+            }
+            (None, Lookup::Present(r)) => {
+                info.pid = Some(r.pid);
+                (self.classify(&r).await, r.meta)
+            }
+            (None, Lookup::Corrupt(c)) => {
+                info.state = ProcessState::Corrupt;
+                info.detail = Some(c.reason);
+                return info;
+            }
+            (None, Lookup::Absent) => return info,
+        };
+        info.mount = meta.mount;
+        info.cmdline = meta.cmdline;
+        match verdict {
+            Verdict::Own(p) => {
+                info.state = ProcessState::Running;
+                info.running = true;
+                info.started_at = Some(p.started_at);
+                info.uptime_secs = Some(
+                    SystemTime::now()
+                        .duration_since(p.started_at)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                );
+                if p.cmdline.is_some() {
+                    info.cmdline = p.cmdline.clone();
+                }
+                if let Some(interval) = usage {
+                    match self.spawner.usage(&p.identity, interval).await {
+                        Ok(Some(u)) => {
+                            info.cpu_percent = Some(u.cpu_percent);
+                            info.rss_bytes = Some(u.rss_bytes);
+                            info.threads = Some(u.threads);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            debug!(target = %target, pid = p.identity.pid.get(), error = %e, "no usage")
+                        }
+                    }
+                }
+            }
+            Verdict::Stale => info.state = ProcessState::Stale,
+            Verdict::Foreign(why) => {
+                info.state = ProcessState::Foreign;
+                info.detail = Some(why);
+            }
+            Verdict::Unverified(why) => {
+                info.state = ProcessState::Unverified;
+                info.detail = Some(why);
+            }
+        }
+        info
+    }
+
+    /// Rewrites the PID file of the live tracked helper of `target` from memory.
+    /// Call with the target's lock.
+    async fn repair(&self, target: &TargetId) -> Result<Option<Pid>> {
+        let Some((id, meta)) = self.memory_entry(target) else {
+            return Ok(None);
+        };
+        if !matches!(self.verify(&id).await, Verdict::Own(_)) {
+            return Ok(None);
+        }
+        match self.store.get(target).await? {
+            Lookup::Present(r) if r.pid == id.pid => Ok(None),
+            _ => {
+                warn!(target = %target, pid = id.pid.get(), "PID file missing or wrong for a live helper; rewriting it");
+                self.store.put(target, &record_for(&id, meta)).await?;
+                Ok(Some(id.pid))
+            }
+        }
+    }
+
+    async fn reload(self: &Arc<Self>) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        // Memory entries first: forget the dead.
+        let snapshot: Vec<(TargetId, ProcIdentity)> = self
+            .read_memory()
+            .iter()
+            .map(|(t, tr)| (t.clone(), tr.identity.clone()))
+            .collect();
+        for (target, id) in snapshot {
+            let pid = id.pid;
+            match self.verify(&id).await {
+                Verdict::Own(_) => report.kept.push(TargetPid { target, pid }),
+                Verdict::Stale | Verdict::Foreign(_) => {
+                    let _m = self.locks.lock_memory(&target).await;
+                    if self.forget(&target, Some(&id)) {
+                        info!(target = %target, pid = pid.get(), "forgot helper that is gone");
+                        report.dropped.push(TargetPid { target, pid });
+                    }
+                }
+                Verdict::Unverified(reason) => report.unverified.push(TargetNote {
+                    target,
+                    pid: Some(pid),
+                    reason,
+                }),
+            }
+        }
+
+        let entries = self.store.list().await?;
+        let mut on_disk = BTreeSet::new();
+        for entry in entries {
+            let (target, state) = match entry {
+                Entry::Stray { file_name, reason } => {
+                    warn!(
+                        file_name,
+                        reason, "PID file with an invalid target name; ignored"
+                    );
+                    report.strays.push(StrayNote { file_name, reason });
+                    continue;
+                }
+                Entry::Target { target, state } => (target, state),
+            };
+            on_disk.insert(target.clone());
+            if let Some(id) = self.memory_identity(&target) {
+                if matches!(&state, EntryState::Valid(r) if r.pid == id.pid) {
+                    continue;
+                }
+                let _guard = self.locks.lock(&target).await?;
+                if let Some(pid) = self.repair(&target).await? {
+                    report.repaired.push(TargetPid { target, pid });
+                }
+                continue;
+            }
+            let record = match state {
+                EntryState::Corrupt(c) => {
+                    warn!(target = %target, reason = c.reason, "corrupt PID file; `cleanup` removes it");
+                    report.corrupt.push(TargetNote {
+                        target,
+                        pid: None,
+                        reason: c.reason,
+                    });
+                    continue;
+                }
+                EntryState::Valid(r) => r,
+            };
+            let pid = record.pid;
+            match self.classify(&record).await {
+                Verdict::Own(info) => {
+                    let _guard = self.locks.lock(&target).await?;
+                    let unchanged = matches!(self.store.get(&target).await?,
+                        Lookup::Present(now) if same_record(&now, &record));
+                    if unchanged && self.memory_identity(&target).is_none() {
+                        self.track(&target, info.identity.clone(), record.meta.clone());
+                        info!(target = %target, pid = pid.get(), "recovered running helper");
+                        self.emit(Event::Adopted {
+                            target: target.clone(),
+                            pid,
+                        });
+                        report.adopted.push(TargetPid { target, pid });
+                    }
+                }
+                Verdict::Stale => {
+                    let _guard = self.locks.lock(&target).await?;
+                    let unchanged = matches!(self.store.get(&target).await?,
+                        Lookup::Present(now) if same_record(&now, &record));
+                    if unchanged && self.memory_identity(&target).is_none() {
+                        self.store.remove(&target).await?;
+                        info!(target = %target, pid = pid.get(), "removed stale PID file");
+                        self.emit(Event::Cleaned {
+                            target: target.clone(),
+                            pid: Some(pid),
+                            reason: RemovalReason::Stale,
+                        });
+                        report.cleared.push(TargetPid { target, pid });
+                    }
+                }
+                Verdict::Foreign(why) => {
+                    warn!(target = %target, pid = pid.get(), why, "PID file names a foreign process; `cleanup` removes it");
+                    report.foreign.push(TargetPid { target, pid });
+                }
+                Verdict::Unverified(reason) => {
+                    warn!(target = %target, pid = pid.get(), reason, "cannot verify helper; keeping its PID file");
+                    report.unverified.push(TargetNote {
+                        target,
+                        pid: Some(pid),
+                        reason,
+                    });
+                }
+            }
+        }
+
+        // Live helpers in memory whose PID file is gone.
+        let missing: Vec<TargetId> = self
+            .read_memory()
+            .keys()
+            .filter(|t| !on_disk.contains(*t))
+            .cloned()
+            .collect();
+        for target in missing {
+            let _guard = self.locks.lock(&target).await?;
+            if let Some(pid) = self.repair(&target).await? {
+                report.repaired.push(TargetPid { target, pid });
+            }
+        }
+        Ok(report)
+    }
+
+    async fn cleanup_dead(self: &Arc<Self>) -> Result<CleanupReport> {
+        let mut report = CleanupReport::default();
+        let (targets, _) = self.all_targets().await?;
+        for target in targets {
+            let _guard = self.locks.lock(&target).await?;
+            if let Some(id) = self.memory_identity(&target) {
+                match self.verify(&id).await {
+                    Verdict::Own(_) => {
+                        self.repair(&target).await?;
+                        continue;
+                    }
+                    Verdict::Unverified(_) => continue,
+                    Verdict::Stale | Verdict::Foreign(_) => {
+                        self.forget(&target, Some(&id));
+                    }
+                }
+            }
+            let (reason, pid) = match self.store.get(&target).await? {
+                Lookup::Absent => continue,
+                Lookup::Corrupt(_) => (RemovalReason::Corrupt, None),
+                Lookup::Present(r) => match self.classify(&r).await {
+                    Verdict::Own(info) => {
+                        self.track(&target, info.identity.clone(), r.meta);
+                        info!(target = %target, pid = r.pid.get(), "loaded running helper found on disk");
+                        self.emit(Event::Adopted {
+                            target: target.clone(),
+                            pid: r.pid,
+                        });
+                        continue;
+                    }
+                    Verdict::Unverified(reason) => {
+                        warn!(target = %target, pid = r.pid.get(), reason, "cannot verify helper; keeping its PID file");
+                        continue;
+                    }
+                    Verdict::Stale => (RemovalReason::Stale, Some(r.pid)),
+                    Verdict::Foreign(_) => (RemovalReason::Foreign, Some(r.pid)),
+                },
+            };
+            if self.store.remove(&target).await? {
+                info!(target = %target, pid = pid.map(Pid::get), ?reason, "removed PID file");
+                self.emit(Event::Cleaned {
+                    target: target.clone(),
+                    pid,
+                    reason,
+                });
+                report.removed.push(Removed { target, reason });
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The exit watcher of one tracked helper: waits for its exit without polling, then
+/// removes it from memory and disk if they still name it.
+async fn watch_exit(
+    inner: Weak<Inner>,
+    spawner: Arc<dyn Spawner>,
+    target: TargetId,
+    identity: ProcIdentity,
+    watched: Arc<AtomicBool>,
+) {
+    let status = match spawner.wait_exit(&identity, None).await {
+        Ok(WaitOutcome::Exited(status)) => status,
+        Ok(WaitOutcome::TimedOut) => {
+            watched.store(false, Ordering::Release);
+            warn!(target = %target, pid = identity.pid.get(), "exit watcher timed out without a timeout; is_running will probe");
+            return;
+        }
+        Err(e) => {
+            watched.store(false, Ordering::Release);
+            warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot watch helper exit; is_running will probe");
+            return;
+        }
+    };
+    if let Some(inner) = inner.upgrade() {
+        inner.on_exit(&target, &identity, status).await;
+    }
+}

@@ -1,0 +1,108 @@
+//! How the manager is configured, and how a helper is described.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Configuration of a [`crate::Manager`].
+///
+/// The run directory holds `s3/` (the store's PID files), `locks/<target>.lock` (one
+/// `flock` per target, shared by every dms process on that run dir) and
+/// `logs/<target>.log` (the default helper log).
+///
+/// ```
+/// use dms_core::ManagerOptions;
+/// use std::time::Duration;
+/// let mut opts = ManagerOptions::new("/tmp/dms-example");
+/// opts.kill_grace = Duration::from_secs(2);
+/// assert_eq!(opts.locks_dir(), std::path::Path::new("/tmp/dms-example/locks"));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ManagerOptions {
+    /// The run directory (`/run/dms` in production).
+    pub run_dir: PathBuf,
+    /// How long a helper may take to stop after SIGTERM before it gets SIGKILL, when a
+    /// helper is replaced (`spawn` with `replace`) or stopped by `cleanup_all`. Default 10 s.
+    pub kill_grace: Duration,
+    /// The interval over which `process_info` samples CPU use; `None` skips resource
+    /// sampling (cpu_percent, rss_bytes and threads are then `null`). Default 100 ms.
+    pub usage_interval: Option<Duration>,
+    /// Tolerance of the bare-PID-file identity rule: a live process named by a PID file
+    /// without recorded identity counts as ours when it started no later than the file's
+    /// mtime plus this slack. File times are taken from a coarse clock and process start
+    /// times are rounded down to clock ticks, so a helper can appear to start a few
+    /// milliseconds after its own PID file; a stranger that received a recycled PID
+    /// started long after the file was written. Default 1 s.
+    pub start_time_slack: Duration,
+    /// Capacity of the event channel ([`crate::Manager::subscribe`]); a receiver that
+    /// falls further behind loses the oldest events. Default 1024.
+    pub event_capacity: usize,
+}
+
+impl ManagerOptions {
+    /// The defaults, on `run_dir`.
+    pub fn new(run_dir: impl Into<PathBuf>) -> ManagerOptions {
+        ManagerOptions {
+            run_dir: run_dir.into(),
+            kill_grace: Duration::from_secs(10),
+            usage_interval: Some(Duration::from_millis(100)),
+            start_time_slack: Duration::from_secs(1),
+            event_capacity: 1024,
+        }
+    }
+
+    /// `<run-dir>/locks`.
+    pub fn locks_dir(&self) -> PathBuf {
+        self.run_dir.join("locks")
+    }
+
+    /// `<run-dir>/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.run_dir.join("logs")
+    }
+}
+
+/// What to start for a target.
+///
+/// The `Debug` output shows environment keys only, never values.
+///
+/// ```
+/// use dms_core::HelperSpec;
+/// let spec = HelperSpec {
+///     program: "/usr/bin/s3vaultfuse.py".into(),
+///     env: vec![("AWS_SECRET_ACCESS_KEY".into(), "hunter2".into())],
+///     ..HelperSpec::default()
+/// };
+/// assert!(!format!("{spec:?}").contains("hunter2"));
+/// ```
+#[derive(Clone, Default)]
+pub struct HelperSpec {
+    /// The program: a path, or a name looked up in the `PATH` of `env`.
+    pub program: OsString,
+    /// Its arguments (without argv\[0\]).
+    pub args: Vec<OsString>,
+    /// Its complete environment. Values are never logged or stored.
+    pub env: Vec<(OsString, OsString)>,
+    /// Where stdout and stderr go; `<run-dir>/logs/<target>.log` when `None`.
+    pub log: Option<PathBuf>,
+    /// The mount point the helper serves, if any (recorded as metadata).
+    pub mount: Option<PathBuf>,
+    /// Stop a running helper of the target first, instead of refusing.
+    pub replace: bool,
+}
+
+impl fmt::Debug for HelperSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<_> = self.env.iter().map(|(k, _)| k).collect();
+        f.debug_struct("HelperSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env_keys", &keys)
+            .field("log", &self.log)
+            .field("mount", &self.mount)
+            .field("replace", &self.replace)
+            .finish()
+    }
+}

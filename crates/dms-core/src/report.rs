@@ -1,0 +1,310 @@
+//! What the manager reports: the info object, kill/cleanup/recovery reports, statistics
+//! and events. The `Serialize` forms are the JSON shapes of the `dms` command line.
+
+use dms_proc::{ExitStatus, Signal};
+use dms_store::{Pid, TargetId};
+use serde::{Serialize, Serializer};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// The state of a target, as in the info object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessState {
+    /// Alive and proven ours.
+    Running,
+    /// The recorded PID is dead (or a zombie).
+    Stale,
+    /// The recorded PID is alive but belongs to another process (the PID was reused).
+    Foreign,
+    /// The PID file is not a valid PID file.
+    Corrupt,
+    /// No PID file and nothing in memory.
+    Absent,
+    /// The recorded PID is alive but the probe was denied, so whether it is ours cannot
+    /// be proven. The entry is kept and never signalled. (An addition to the five
+    /// states of the command-line contract; only seen when dms lacks permission.)
+    Unverified,
+}
+
+/// Where the manager found a target's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Only in this manager's memory (the PID file is missing).
+    Memory,
+    /// Only on disk (not loaded into memory).
+    Disk,
+    /// In memory and on disk.
+    Both,
+}
+
+/// The state of a helper's mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountState {
+    /// Mounted and answering.
+    Mounted,
+    /// Mounted, but the FUSE daemon behind it is gone (ENOTCONN).
+    Stale,
+    /// Not a mount point.
+    Unmounted,
+}
+
+/// Everything known about one target: the info object of the command-line contract.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessInfo {
+    /// The target.
+    pub target: TargetId,
+    /// The recorded PID, if any.
+    pub pid: Option<Pid>,
+    /// See [`ProcessState`].
+    pub state: ProcessState,
+    /// Alive and proven ours.
+    pub running: bool,
+    /// `<run-dir>/s3/<target>.pid`.
+    pub pid_file: PathBuf,
+    /// Whether something is at `pid_file`.
+    pub pid_file_exists: bool,
+    /// Where the record was found; `None` when nowhere.
+    pub source: Option<Source>,
+    /// When the process started (UTC, whole seconds in JSON), when running.
+    #[serde(serialize_with = "ser_rfc3339")]
+    pub started_at: Option<SystemTime>,
+    /// Seconds since it started, when running.
+    pub uptime_secs: Option<f64>,
+    /// CPU use over the sampling interval, percent of one core, when running and sampled.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory, when running and sampled.
+    pub rss_bytes: Option<u64>,
+    /// Thread count, when running and sampled.
+    pub threads: Option<u64>,
+    /// The command line: the live process's, else the recorded one.
+    pub cmdline: Option<Vec<String>>,
+    /// The recorded mount point.
+    pub mount: Option<PathBuf>,
+    /// Whether the mount point is mounted; `None` until mount awareness exists.
+    pub mounted: Option<bool>,
+    /// The mount point's state; `None` until mount awareness exists.
+    pub mount_state: Option<MountState>,
+    /// Why the state is what it is, in words (corrupt reason, foreign evidence, ...). Not
+    /// part of the JSON shape; for human output and logs.
+    #[serde(skip)]
+    pub detail: Option<String>,
+}
+
+fn ser_rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(&humantime::format_rfc3339_seconds(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_signal<S: Serializer>(sig: &Option<Signal>, s: S) -> Result<S::Ok, S::Error> {
+    match sig {
+        Some(sig) => s.serialize_str(sig.name()),
+        None => s.serialize_none(),
+    }
+}
+
+/// What [`crate::Manager::kill`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KillReport {
+    /// The target.
+    pub target: TargetId,
+    /// The PID that was recorded (memory first, else disk), if any.
+    pub pid: Option<Pid>,
+    /// Whether a live helper, proven ours, was found and signalled.
+    pub was_running: bool,
+    /// The last signal sent.
+    #[serde(serialize_with = "ser_signal")]
+    pub signal: Option<Signal>,
+    /// Whether a running helper was stopped by this call.
+    pub stopped: bool,
+    /// What was done, in order: `"SIGTERM"`, `"SIGKILL"`, `"remove_pid_file"`,
+    /// `"forget_memory"`, `"clear_stale"`, `"clear_foreign"`, `"clear_corrupt"`.
+    pub steps: Vec<String>,
+}
+
+/// Totals over every tracked target: the `stats` JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Targets in this manager's memory.
+    pub total_tracked: usize,
+    /// `*.pid` entries in the PID directory (including unreadable ones and files whose
+    /// name is not a valid target ID).
+    pub pid_files_on_disk: usize,
+    /// Targets whose helper is alive and proven ours.
+    pub running: usize,
+    /// Targets whose recorded PID is dead.
+    pub stale: usize,
+    /// Targets whose recorded PID belongs to another process.
+    pub foreign: usize,
+    /// Targets whose PID file is unreadable.
+    pub corrupt: usize,
+    /// Targets whose helper's identity could not be verified (permission denied).
+    pub unverified: usize,
+    /// `*.pid` files whose name is not a valid target ID (never acted on).
+    pub strays: usize,
+    /// Stale mounts; `None` until mount awareness exists.
+    pub stale_mounts: Option<usize>,
+    /// The store backend: `pidfile`, `sqlite` or `memory`.
+    pub backend: String,
+    /// The run directory.
+    pub run_dir: PathBuf,
+}
+
+/// Why cleanup removed an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemovalReason {
+    /// The PID was dead.
+    Stale,
+    /// The PID belonged to another process.
+    Foreign,
+    /// The file was not a valid PID file.
+    Corrupt,
+}
+
+/// One entry removed by cleanup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    /// The target.
+    pub target: TargetId,
+    /// Why.
+    pub reason: RemovalReason,
+}
+
+/// What [`crate::Manager::cleanup_dead`] / [`crate::Manager::cleanup_all`] did: the
+/// `cleanup` JSON shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// Entries removed, with the reason.
+    pub removed: Vec<Removed>,
+    /// Targets whose running helper was stopped (only `cleanup_all`).
+    pub stopped: Vec<TargetId>,
+}
+
+/// A target and the PID involved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetPid {
+    /// The target.
+    pub target: TargetId,
+    /// The PID.
+    pub pid: Pid,
+}
+
+/// A target and a reason, for entries kept but not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetNote {
+    /// The target.
+    pub target: TargetId,
+    /// The PID, when one is recorded.
+    pub pid: Option<Pid>,
+    /// Why.
+    pub reason: String,
+}
+
+/// A `*.pid` file whose name is not a valid target ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StrayNote {
+    /// The file name.
+    pub file_name: String,
+    /// Why the name is refused.
+    pub reason: String,
+}
+
+/// What [`crate::Manager::reload`] (startup recovery) found and did. Recovery never
+/// signals anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryReport {
+    /// Live helpers proven ours, loaded from disk into memory.
+    pub adopted: Vec<TargetPid>,
+    /// Memory entries verified alive (a later `reload`).
+    pub kept: Vec<TargetPid>,
+    /// Stale entries (dead PID) removed.
+    pub cleared: Vec<TargetPid>,
+    /// Entries naming a live process that is not ours: kept, reported; cleanup removes them.
+    pub foreign: Vec<TargetPid>,
+    /// Unreadable entries: kept, reported; cleanup removes them.
+    pub corrupt: Vec<TargetNote>,
+    /// Entries whose process is alive but could not be verified: kept, never signalled.
+    pub unverified: Vec<TargetNote>,
+    /// Files whose name is not a valid target ID: never acted on.
+    pub strays: Vec<StrayNote>,
+    /// PID files rewritten from memory because they were missing, unreadable or named
+    /// another PID while this manager tracks a live helper.
+    pub repaired: Vec<TargetPid>,
+    /// Memory entries whose process turned out to be gone, forgotten.
+    pub dropped: Vec<TargetPid>,
+}
+
+/// Something that happened to a helper, for library consumers
+/// ([`crate::Manager::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A helper was started and recorded.
+    Spawned {
+        /// The target.
+        target: TargetId,
+        /// Its PID.
+        pid: Pid,
+    },
+    /// A tracked helper exited on its own (or was stopped by someone else).
+    Exited {
+        /// The target.
+        target: TargetId,
+        /// Its PID.
+        pid: Pid,
+        /// How it ended, when known.
+        status: ExitStatus,
+    },
+    /// A helper was stopped by [`crate::Manager::kill`] (or replaced, or `cleanup_all`).
+    Killed {
+        /// The target.
+        target: TargetId,
+        /// Its PID.
+        pid: Pid,
+    },
+    /// A live process was recorded as a target's helper (explicit adopt, or recovery).
+    Adopted {
+        /// The target.
+        target: TargetId,
+        /// Its PID.
+        pid: Pid,
+    },
+    /// A stale, foreign or corrupt entry was removed.
+    Cleaned {
+        /// The target.
+        target: TargetId,
+        /// The PID it named, if it was readable.
+        pid: Option<Pid>,
+        /// Why it was removed.
+        reason: RemovalReason,
+    },
+}
+
+impl Event {
+    /// The target the event is about.
+    pub fn target(&self) -> &TargetId {
+        match self {
+            Event::Spawned { target, .. }
+            | Event::Exited { target, .. }
+            | Event::Killed { target, .. }
+            | Event::Adopted { target, .. }
+            | Event::Cleaned { target, .. } => target,
+        }
+    }
+
+    /// The PID the event is about, if any.
+    pub fn pid(&self) -> Option<Pid> {
+        match self {
+            Event::Spawned { pid, .. }
+            | Event::Exited { pid, .. }
+            | Event::Killed { pid, .. }
+            | Event::Adopted { pid, .. } => Some(*pid),
+            Event::Cleaned { pid, .. } => *pid,
+        }
+    }
+}
