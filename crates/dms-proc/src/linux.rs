@@ -539,6 +539,51 @@ unsafe fn child_fail(fd: i32, stage: u32) -> ! {
     }
 }
 
+/// Sets the disposition of `sig` to the default, including the two real-time signals
+/// glibc reserves for itself (32, 33), which its `signal()` wrapper refuses to touch.
+///
+/// # Safety
+///
+/// Async-signal-safe; meant for the forked child.
+#[cfg(target_arch = "x86_64")]
+unsafe fn reset_disposition(sig: i32) {
+    /// The kernel's `struct sigaction` on x86_64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let act = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: raw rt_sigaction with a valid struct and the kernel's sigset size (8).
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &raw const act,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+}
+
+/// Sets the disposition of `sig` to the default (glibc's reserved signals excepted).
+///
+/// # Safety
+///
+/// Async-signal-safe; meant for the forked child.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn reset_disposition(sig: i32) {
+    // SAFETY: plain signal() call.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
+}
+
 /// The forked child: set up, wait at the gate, exec.
 ///
 /// # Safety
@@ -556,7 +601,7 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         for sig in 1..65 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                reset_disposition(sig);
             }
         }
         let err_src = plan.err_w.as_raw_fd();

@@ -121,8 +121,13 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// SIGKILLs `id` (and its group) only if `/proc` still shows that incarnation.
+/// SIGKILLs `id` only if it is of this boot and `/proc` still shows that incarnation
+/// (identities of the fake, with their made-up boot ID, are never acted on).
 pub fn kill_if_same(id: &ProcIdentity) {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    if id.boot_id != boot.trim() {
+        return;
+    }
     let pid = id.pid.get();
     let Ok(fd) = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid).unwrap(),
