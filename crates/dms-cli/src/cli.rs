@@ -1,0 +1,307 @@
+//! The clap definitions: the single source of `--help`, completions and the man page.
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use dms_store::{Pid, TargetId};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  # start a helper for target-1 and show it (no root needed with a temp run dir)
+  dms --run-dir /tmp/dms spawn target-1 -- sleep 300
+  dms --run-dir /tmp/dms status
+  # stop it
+  dms --run-dir /tmp/dms kill target-1
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad input,
+3 not running (kill, status TARGET).";
+
+const SPAWN_EXAMPLES: &str = "\
+Examples:
+  # credentials come from dms's own environment or a file, never the command line
+  export AWS_SECRET_ACCESS_KEY=...
+  dms spawn target-1 --mount /mnt/t1 --env AWS_SECRET_ACCESS_KEY \\
+      --env vault_s3_bucket=backups --env-file /etc/dms/target-1.env \\
+      -- /usr/bin/s3vaultfuse.py
+  dms --json spawn demo --replace -- sleep 300
+
+Exit codes: 0 started, 1 failed (already running, cannot start), 2 bad usage.";
+
+const KILL_EXAMPLES: &str = "\
+Examples:
+  dms kill target-1
+  dms --json kill target-1 --grace 2.5
+
+Exit codes: 0 stopped, 1 failed, 3 was not running (a stale PID file is removed).";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  dms status
+  dms --json status target-1
+
+Exit codes: all targets: 0; one target: 0 running, 3 not running.";
+
+const STATS_EXAMPLES: &str = "\
+Example:
+  dms --json stats";
+
+const CLEANUP_EXAMPLES: &str = "\
+Examples:
+  dms cleanup              # remove PID files of dead, foreign or unreadable entries
+  dms cleanup --all -g 5   # also stop every running helper";
+
+const ADOPT_EXAMPLES: &str = "\
+Example:
+  dms adopt target-1 12345
+
+Exit codes: 0 adopted, 1 refused (PID not alive, target already running), 2 bad usage.";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  dms completions bash > /etc/bash_completion.d/dms
+  dms completions zsh > \"${fpath[1]}/_dms\"";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  dms man | man -l -
+  dms man spawn > dms-spawn.1";
+
+/// Which store backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// `sqlite` when `<run-dir>/dms.sqlite3` exists, else `pidfile`.
+    Auto,
+    /// PID files only.
+    Pidfile,
+    /// PID files plus SQLite metadata (`<run-dir>/dms.sqlite3`).
+    Sqlite,
+}
+
+/// Starts, tracks and stops one helper process per backup target.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dms",
+    version,
+    about = "Starts, tracks and stops one helper process per backup target",
+    long_about = "Starts, tracks and stops one long-running helper process per backup target, \
+recorded in memory and as PID files <run-dir>/s3/<TARGET>.pid, and never signals a process \
+whose identity it cannot prove.",
+    after_help = MAIN_EXAMPLES,
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// The run directory: PID files in s3/, locks in locks/, logs in logs/; created if missing.
+    #[arg(
+        long,
+        global = true,
+        env = "DMS_RUN_DIR",
+        default_value = "/run/dms",
+        value_name = "DIR"
+    )]
+    pub run_dir: PathBuf,
+
+    /// The store backend (auto: sqlite when dms.sqlite3 exists in the run dir, else pidfile).
+    #[arg(long, global = true, env = "DMS_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Machine-readable output on stdout: one JSON document per command.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More logging on stderr (default errors only; -v warnings, -vv info, -vvv debug,
+    /// -vvvv trace). RUST_LOG, when set, replaces this.
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// No logging on stderr; the final `dms: error:` line of a failure is still printed.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start PROGRAM detached for TARGET, record it, and print its info.
+    #[command(after_help = SPAWN_EXAMPLES)]
+    Spawn(SpawnArgs),
+
+    /// Stop TARGET's helper: SIGTERM to its process group, SIGKILL after the grace period.
+    #[command(after_help = KILL_EXAMPLES)]
+    Kill(KillArgs),
+
+    /// Show one target's info, or every tracked target's, sorted by target.
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
+
+    /// Show totals: tracked, running, stale, foreign, corrupt.
+    #[command(after_help = STATS_EXAMPLES)]
+    Stats,
+
+    /// Remove PID files whose process is dead, foreign or unreadable.
+    #[command(after_help = CLEANUP_EXAMPLES)]
+    Cleanup(CleanupArgs),
+
+    /// Record an already-running process as TARGET's helper.
+    #[command(after_help = ADOPT_EXAMPLES)]
+    Adopt(AdoptArgs),
+
+    /// Print a shell completion script to stdout.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff) of dms or of one command to stdout.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man {
+        /// The command whose page to print; the main page when omitted.
+        command: Option<String>,
+    },
+}
+
+/// Arguments of `dms spawn`.
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    /// The target ID: 1 to 200 bytes of [A-Za-z0-9._-], not starting with '.'.
+    #[arg(value_parser = parse_target)]
+    pub target: TargetId,
+
+    /// The mount point the helper serves (recorded and reported in status).
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+
+    /// Add KEY=VALUE to the helper's environment, or KEY with its value from dms's own
+    /// environment (keeps secrets off the command line). Repeatable.
+    #[arg(long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<OsString>,
+
+    /// Add the KEY=VALUE lines of FILE to the helper's environment ('#' comments and
+    /// blank lines allowed; values are taken verbatim). Repeatable; --env wins over files.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+
+    /// The helper's log file, stdout and stderr appended [default: logs/TARGET.log in the
+    /// run dir].
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+
+    /// Stop a running helper of TARGET first, instead of refusing.
+    #[arg(long)]
+    pub replace: bool,
+
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "PROGRAM [ARG]...")]
+    pub command: Vec<OsString>,
+}
+
+/// Arguments of `dms kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// The target ID.
+    #[arg(value_parser = parse_target)]
+    pub target: TargetId,
+
+    /// Seconds to wait after SIGTERM before SIGKILL (decimals allowed).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    pub grace: Duration,
+}
+
+/// Arguments of `dms status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this target (exit code 3 when it is not running).
+    #[arg(value_parser = parse_target)]
+    pub target: Option<TargetId>,
+}
+
+/// Arguments of `dms cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Also stop every running helper.
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all: seconds to wait after SIGTERM before SIGKILL, per helper.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    pub grace: Duration,
+}
+
+/// Arguments of `dms adopt`.
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The target ID.
+    #[arg(value_parser = parse_target)]
+    pub target: TargetId,
+
+    /// The PID of the running process to adopt.
+    #[arg(value_parser = parse_pid, allow_negative_numbers = true)]
+    pub pid: Pid,
+}
+
+fn parse_target(s: &str) -> Result<TargetId, String> {
+    TargetId::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_pid(s: &str) -> Result<Pid, String> {
+    Pid::parse(s.as_bytes()).map_err(|e| format!("invalid PID: {e}"))
+}
+
+/// Parses a non-negative number of seconds, decimals allowed (`10`, `0.5`).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 10 or 0.5)"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a non-negative, finite number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(help.contains("dms "), "{} has no example", sub.get_name());
+        }
+    }
+
+    #[test]
+    fn secs_parse() {
+        assert_eq!(parse_secs("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_secs("0.25").unwrap(), Duration::from_millis(250));
+        for bad in ["-1", "x", "inf", "NaN", ""] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spawn_needs_the_double_dash() {
+        let r = Cli::try_parse_from(["dms", "spawn", "t", "sleep", "1"]);
+        assert!(r.is_err());
+        let c = Cli::try_parse_from(["dms", "spawn", "t", "--", "sleep", "1"]).unwrap();
+        match c.command {
+            Command::Spawn(a) => assert_eq!(a.command, ["sleep", "1"]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

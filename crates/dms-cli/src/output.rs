@@ -1,0 +1,320 @@
+//! Human output. Every line is rendered from the same JSON documents that `--json`
+//! prints (the shapes of cli.md), so the two outputs cannot disagree.
+
+use serde_json::Value;
+use std::fmt::Write as _;
+
+fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn num_of(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn int_of(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+fn bool_of(v: &Value, key: &str) -> Option<bool> {
+    v.get(key).and_then(Value::as_bool)
+}
+
+/// `"-"` for a missing value.
+fn or_dash(s: Option<String>) -> String {
+    s.unwrap_or_else(|| "-".to_owned())
+}
+
+/// 12.5 -> `12s`, 303 -> `5m03s`, 7500 -> `2h05m`, 273600 -> `3d04h`.
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Bytes in binary units: `512B`, `1.0K`, `12.3M`, `2.0G`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
+/// The mount column: the path, with its state when it is not plainly mounted.
+fn mount_cell(info: &Value) -> String {
+    let Some(mount) = str_of(info, "mount") else {
+        return "-".to_owned();
+    };
+    match str_of(info, "mount_state") {
+        Some("mounted") | None => mount.to_owned(),
+        Some(state) => format!("{mount} ({state})"),
+    }
+}
+
+fn cmdline_cell(info: &Value) -> String {
+    match info.get("cmdline").and_then(Value::as_array) {
+        Some(parts) => parts
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => "-".to_owned(),
+    }
+}
+
+/// The `status` table: one row per info object, columns aligned, the command line last.
+pub fn status_table(infos: &[Value]) -> String {
+    const HEADER: [&str; 10] = [
+        "TARGET", "PID", "STATE", "SOURCE", "UPTIME", "CPU", "RSS", "THREADS", "MOUNT", "COMMAND",
+    ];
+    let rows: Vec<[String; 10]> = infos
+        .iter()
+        .map(|i| {
+            [
+                or_dash(str_of(i, "target").map(str::to_owned)),
+                or_dash(int_of(i, "pid").map(|p| p.to_string())),
+                or_dash(str_of(i, "state").map(str::to_owned)),
+                or_dash(str_of(i, "source").map(str::to_owned)),
+                or_dash(num_of(i, "uptime_secs").map(duration)),
+                or_dash(num_of(i, "cpu_percent").map(|c| format!("{c:.1}%"))),
+                or_dash(int_of(i, "rss_bytes").map(bytes)),
+                or_dash(int_of(i, "threads").map(|t| t.to_string())),
+                mount_cell(i),
+                cmdline_cell(i),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADER.map(str::to_owned);
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `started target-1: PID 1234, log /run/dms/logs/target-1.log`.
+pub fn spawn_line(info: &Value, log: &str) -> String {
+    let target = str_of(info, "target").unwrap_or("?");
+    let pid = or_dash(int_of(info, "pid").map(|p| p.to_string()));
+    let mut line = format!("started {target}: PID {pid}, log {log}");
+    if let Some(m) = str_of(info, "mount") {
+        let _ = write!(line, ", mount {m}");
+    }
+    line
+}
+
+/// `adopted PID 1234 for target-1`.
+pub fn adopt_line(info: &Value) -> String {
+    let target = str_of(info, "target").unwrap_or("?");
+    let pid = or_dash(int_of(info, "pid").map(|p| p.to_string()));
+    format!("adopted PID {pid} for {target}")
+}
+
+/// The one line of `kill`.
+pub fn kill_line(report: &Value) -> String {
+    let target = str_of(report, "target").unwrap_or("?");
+    let pid = int_of(report, "pid");
+    let was_running = bool_of(report, "was_running").unwrap_or(false);
+    let stopped = bool_of(report, "stopped").unwrap_or(false);
+    let signal = str_of(report, "signal");
+    match (was_running, stopped, pid) {
+        (false, _, Some(pid)) => {
+            format!(
+                "{target} was not running (PID {pid} is gone or not its helper); PID file removed"
+            )
+        }
+        (false, _, None) => format!("{target} was not running"),
+        (true, true, pid) => format!(
+            "stopped {target} (PID {}) with {}",
+            or_dash(pid.map(|p| p.to_string())),
+            signal.unwrap_or("no signal")
+        ),
+        (true, false, pid) => format!(
+            "{target} (PID {}) did not stop after {}",
+            or_dash(pid.map(|p| p.to_string())),
+            signal.unwrap_or("signalling")
+        ),
+    }
+}
+
+/// The one line of `stats`.
+pub fn stats_line(stats: &Value) -> String {
+    let n = |k| int_of(stats, k).unwrap_or(0);
+    let files = n("pid_files_on_disk");
+    let mut line = format!(
+        "{} tracked, {files} PID file{} on disk: {} running, {} stale, {} foreign, {} corrupt",
+        n("total_tracked"),
+        plural(files as usize),
+        n("running"),
+        n("stale"),
+        n("foreign"),
+        n("corrupt"),
+    );
+    // Counts the contract does not name are shown only when they are not zero.
+    for (key, words) in [("unverified", "unverified"), ("strays", "stray PID files")] {
+        if n(key) > 0 {
+            let _ = write!(line, ", {} {words}", n(key));
+        }
+    }
+    if let Some(m) = int_of(stats, "stale_mounts") {
+        let _ = write!(line, ", {m} stale mounts");
+    }
+    let _ = write!(
+        line,
+        "; backend {}, run dir {}",
+        str_of(stats, "backend").unwrap_or("?"),
+        str_of(stats, "run_dir").unwrap_or("?"),
+    );
+    line
+}
+
+/// The one line of `cleanup`.
+pub fn cleanup_line(report: &Value) -> String {
+    let removed: Vec<String> = report
+        .get("removed")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    format!(
+                        "{} ({})",
+                        str_of(r, "target").unwrap_or("?"),
+                        str_of(r, "reason").unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let stopped: Vec<&str> = report
+        .get("stopped")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut line = match removed.len() {
+        0 => "removed no PID files".to_owned(),
+        n => format!("removed {n} PID file{}: {}", plural(n), removed.join(", ")),
+    };
+    if !stopped.is_empty() {
+        let n = stopped.len();
+        let _ = write!(
+            line,
+            "; stopped {n} helper{}: {}",
+            plural(n),
+            stopped.join(", ")
+        );
+    }
+    line
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations_and_bytes() {
+        assert_eq!(duration(12.5), "12s");
+        assert_eq!(duration(303.0), "5m03s");
+        assert_eq!(duration(7500.0), "2h05m");
+        assert_eq!(duration(273_600.0), "3d04h");
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(bytes(1024), "1.0K");
+        assert_eq!(bytes(1_048_576), "1.0M");
+        assert_eq!(bytes(12_900_000), "12.3M");
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let infos = [
+            json!({"target": "a", "pid": 12345, "state": "running", "source": "both",
+                   "uptime_secs": 61.0, "cpu_percent": 0.25, "rss_bytes": 2048, "threads": 1,
+                   "cmdline": ["sleep", "300"], "mount": null}),
+            json!({"target": "longer-target", "pid": null, "state": "corrupt", "source": "disk",
+                   "uptime_secs": null, "cpu_percent": null, "rss_bytes": null,
+                   "threads": null, "cmdline": null, "mount": "/mnt/x", "mount_state": "stale"}),
+        ];
+        let t = status_table(&infos);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("TARGET         PID    STATE"), "{t}");
+        assert!(
+            lines[1].starts_with("a              12345  running  both    1m01s   0.2%"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("sleep 300"), "{t}");
+        assert!(lines[2].contains("/mnt/x (stale)"), "{t}");
+        // Every column starts at the same offset in every line.
+        let pos = |l: &str, word: &str| l.find(word).unwrap();
+        assert_eq!(pos(lines[0], "STATE"), pos(lines[1], "running"));
+        assert_eq!(pos(lines[0], "STATE"), pos(lines[2], "corrupt"));
+    }
+
+    #[test]
+    fn one_liners() {
+        assert_eq!(
+            kill_line(&json!({"target": "t", "pid": 5, "was_running": true,
+                              "signal": "SIGKILL", "stopped": true, "steps": []})),
+            "stopped t (PID 5) with SIGKILL"
+        );
+        assert_eq!(
+            kill_line(&json!({"target": "t", "pid": null, "was_running": false,
+                              "signal": null, "stopped": false, "steps": []})),
+            "t was not running"
+        );
+        assert_eq!(
+            cleanup_line(&json!({"removed": [{"target": "a", "reason": "stale"}],
+                                 "stopped": ["b", "c"]})),
+            "removed 1 PID file: a (stale); stopped 2 helpers: b, c"
+        );
+        assert_eq!(
+            cleanup_line(&json!({"removed": [], "stopped": []})),
+            "removed no PID files"
+        );
+        assert!(stats_line(
+            &json!({"total_tracked": 2, "running": 1, "backend": "sqlite",
+                                    "run_dir": "/r"})
+        )
+        .starts_with("2 tracked, 0 PID files on disk: 1 running"));
+        let line = stats_line(&json!({"total_tracked": 1, "pid_files_on_disk": 1,
+            "stale_mounts": null, "strays": 2, "backend": "pidfile", "run_dir": "/r"}));
+        assert_eq!(
+            line,
+            "1 tracked, 1 PID file on disk: 0 running, 0 stale, 0 foreign, 0 corrupt, \
+             2 stray PID files; backend pidfile, run dir /r"
+        );
+    }
+}

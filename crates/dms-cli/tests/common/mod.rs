@@ -1,0 +1,360 @@
+//! Shared harness of the end-to-end tests: a temp run dir per test, the built `dms`
+//! binary, JSON parsing, and the bookkeeping of every helper a test started.
+//!
+//! Helpers started through `dms spawn` are children of a `dms` process that exits, so they
+//! are reparented. The test process makes itself a child subreaper, so they are
+//! reparented to it (never to PID 1, which on this machine does not reap), and it reaps
+//! them: a dead helper stays our zombie until reaped, so its PID cannot be reused while a
+//! test still holds it, which makes signalling a recorded helper PID at cleanup safe.
+
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid as NixPid;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The two store backends every scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `--backend pidfile`.
+    Pidfile,
+    /// `--backend sqlite`.
+    Sqlite,
+}
+
+impl Backend {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Pidfile => "pidfile",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Runs each named scenario `fn name(backend: Backend)` once per backend, as the tests
+/// `pidfile::name` and `sqlite::name`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod pidfile {
+            $( #[test] fn $name() { super::$name($crate::common::Backend::Pidfile) } )*
+        }
+        mod sqlite {
+            $( #[test] fn $name() { super::$name($crate::common::Backend::Sqlite) } )*
+        }
+    };
+}
+
+/// The result of one `dms` run.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit code.
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as one JSON document.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+
+    /// Asserts the exit code, showing the whole run when it differs.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "unexpected exit code: {self:#?}");
+        self
+    }
+
+    /// Asserts that stderr is exactly one `dms: error:` line.
+    #[track_caller]
+    pub fn expect_one_error_line(&self) -> &Self {
+        assert!(
+            self.stderr.starts_with("dms: error: "),
+            "stderr does not start with 'dms: error: ': {self:#?}"
+        );
+        assert_eq!(
+            self.stderr.lines().count(),
+            1,
+            "error is not one line: {self:#?}"
+        );
+        self
+    }
+}
+
+/// One test's world: a temp dir holding the run dir, the backend, and the helpers started.
+pub struct World {
+    /// The temp dir (removed on drop).
+    pub tmp: TempDir,
+    /// `<tmp>/run`: the run dir passed with `--run-dir`.
+    pub run_dir: PathBuf,
+    /// The backend passed with `--backend`.
+    pub backend: Backend,
+    helpers: Mutex<Vec<i32>>,
+}
+
+static SUBREAPER: Once = Once::new();
+
+impl World {
+    /// A fresh world; the run dir does not exist yet (dms creates it).
+    pub fn new(backend: Backend) -> World {
+        SUBREAPER.call_once(|| {
+            nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+        });
+        let tmp = tempfile::Builder::new()
+            .prefix("dms-e2e-")
+            .tempdir()
+            .unwrap();
+        let run_dir = tmp.path().join("run");
+        World {
+            tmp,
+            run_dir,
+            backend,
+            helpers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `dms --run-dir <run> --backend <backend>`, with a clean environment for dms's own
+    /// variables.
+    pub fn cmd(&self) -> Command {
+        let mut c = dms();
+        c.arg("--run-dir").arg(&self.run_dir);
+        c.arg("--backend").arg(self.backend.name());
+        c
+    }
+
+    /// Runs `dms <global flags> args...`.
+    pub fn run<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = self.cmd();
+        c.args(args);
+        run(&mut c)
+    }
+
+    /// Runs `dms --json <args>`.
+    pub fn json<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = self.cmd();
+        c.arg("--json").args(args);
+        run(&mut c)
+    }
+
+    /// `dms --json spawn TARGET -- program...`, expecting success; records the helper.
+    pub fn spawn(&self, target: &str, program: &[&str]) -> Value {
+        let mut args = vec!["spawn", target, "--"];
+        args.extend_from_slice(program);
+        let r = self.json(&args);
+        r.expect_code(0);
+        let info = r.json();
+        self.track(pid_of(&info));
+        info
+    }
+
+    /// Remembers a helper PID to reap or stop at the end.
+    pub fn track(&self, pid: i32) {
+        self.helpers.lock().unwrap().push(pid);
+    }
+
+    /// `<run>/s3/<target>.pid`.
+    pub fn pid_file(&self, target: &str) -> PathBuf {
+        self.run_dir.join("s3").join(format!("{target}.pid"))
+    }
+
+    /// Writes a PID file as the existing deployment does: the bare number, no newline.
+    pub fn write_bare_pid_file(&self, target: &str, content: &str) {
+        std::fs::create_dir_all(self.run_dir.join("s3")).unwrap();
+        std::fs::write(self.pid_file(target), content).unwrap();
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Stop what is still running; every PID here is a helper this test started and,
+        // because we are its subreaper and have not reaped it, cannot have been reused.
+        let pids = std::mem::take(&mut *self.helpers.lock().unwrap());
+        for pid in pids {
+            if is_our_child(pid) {
+                let _ = kill(NixPid::from_raw(pid), Signal::SIGKILL);
+                let _ = waitpid(NixPid::from_raw(pid), None);
+            }
+        }
+        reap_zombies();
+    }
+}
+
+/// The built binary with dms's own environment variables removed.
+pub fn dms() -> Command {
+    let mut c = Command::cargo_bin("dms").expect("the dms binary is built");
+    c.env_remove("DMS_RUN_DIR")
+        .env_remove("DMS_BACKEND")
+        .env_remove("RUST_LOG");
+    c.timeout(Duration::from_secs(60));
+    c
+}
+
+/// Runs a command to completion.
+pub fn run(c: &mut Command) -> Run {
+    let out = c.output().expect("dms runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The `pid` field of an info or kill object.
+#[track_caller]
+pub fn pid_of(v: &Value) -> i32 {
+    let pid = v["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {v}"));
+    i32::try_from(pid).unwrap()
+}
+
+/// One field of `/proc/PID/stat` after the command name: index 0 is the state.
+fn stat_fields(pid: i32) -> Option<(String, Vec<String>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let rest = stat[close + 2..].split(' ').map(str::to_owned).collect();
+    Some((comm, rest))
+}
+
+/// True when `pid` is a live process (not a zombie, not gone).
+pub fn alive(pid: i32) -> bool {
+    matches!(stat_fields(pid), Some((_, f)) if f[0] != "Z" && f[0] != "X")
+}
+
+/// True when `pid` is a (live or zombie) child of this test process.
+pub fn is_our_child(pid: i32) -> bool {
+    matches!(stat_fields(pid), Some((_, f)) if f[1] == std::process::id().to_string())
+}
+
+/// Reaps every zombie child of this process except `dms` runs, which the
+/// `std::process::Command` that started them reaps itself.
+pub fn reap_zombies() {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some((comm, f)) = stat_fields(pid) {
+            if f[0] == "Z" && f[1] == me && comm != "dms" {
+                let _ = waitpid(NixPid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            }
+        }
+    }
+}
+
+/// Waits until `pid` is dead (gone or a zombie), up to `timeout`; reaps it if it is ours.
+pub fn wait_dead(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !alive(pid) {
+            if is_our_child(pid) {
+                let _ = waitpid(NixPid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            }
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Live processes whose command line is exactly `argv`.
+pub fn processes_with_cmdline(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .as_deref()
+            == Some(&want[..])
+            && alive(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A `sleep` duration unique to this call, so its helpers can be found by command line.
+pub fn unique_sleep() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}.{}",
+        300 + N.fetch_add(1, Ordering::Relaxed),
+        std::process::id()
+    )
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Starts a `sleep` owned by the test itself (not through dms) and returns its PID; the
+/// world stops and reaps it at the end.
+pub fn own_sleep(world: &World, secs: &str) -> i32 {
+    let child = std::process::Command::new("sleep")
+        .arg(secs)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("sleep starts");
+    let pid = i32::try_from(child.id()).unwrap();
+    // Reaped by PID through the world (and the zombie sweep), not through `Child`.
+    drop(child);
+    world.track(pid);
+    pid
+}
