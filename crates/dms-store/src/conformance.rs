@@ -311,7 +311,7 @@ pub async fn remove_stray_refuses_bad_names(store: &dyn PidStore) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MemoryStore, PidFileStore};
+    use crate::{MemoryStore, PidFileStore, SqliteStore};
     use std::sync::Arc;
 
     fn memory_caps(store: &Arc<MemoryStore>) -> (impl Fn(&TargetId) + Sync, impl Fn(&str) + Sync) {
@@ -362,5 +362,43 @@ mod tests {
         let arced: Arc<dyn PidStore> = Arc::from(boxed);
         run_all(&arced, &caps).await;
         assert_eq!(arced.backend_name(), "pidfile");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_store_conforms() {
+        let run_dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(run_dir.path()).unwrap();
+        assert!(store.has_database());
+        let (c, s) = disk_caps(store.pid_dir().to_owned());
+        let caps = Capabilities {
+            keeps_metadata: true,
+            make_corrupt: &c,
+            make_stray: &s,
+        };
+        run_all(&store, &caps).await;
+        let boxed: Box<dyn PidStore> = Box::new(store);
+        run_all(&*boxed, &caps).await;
+        assert_eq!(boxed.backend_name(), "sqlite");
+    }
+
+    /// Without a usable database (here: one from a newer dms, left alone), the SQLite
+    /// backend still honours the whole contract, keeping PIDs only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_store_without_database_conforms() {
+        let run_dir = tempfile::tempdir().unwrap();
+        let db = run_dir.path().join(crate::DB_FILE_NAME);
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 999)
+            .unwrap();
+        let store = SqliteStore::open(run_dir.path()).unwrap();
+        assert!(!store.has_database());
+        let (c, s) = disk_caps(store.pid_dir().to_owned());
+        let caps = Capabilities {
+            keeps_metadata: false,
+            make_corrupt: &c,
+            make_stray: &s,
+        };
+        run_all(&store, &caps).await;
     }
 }

@@ -6,8 +6,10 @@
 //!
 //! - [`TargetId`] and [`Pid`]: validated newtypes, the only way to name a file or a process;
 //! - [`PidStore`]: the storage trait, with its crash contract;
-//! - backends: PID files only, SQLite write-through metadata (which keeps the PID files
-//!   too), and an in-memory backend ([`MemoryStore`]) for tests of the layers above.
+//! - backends: [`PidFileStore`] (PID files only), [`SqliteStore`] (the same PID files, plus
+//!   identity and metadata written through to `<run-dir>/dms.sqlite3`), and
+//!   [`MemoryStore`] (in memory, for tests of the layers above);
+//! - `conformance` (feature `conformance`): the suite every backend passes.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -30,6 +32,7 @@ mod names;
 mod pid;
 mod pidfile;
 mod record;
+mod sqlite;
 mod target;
 
 pub use error::{Error, Result};
@@ -37,6 +40,7 @@ pub use memory::{MemoryStore, StoreOp};
 pub use pid::{pid_max, InvalidPid, Pid, PID_MAX_LIMIT};
 pub use pidfile::{PidFileStore, DIR_MODE, MAX_PID_FILE_LEN, PID_FILE_MODE, PID_SUBDIR};
 pub use record::{Corrupt, Entry, EntryState, Identity, Lookup, Metadata, Record};
+pub use sqlite::{SqliteStore, BUSY_TIMEOUT, DB_FILE_NAME, SCHEMA_VERSION};
 pub use target::{InvalidTargetId, TargetId, TARGET_ID_MAX_LEN, TARGET_ID_RULE};
 
 use async_trait::async_trait;
@@ -50,8 +54,13 @@ use std::path::Path;
 /// - **put** replaces the record of a target atomically: a reader (in this or another
 ///   process) sees either the old record or the new one, never a mix or a partial file.
 ///   When `put` returns `Ok`, the PID file is durable (fsynced, and so is its directory).
+///   When it returns `Err`, the entry holds the old record or the new PID: read it to
+///   know. `record.written_at` is ignored; reads fill it in (the PID file's mtime).
 /// - **get** returns [`Lookup::Absent`] when there is no PID file, [`Lookup::Corrupt`] when
-///   something is at the path but it is not a valid PID file, else the record.
+///   something is at the path but it is not a valid PID file (with the reason: a symlink,
+///   FIFO, socket, device, directory, a file over 64 bytes, an unreadable file, or content
+///   that is not one PID in `2..pid_max`), else the record. Nothing at the path is ever
+///   followed or blocked on.
 /// - **remove** deletes the entry itself (never what a symlink points to) and reports
 ///   whether there was one. Removing an absent entry is not an error.
 /// - **list** returns every entry in the PID directory, corrupt ones included with the
@@ -59,16 +68,28 @@ use std::path::Path;
 ///   is dropped silently. Files not ending in `.pid` (lock files, temporary files of an
 ///   atomic write) are not entries. Order is by name without `.pid` (for targets: by
 ///   target ID).
-/// - The PID file is authoritative for existence: an entry exists exactly when a PID file
-///   (or something at its path) exists. Extra metadata (identity, command line, ...) lives
-///   only in backends that have a database; it is dropped when the PID file disappears
-///   or names another PID.
+/// - The PID file is authoritative for existence and for the PID: an entry exists
+///   exactly when something is at its path. Identity and metadata live only in backends
+///   that keep them ([`SqliteStore`], [`MemoryStore`]); [`PidFileStore`] returns `None`
+///   and empty metadata. A backend never returns identity recorded for another PID or
+///   for an earlier PID file: when the file was changed behind its back, the identity is
+///   `None` (unknown), so the layer above must treat it as unverified.
 ///
 /// # Crashes
 ///
-/// A crash (of the process or the machine) at any point leaves, for each target, either
-/// the state before the last `put`/`remove` or the state after it; a leftover temporary
-/// file is never mistaken for an entry. Each backend documents the order of its writes.
+/// A crash of the process (or the machine) at any point leaves, for each target:
+///
+/// - during **put**, before the rename of the temporary file: the old entry, unchanged
+///   (old PID, old identity), and perhaps a temporary file that is never listed and is
+///   removed by a later open once stale;
+/// - after the rename: the new PID. [`SqliteStore`] writes its metadata row after the
+///   PID file, so if the crash comes before the row, the new PID is reported with
+///   identity unknown (never the old identity) and the row is repaired on the next read;
+/// - during **remove**: the PID file is removed first, so the entry is either still
+///   there with everything it had, or gone (a leftover metadata row is dropped on the
+///   next read).
+///
+/// [`MemoryStore`] keeps nothing across a restart of the process that owns it.
 #[async_trait]
 pub trait PidStore: Debug + Send + Sync {
     /// Records `record` for `target`, replacing any previous entry atomically.

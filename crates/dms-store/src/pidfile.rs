@@ -52,11 +52,34 @@ pub(crate) enum WriteStep {
     DirSynced,
 }
 
+/// Which file a PID file is: its inode number and mtime. A put creates a new inode while
+/// the previous file still exists, so the new file's stamp always differs from the old
+/// one's, even when both hold the same PID within one clock tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// Inode number.
+    pub(crate) ino: u64,
+    /// mtime in nanoseconds since the Unix epoch.
+    pub(crate) mtime_ns: i64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            ino: meta.ino(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+        }
+    }
+}
+
 /// What a write did: completed, or stopped early on purpose (crash simulation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Written {
-    /// Done; the PID file's mtime, which identifies this write.
-    Done(SystemTime),
+    /// Done; the stamp of the new PID file.
+    Done(Stamp),
     /// Stopped after the given step, as a crash would.
     Stopped,
 }
@@ -142,16 +165,16 @@ impl PidDir {
         Error::io(op, &self.pid_dir, e, &self.pid_dir, access)
     }
 
-    /// Reads the entry of `target`.
-    pub(crate) fn read(&self, target: &TargetId) -> Result<Lookup> {
+    /// Reads the entry of `target`, with the file's stamp when it is valid.
+    pub(crate) fn read(&self, target: &TargetId) -> Result<(Lookup, Option<Stamp>)> {
         let path = target.pid_file_in(&self.pid_dir);
         read_pid_file(&path, &self.pid_dir)
     }
 
-    /// Writes `pid` to `target`'s PID file atomically and durably; returns the file's mtime.
-    pub(crate) fn write(&self, target: &TargetId, pid: Pid) -> Result<SystemTime> {
+    /// Writes `pid` to `target`'s PID file atomically and durably; returns its stamp.
+    pub(crate) fn write(&self, target: &TargetId, pid: Pid) -> Result<Stamp> {
         match self.write_steps(target, pid, None)? {
-            Written::Done(mtime) => Ok(mtime),
+            Written::Done(stamp) => Ok(stamp),
             Written::Stopped => unreachable!("no stop requested"),
         }
     }
@@ -188,14 +211,14 @@ impl PidDir {
         if stop(WriteStep::TempCreated) {
             return Ok(Written::Stopped);
         }
-        let mut fill = || -> std::io::Result<SystemTime> {
+        let mut fill = || -> std::io::Result<Stamp> {
             // Explicitly, so the umask cannot make the file unreadable to other tools.
             file.set_permissions(fs::Permissions::from_mode(PID_FILE_MODE))?;
             file.write_all(pid.to_file_content().as_bytes())?;
             file.sync_all()?;
-            file.metadata()?.modified()
+            Ok(Stamp::of(&file.metadata()?))
         };
-        let mtime = match fill() {
+        let stamp = match fill() {
             Ok(m) => m,
             Err(e) => {
                 let _ = fs::remove_file(&temp);
@@ -230,7 +253,7 @@ impl PidDir {
         if stop(WriteStep::DirSynced) {
             return Ok(Written::Stopped);
         }
-        Ok(Written::Done(mtime))
+        Ok(Written::Done(stamp))
     }
 
     /// fsyncs the PID directory, making renames and unlinks in it durable.
@@ -313,26 +336,32 @@ impl PidDir {
 
     /// Every entry, sorted by file name without `.pid`.
     pub(crate) fn list(&self) -> Result<Vec<Entry>> {
+        Ok(self.list_stamped()?.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// Every entry with the stamp of each valid PID file, sorted like [`Self::list`].
+    pub(crate) fn list_stamped(&self) -> Result<Vec<(Entry, Option<Stamp>)>> {
         let mut entries = Vec::new();
         for dent in self.read_dir()? {
             let dent = dent.map_err(|e| self.dir_error("read directory", e, Access::Read))?;
             match classify(&dent.file_name()) {
                 Name::Ignored => {}
                 Name::Stray { file_name, reason } => {
-                    entries.push(Entry::Stray { file_name, reason })
+                    entries.push((Entry::Stray { file_name, reason }, None))
                 }
                 Name::Target(target) => {
-                    let state = match read_pid_file(&dent.path(), &self.pid_dir)? {
+                    let (lookup, stamp) = read_pid_file(&dent.path(), &self.pid_dir)?;
+                    let state = match lookup {
                         Lookup::Present(r) => EntryState::Valid(r),
                         Lookup::Corrupt(c) => EntryState::Corrupt(c),
                         // Removed between readdir and open: it is gone, so not listed.
                         Lookup::Absent => continue,
                     };
-                    entries.push(Entry::Target { target, state });
+                    entries.push((Entry::Target { target, state }, stamp));
                 }
             }
         }
-        entries.sort_by(|a, b| entry_key(a).cmp(entry_key(b)));
+        entries.sort_by(|(a, _), (b, _)| entry_key(a).cmp(entry_key(b)));
         Ok(entries)
     }
 }
@@ -387,12 +416,15 @@ fn create_dir(dir: &Path) -> Result<()> {
 /// Open errors: `ENOENT` is absent; `ELOOP` (a symlink), `ENXIO`/`EOPNOTSUPP` (a socket)
 /// and `EACCES`/`EPERM` (unreadable) are corrupt entries; anything else (EIO, EMFILE, ...)
 /// is an error, because it says nothing about the entry.
-pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<Lookup> {
+pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<Stamp>)> {
     let corrupt = |reason: String| {
-        Ok(Lookup::Corrupt(Corrupt {
-            path: path.to_owned(),
-            reason,
-        }))
+        Ok((
+            Lookup::Corrupt(Corrupt {
+                path: path.to_owned(),
+                reason,
+            }),
+            None,
+        ))
     };
     let file = OpenOptions::new()
         .read(true)
@@ -402,7 +434,7 @@ pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<Lookup> {
         Ok(f) => f,
         Err(e) => {
             return match e.raw_os_error() {
-                Some(libc::ENOENT) => Ok(Lookup::Absent),
+                Some(libc::ENOENT) => Ok((Lookup::Absent, None)),
                 Some(libc::ELOOP) => {
                     let to = fs::read_link(path)
                         .map(|t| format!(" to {}", t.display()))
@@ -447,10 +479,13 @@ pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<Lookup> {
         ));
     }
     match Pid::parse(&buf) {
-        Ok(pid) => Ok(Lookup::Present(Record {
-            written_at: Some(mtime_of(&meta)),
-            ..Record::bare(pid)
-        })),
+        Ok(pid) => Ok((
+            Lookup::Present(Record {
+                written_at: Some(mtime_of(&meta)),
+                ..Record::bare(pid)
+            }),
+            Some(Stamp::of(&meta)),
+        )),
         Err(e) => corrupt(e.to_string()),
     }
 }
@@ -569,7 +604,7 @@ impl PidStore for PidFileStore {
 
     async fn get(&self, target: &TargetId) -> Result<Lookup> {
         let (dir, target) = (self.dir.clone(), target.clone());
-        blocking("get", move || dir.read(&target)).await
+        blocking("get", move || dir.read(&target).map(|(l, _)| l)).await
     }
 
     async fn remove(&self, target: &TargetId) -> Result<bool> {

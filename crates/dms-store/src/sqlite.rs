@@ -1,0 +1,957 @@
+//! [`SqliteStore`]: PID files plus identity and metadata in `<run-dir>/dms.sqlite3`.
+
+use crate::error::effective_user;
+use crate::pidfile::{blocking, PidDir, Stamp, WriteStep, Written};
+use crate::{
+    Entry, EntryState, Error, Identity, Lookup, Metadata, PidStore, Record, Result, TargetId,
+};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// File name of the database inside the run directory.
+pub const DB_FILE_NAME: &str = "dms.sqlite3";
+
+/// How long a statement waits for another process's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, one forward migration per version: `MIGRATIONS[i]` takes the database from
+/// `user_version` `i` to `i + 1`. Append only; never edit a released entry.
+const MIGRATIONS: &[&str] = &[
+    // 1: one row per target. Paths are stored as raw bytes (they need not be UTF-8),
+    // times as nanoseconds since the Unix epoch, the command line as a JSON array.
+    // (file_ino, file_mtime_ns) is the stamp of the PID file the row belongs to.
+    // There is no column for environment values, on purpose.
+    "CREATE TABLE records (
+        target        TEXT PRIMARY KEY NOT NULL,
+        pid           INTEGER NOT NULL,
+        start_ticks   INTEGER,
+        boot_id       TEXT,
+        cmdline       TEXT,
+        mount         BLOB,
+        spawned_at_ns INTEGER,
+        log_path      BLOB,
+        file_ino      INTEGER NOT NULL,
+        file_mtime_ns INTEGER NOT NULL
+    ) STRICT;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// One row of `records`.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    pid: i64,
+    start_ticks: Option<i64>,
+    boot_id: Option<String>,
+    cmdline: Option<String>,
+    mount: Option<Vec<u8>>,
+    spawned_at_ns: Option<i64>,
+    log_path: Option<Vec<u8>>,
+    stamp: Stamp,
+}
+
+impl Row {
+    fn from_record(record: &Record, stamp: Stamp) -> Result<Row> {
+        let start_ticks = match &record.identity {
+            Some(id) => Some(i64::try_from(id.start_ticks).map_err(|_| {
+                Error::Invalid(format!(
+                    "start ticks {} out of range for the database",
+                    id.start_ticks
+                ))
+            })?),
+            None => None,
+        };
+        let cmdline = match &record.meta.cmdline {
+            Some(c) => Some(serde_json::to_string(c).map_err(|e| {
+                Error::Invalid(format!("cannot encode the command line as JSON: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Row {
+            pid: i64::from(record.pid.get()),
+            start_ticks,
+            boot_id: record.identity.as_ref().map(|i| i.boot_id.clone()),
+            cmdline,
+            mount: record
+                .meta
+                .mount
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec()),
+            spawned_at_ns: record.meta.spawned_at.map(to_ns),
+            log_path: record
+                .meta
+                .log_path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec()),
+            stamp,
+        })
+    }
+
+    fn bare(pid: i64, stamp: Stamp) -> Row {
+        Row {
+            pid,
+            start_ticks: None,
+            boot_id: None,
+            cmdline: None,
+            mount: None,
+            spawned_at_ns: None,
+            log_path: None,
+            stamp,
+        }
+    }
+
+    /// Whether this row describes the PID file read as (`record`, `stamp`).
+    fn matches(&self, record: &Record, stamp: Stamp) -> bool {
+        self.pid == i64::from(record.pid.get()) && self.stamp == stamp
+    }
+
+    /// Fills `record` (read from the PID file) with this row's identity and metadata.
+    /// `None` when the row cannot be decoded (then it is treated as a mismatch).
+    fn fill(&self, record: &mut Record) -> Option<()> {
+        record.identity = match (self.start_ticks, &self.boot_id) {
+            (Some(t), Some(b)) => Some(Identity {
+                start_ticks: u64::try_from(t).ok()?,
+                boot_id: b.clone(),
+            }),
+            (None, None) => None,
+            _ => return None,
+        };
+        let path = |b: &Vec<u8>| PathBuf::from(std::ffi::OsString::from_vec(b.clone()));
+        record.meta = Metadata {
+            cmdline: match &self.cmdline {
+                Some(j) => Some(serde_json::from_str(j).ok()?),
+                None => None,
+            },
+            mount: self.mount.as_ref().map(path),
+            spawned_at: self.spawned_at_ns.map(from_ns),
+            log_path: self.log_path.as_ref().map(path),
+        };
+        Some(())
+    }
+}
+
+fn to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+fn from_ns(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + d
+    } else {
+        SystemTime::UNIX_EPOCH - d
+    }
+}
+
+/// Whether an SQLite error means the file is not a usable database (as opposed to a
+/// transient condition such as another process holding a lock).
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Why opening the database failed.
+#[derive(Debug)]
+enum OpenFailure {
+    /// The file is not a usable database: move it aside and start afresh.
+    Unusable(String),
+    /// It is busy or from a newer dms: leave it alone and run without metadata.
+    LeaveAlone(String),
+}
+
+/// The database connection, or none when it could not be opened (metadata is then not
+/// kept until the store is opened again).
+#[derive(Debug)]
+struct Db {
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl Db {
+    /// Opens the database, moving an unusable one aside and creating a fresh one, which
+    /// is then filled from the PID files. Never fails: without a database the store keeps
+    /// working on PID files alone.
+    fn open(path: &Path, files: &PidDir) -> Db {
+        let mut db = Db {
+            path: path.to_owned(),
+            conn: None,
+        };
+        match open_conn(path) {
+            Ok((conn, fresh)) => {
+                db.conn = Some(conn);
+                if fresh {
+                    db.fill_from_files(files);
+                }
+            }
+            Err(OpenFailure::LeaveAlone(why)) => {
+                tracing::warn!(path = %path.display(), "{why}; running without metadata (identity, command line) until dms is restarted");
+            }
+            Err(OpenFailure::Unusable(why)) => db.rebuild(files, &why),
+        }
+        db
+    }
+
+    /// Moves the unusable database (and its `-wal`/`-shm`/`-journal` files) aside as
+    /// `dms.sqlite3.corrupt-<time>` and creates a fresh one from the PID files.
+    fn rebuild(&mut self, files: &PidDir, why: &str) {
+        self.conn = None; // closes it
+        let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let mut aside = self
+            .path
+            .with_file_name(format!("{DB_FILE_NAME}.corrupt-{stamp}"));
+        for n in 1.. {
+            if fs::symlink_metadata(&aside).is_err() {
+                break;
+            }
+            aside = self
+                .path
+                .with_file_name(format!("{DB_FILE_NAME}.corrupt-{stamp}-{n}"));
+        }
+        match fs::rename(&self.path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "SQLite database is unusable ({why}) and cannot be moved aside ({e}; {} needs write access to {}); \
+                     running without metadata until dms is restarted",
+                    effective_user(),
+                    self.path.parent().unwrap_or(&self.path).display()
+                );
+                return;
+            }
+        }
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let side = PathBuf::from(format!("{}{suffix}", self.path.display()));
+            if side.exists() {
+                let _ = fs::rename(&side, format!("{}{suffix}", aside.display()));
+            }
+        }
+        match open_conn(&self.path) {
+            Ok((conn, _)) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    moved_to = %aside.display(),
+                    "SQLite database was unusable ({why}); moved it aside and rebuilt it from the PID files; \
+                     the identity of helpers recorded before is unknown"
+                );
+                self.conn = Some(conn);
+                self.fill_from_files(files);
+            }
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                "SQLite database was unusable ({why}) and a fresh one cannot be created ({e:?}); \
+                 running without metadata until dms is restarted"
+            ),
+        }
+    }
+
+    /// Records every valid PID file as a bare row (identity unknown).
+    fn fill_from_files(&mut self, files: &PidDir) {
+        let Ok(entries) = files.list_stamped() else {
+            return; // the next list reports the error and repairs the rows
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (entry, stamp) in &entries {
+                if let (
+                    Entry::Target {
+                        target,
+                        state: EntryState::Valid(r),
+                    },
+                    Some(stamp),
+                ) = (entry, stamp)
+                {
+                    upsert(&tx, target, &Row::bare(i64::from(r.pid.get()), *stamp))?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), "cannot record the PID files in the rebuilt database: {e}");
+        }
+    }
+
+    /// Runs `f` on the connection. A corruption error rebuilds the database and retries
+    /// once; `Ok(None)` means there is no usable database (the caller goes on without it).
+    fn with<T>(
+        &mut self,
+        files: &PidDir,
+        mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        for attempt in 0..2 {
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(None);
+            };
+            match f(conn) {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) if is_corruption(&e) && attempt == 0 => {
+                    self.rebuild(files, &e.to_string());
+                }
+                Err(e) => {
+                    return Err(Error::Sqlite {
+                        path: self.path.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Opens (creating when missing) and migrates the database; `true` when it was created.
+fn open_conn(path: &Path) -> Result<(Connection, bool), OpenFailure> {
+    let fresh = fs::symlink_metadata(path).is_err();
+    let unusable = |e: rusqlite::Error| {
+        if is_busy(&e) {
+            OpenFailure::LeaveAlone(format!("SQLite database is busy: {e}"))
+        } else {
+            OpenFailure::Unusable(e.to_string())
+        }
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(unusable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unusable)?;
+    // Check before anything writes to the file, so a bad file is moved aside as found.
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(unusable)?;
+    if check != "ok" {
+        return Err(OpenFailure::Unusable(format!(
+            "integrity check failed: {check}"
+        )));
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(unusable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenFailure::Unusable(format!(
+            "cannot switch to WAL journal mode (got {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(unusable)?;
+    migrate(&mut conn).map_err(|e| match e {
+        MigrateError::Sql(e) => unusable(e),
+        MigrateError::Newer(v) => OpenFailure::LeaveAlone(format!(
+            "SQLite database has schema version {v}, newer than this dms supports ({SCHEMA_VERSION}); \
+             upgrade dms to use it"
+        )),
+    })?;
+    if fresh {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(crate::PID_FILE_MODE));
+    }
+    Ok((conn, fresh))
+}
+
+#[derive(Debug)]
+enum MigrateError {
+    Sql(rusqlite::Error),
+    Newer(i64),
+}
+
+/// Applies the forward migrations the database lacks, in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(MigrateError::Sql)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(MigrateError::Sql)?;
+    if version > SCHEMA_VERSION {
+        return Err(MigrateError::Newer(version));
+    }
+    if version < 0 {
+        return Err(MigrateError::Sql(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("negative schema version {version}")),
+        )));
+    }
+    for (v, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(MigrateError::Sql)?;
+        tx.pragma_update(None, "user_version", v as i64 + 1)
+            .map_err(MigrateError::Sql)?;
+    }
+    tx.commit().map_err(MigrateError::Sql)
+}
+
+const SELECT_ROW: &str = "SELECT pid, start_ticks, boot_id, cmdline, mount, spawned_at_ns, \
+                          log_path, file_ino, file_mtime_ns FROM records";
+
+fn row_from(r: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Row> {
+    Ok(Row {
+        pid: r.get(offset)?,
+        start_ticks: r.get(offset + 1)?,
+        boot_id: r.get(offset + 2)?,
+        cmdline: r.get(offset + 3)?,
+        mount: r.get(offset + 4)?,
+        spawned_at_ns: r.get(offset + 5)?,
+        log_path: r.get(offset + 6)?,
+        stamp: Stamp {
+            ino: r.get::<_, i64>(offset + 7)? as u64,
+            mtime_ns: r.get(offset + 8)?,
+        },
+    })
+}
+
+fn select_one(conn: &Connection, target: &str) -> rusqlite::Result<Option<Row>> {
+    conn.prepare_cached(&format!("{SELECT_ROW} WHERE target = ?1"))?
+        .query_row([target], |r| row_from(r, 0))
+        .optional()
+}
+
+fn select_all(conn: &Connection) -> rusqlite::Result<HashMap<String, Row>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT target, {} FROM records",
+        &SELECT_ROW["SELECT ".len()..SELECT_ROW.len() - " FROM records".len()]
+    ))?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, row_from(r, 1)?)))?;
+    rows.collect()
+}
+
+fn upsert(conn: &Connection, target: &TargetId, row: &Row) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO records (target, pid, start_ticks, boot_id, cmdline, mount, \
+         spawned_at_ns, log_path, file_ino, file_mtime_ns) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        target.as_str(),
+        row.pid,
+        row.start_ticks,
+        row.boot_id,
+        row.cmdline,
+        row.mount,
+        row.spawned_at_ns,
+        row.log_path,
+        row.stamp.ino as i64,
+        row.stamp.mtime_ns,
+    ])?;
+    Ok(())
+}
+
+fn delete(conn: &Connection, target: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM records WHERE target = ?1")?
+        .execute([target])?;
+    Ok(())
+}
+
+/// What the row of a target should become, given its PID file.
+#[derive(Debug, PartialEq)]
+enum Fix {
+    /// The row matches the file (or both are absent).
+    None,
+    /// The file is valid but the row is missing or describes another file: record the
+    /// file's PID with unknown identity.
+    Bare(i64, Stamp),
+    /// There is no valid PID file: drop the row.
+    Delete,
+}
+
+/// Decides how a row must change to agree with the PID file read as `lookup`; fills the
+/// record from a matching row.
+fn reconcile(
+    target: &TargetId,
+    lookup: &mut Lookup,
+    stamp: Option<Stamp>,
+    row: Option<&Row>,
+) -> Fix {
+    match (lookup, stamp, row) {
+        (Lookup::Present(rec), Some(stamp), Some(row)) if row.matches(rec, stamp) => {
+            let mut filled = rec.clone();
+            if row.fill(&mut filled).is_some() {
+                *rec = filled;
+                Fix::None
+            } else {
+                tracing::warn!(target = %target, "metadata row cannot be decoded; identity unknown");
+                Fix::Bare(i64::from(rec.pid.get()), stamp)
+            }
+        }
+        (Lookup::Present(rec), Some(stamp), Some(row)) => {
+            tracing::warn!(
+                target = %target,
+                file_pid = rec.pid.get(),
+                row_pid = row.pid,
+                "PID file changed outside this store's last write (or a write was interrupted); \
+                 its recorded identity is discarded"
+            );
+            Fix::Bare(i64::from(rec.pid.get()), stamp)
+        }
+        (Lookup::Present(rec), Some(stamp), None) => {
+            tracing::debug!(target = %target, pid = rec.pid.get(), "PID file without metadata picked up");
+            Fix::Bare(i64::from(rec.pid.get()), stamp)
+        }
+        (_, _, Some(_)) => {
+            tracing::info!(target = %target, "PID file gone or corrupt; dropping its metadata row");
+            Fix::Delete
+        }
+        (_, _, None) => Fix::None,
+    }
+}
+
+/// Where a simulated crash stops a put: after one of the PID-file steps (the row is not
+/// written), or never.
+pub(crate) type CrashAfter = Option<WriteStep>;
+
+#[derive(Debug)]
+struct Inner {
+    files: PidDir,
+    db: Mutex<Db>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Db> {
+        // Every change to `Db` is a whole-field assignment; a panic cannot leave it torn.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, target: &TargetId, record: &Record, crash_after: CrashAfter) -> Result<()> {
+        let mut db = self.lock();
+        // 1. The PID file: authoritative for existence, so it goes first.
+        let stamp = match self.files.write_steps(target, record.pid, crash_after)? {
+            Written::Done(stamp) => stamp,
+            Written::Stopped => return Ok(()),
+        };
+        // 2. The row, naming the file it belongs to by its stamp.
+        let row = Row::from_record(record, stamp)?;
+        let written = db.with(&self.files, |conn| upsert(conn, target, &row));
+        written.map(drop).map_err(|e| annotate_put(e, target))
+    }
+
+    fn get(&self, target: &TargetId) -> Result<Lookup> {
+        let mut db = self.lock();
+        let (mut lookup, stamp) = self.files.read(target)?;
+        let row = self.read_or_warn(&mut db, |conn| select_one(conn, target.as_str()));
+        let Some(row) = row else {
+            return Ok(lookup); // no database: the PID file alone
+        };
+        if reconcile(target, &mut lookup, stamp, row.as_ref()) != Fix::None {
+            self.repair(&mut db, std::slice::from_ref(target));
+        }
+        Ok(lookup)
+    }
+
+    fn remove(&self, target: &TargetId) -> Result<bool> {
+        let mut db = self.lock();
+        // 1. The PID file; 2. the row. A crash between leaves a row without a file, which
+        // the next read drops.
+        let existed = self.files.remove(target)?;
+        if let Err(e) = db.with(&self.files, |conn| delete(conn, target.as_str())) {
+            tracing::warn!("{e}; the stale row is dropped on the next read");
+        }
+        Ok(existed)
+    }
+
+    fn list(&self) -> Result<Vec<Entry>> {
+        let mut db = self.lock();
+        let files = self.files.list_stamped()?;
+        let Some(mut rows) = self.read_or_warn(&mut db, |c| select_all(c)) else {
+            return Ok(files.into_iter().map(|(e, _)| e).collect());
+        };
+        let mut to_fix = Vec::new();
+        let mut entries = Vec::with_capacity(files.len());
+        for (mut entry, stamp) in files {
+            if let Entry::Target { target, state } = &mut entry {
+                let mut lookup = match std::mem::replace(state, EntryState::Corrupt(placeholder()))
+                {
+                    EntryState::Valid(r) => Lookup::Present(r),
+                    EntryState::Corrupt(c) => Lookup::Corrupt(c),
+                };
+                let row = rows.remove(target.as_str());
+                if reconcile(target, &mut lookup, stamp, row.as_ref()) != Fix::None {
+                    to_fix.push(target.clone());
+                }
+                *state = match lookup {
+                    Lookup::Present(r) => EntryState::Valid(r),
+                    Lookup::Corrupt(c) => EntryState::Corrupt(c),
+                    Lookup::Absent => unreachable!("list never yields absent entries"),
+                };
+            }
+            entries.push(entry);
+        }
+        // Rows left over have no PID file at all.
+        for name in rows.into_keys() {
+            match TargetId::new(&name) {
+                Ok(t) => {
+                    tracing::info!(target = %t, "PID file gone; dropping its metadata row");
+                    to_fix.push(t);
+                }
+                Err(_) => {
+                    let _ = db.with(&self.files, |conn| delete(conn, &name));
+                }
+            }
+        }
+        if !to_fix.is_empty() {
+            self.repair(&mut db, &to_fix);
+        }
+        Ok(entries)
+    }
+
+    /// A read of the database; on failure other than corruption (which rebuilds), warns
+    /// and returns `None` so that the caller answers from the PID files alone.
+    fn read_or_warn<T>(
+        &self,
+        db: &mut Db,
+        f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Option<T> {
+        match db.with(&self.files, f) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("{e}; answering from the PID files alone");
+                None
+            }
+        }
+    }
+
+    /// Makes the rows of `targets` agree with their PID files. Runs in one IMMEDIATE
+    /// transaction and re-reads each file inside it, so a concurrent writer in another
+    /// process (which writes its file first, then its row) is never overwritten with
+    /// older information: its row write waits for this transaction and lands after it.
+    fn repair(&self, db: &mut Db, targets: &[TargetId]) {
+        let files = &self.files;
+        let result = db.with(files, |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for target in targets {
+                let Ok((mut lookup, stamp)) = files.read(target) else {
+                    continue;
+                };
+                let row = select_one(&tx, target.as_str())?;
+                match reconcile(target, &mut lookup, stamp, row.as_ref()) {
+                    Fix::None => {}
+                    Fix::Bare(pid, stamp) => upsert(&tx, target, &Row::bare(pid, stamp))?,
+                    Fix::Delete => delete(&tx, target.as_str())?,
+                }
+            }
+            tx.commit()
+        });
+        if let Err(e) = result {
+            tracing::warn!("cannot repair metadata rows: {e}; will retry on the next read");
+        }
+    }
+}
+
+fn placeholder() -> crate::Corrupt {
+    crate::Corrupt {
+        path: PathBuf::new(),
+        reason: String::new(),
+    }
+}
+
+fn annotate_put(e: Error, target: &TargetId) -> Error {
+    match e {
+        Error::Sqlite { path, source } => {
+            tracing::warn!(target = %target, "the PID file was written but its metadata row was not: {source}");
+            Error::Sqlite { path, source }
+        }
+        other => other,
+    }
+}
+
+/// A [`PidStore`] that writes PID files exactly as [`crate::PidFileStore`] does (through
+/// the same code) and, through to SQLite, a row per target in `<run-dir>/dms.sqlite3`
+/// holding what a PID file cannot: identity (start ticks, boot ID) and metadata (command
+/// line, mount path, spawned-at, log path). Environment values are never stored; there is
+/// no column for them.
+///
+/// # Order of writes, and what a crash leaves
+///
+/// - **put**: (1) the PID file, atomically (temp file, fsync, rename, fsync dir), then
+///   (2) the row, which names the file it belongs to by its inode number and mtime.
+///   A crash before the rename leaves the old entry (old file, old row) and perhaps a
+///   temporary file, which is never listed. A crash after the rename and before the row
+///   leaves the new PID with the old row (or none): the stamp differs, so the next read
+///   reports the new PID with identity unknown (`None`), never the old identity, and
+///   repairs the row. The new PID is never lost, so a freshly spawned helper is never
+///   orphaned by a crash.
+/// - **remove**: (1) the PID file, then (2) the row. A crash between leaves a row
+///   without a file, which the next read drops.
+///
+/// # The PID file is authoritative
+///
+/// Reads take existence and the PID from the file and only add what a matching row
+/// holds. A file added by hand is listed (identity unknown) and gets a bare row; a row
+/// whose file is gone or corrupt is dropped; a row for a different PID or an older file
+/// is discarded and replaced by a bare row. Repairs happen on the read that sees them.
+///
+/// # A database that cannot be used is rebuilt, never a refusal
+///
+/// A missing database is created. A corrupt one (garbage, failed integrity check, or a
+/// corruption error later on) is moved aside as `dms.sqlite3.corrupt-<time>` (with its
+/// `-wal`/`-shm` files), never deleted, and a fresh one is built from the PID files (one
+/// bare row per valid file), with a `tracing` warning. A database that is busy beyond
+/// [`BUSY_TIMEOUT`] or from a newer dms (schema version above [`SCHEMA_VERSION`]) is left
+/// alone, and so is one that cannot be moved aside: the store then works from the PID
+/// files alone, with a warning, until it is opened again.
+///
+/// The database uses WAL, `synchronous=FULL`, a [`BUSY_TIMEOUT`], and `user_version` as
+/// its schema version with forward migrations. One connection, behind a mutex, is used
+/// from tokio's blocking pool; operations of one store are serialised.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use dms_store::{Identity, Lookup, Pid, PidStore, Record, SqliteStore, TargetId};
+/// let run_dir = tempfile::tempdir()?;
+/// let store = SqliteStore::open(run_dir.path())?;
+/// let t: TargetId = "target-123".parse()?;
+/// let mut rec = Record::bare(Pid::new(12345)?);
+/// rec.identity = Some(Identity { start_ticks: 4711, boot_id: "b00t".into() });
+/// store.put(&t, &rec).await?;
+/// assert_eq!(std::fs::read_to_string(run_dir.path().join("s3/target-123.pid"))?, "12345\n");
+/// let Lookup::Present(got) = store.get(&t).await? else { panic!() };
+/// assert_eq!(got.identity, rec.identity);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl SqliteStore {
+    /// Opens the store in `run_dir`: creates `run_dir` and `run_dir/s3` (mode 0755) when
+    /// missing, removes stale temporary files, and opens (creating, migrating or
+    /// rebuilding) `run_dir/dms.sqlite3`.
+    ///
+    /// This does blocking I/O: call it at startup or from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// Only when the PID directory cannot be created or read ([`Error::Io`]); a database
+    /// problem is never an error here (see the type's documentation).
+    pub fn open(run_dir: &Path) -> Result<SqliteStore> {
+        let files = PidDir::open(run_dir)?;
+        let db = Db::open(&run_dir.join(DB_FILE_NAME), &files);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                files,
+                db: Mutex::new(db),
+            }),
+        })
+    }
+
+    /// The run directory this store was opened in.
+    pub fn run_dir(&self) -> &Path {
+        self.inner.files.run_dir()
+    }
+
+    /// The database file (`<run-dir>/dms.sqlite3`).
+    pub fn db_path(&self) -> PathBuf {
+        self.inner.lock().path.clone()
+    }
+
+    /// Whether a database is in use; `false` when the store works from the PID files
+    /// alone (see the type's documentation).
+    pub fn has_database(&self) -> bool {
+        self.inner.lock().conn.is_some()
+    }
+
+    /// A put that stops after `crash_after`, leaving what a crash there would leave.
+    #[cfg(test)]
+    pub(crate) async fn put_crashing(
+        &self,
+        target: &TargetId,
+        record: &Record,
+        crash_after: CrashAfter,
+    ) -> Result<()> {
+        let (inner, target, record) = (self.inner.clone(), target.clone(), record.clone());
+        blocking("put", move || inner.put(&target, &record, crash_after)).await
+    }
+}
+
+#[async_trait]
+impl PidStore for SqliteStore {
+    async fn put(&self, target: &TargetId, record: &Record) -> Result<()> {
+        let (inner, target, record) = (self.inner.clone(), target.clone(), record.clone());
+        blocking("put", move || inner.put(&target, &record, None)).await
+    }
+
+    async fn get(&self, target: &TargetId) -> Result<Lookup> {
+        let (inner, target) = (self.inner.clone(), target.clone());
+        blocking("get", move || inner.get(&target)).await
+    }
+
+    async fn remove(&self, target: &TargetId) -> Result<bool> {
+        let (inner, target) = (self.inner.clone(), target.clone());
+        blocking("remove", move || inner.remove(&target)).await
+    }
+
+    async fn list(&self) -> Result<Vec<Entry>> {
+        let inner = self.inner.clone();
+        blocking("list", move || inner.list()).await
+    }
+
+    async fn remove_stray(&self, file_name: &str) -> Result<bool> {
+        let (inner, name) = (self.inner.clone(), file_name.to_owned());
+        // Strays have no rows: they are not targets.
+        blocking("remove stray", move || inner.files.remove_stray(&name)).await
+    }
+
+    fn pid_dir(&self) -> &Path {
+        self.inner.files.pid_dir()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod crash_tests {
+    use super::*;
+    use crate::conformance::full_record;
+    use crate::Pid;
+
+    fn t(s: &str) -> TargetId {
+        s.parse().unwrap()
+    }
+
+    fn rows(run_dir: &Path) -> Vec<(String, i64, Option<i64>)> {
+        let conn = Connection::open(run_dir.join(DB_FILE_NAME)).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT target, pid, start_ticks FROM records ORDER BY target")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    fn with_identity(pid: i32, ticks: u64) -> Record {
+        let mut r = full_record(pid);
+        r.identity.as_mut().unwrap().start_ticks = ticks;
+        r
+    }
+
+    /// Every crash point of a put (after each PID-file step, before the row), over every
+    /// prior state, including a replacement with the same PID but a new process (same PID
+    /// reused: only the file stamp tells the rows apart). After the "crash" the store is
+    /// dropped and reopened from what is on disk, and `list` must report:
+    /// before the rename, exactly the old entry (with its identity); from the rename on,
+    /// the new PID with identity unknown, never the old identity; when not crashed, the
+    /// new record. The repaired rows must then agree with the files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_at_every_step_of_put_is_reported_correctly() {
+        let target = t("crashy");
+        let priors: [Option<Record>; 2] = [None, Some(with_identity(100, 1111))];
+        let news = [with_identity(200, 2222), with_identity(100, 3333)];
+        let points = [
+            Some(WriteStep::TempCreated),
+            Some(WriteStep::TempSynced),
+            Some(WriteStep::Renamed),
+            Some(WriteStep::DirSynced),
+            None,
+        ];
+        for prior in &priors {
+            for new in &news {
+                for crash in points {
+                    let case = format!("prior {prior:?}, new {new:?}, crash after {crash:?}");
+                    let run = tempfile::tempdir().unwrap();
+                    {
+                        let store = SqliteStore::open(run.path()).unwrap();
+                        if let Some(p) = prior {
+                            store.put(&target, p).await.unwrap();
+                        }
+                        store.put_crashing(&target, new, crash).await.unwrap();
+                    } // the crash: everything in memory is gone
+
+                    let store = SqliteStore::open(run.path()).unwrap();
+                    let list = store.list().await.unwrap();
+                    let expected: Option<Record> = match crash {
+                        Some(WriteStep::TempCreated | WriteStep::TempSynced) => prior.clone(),
+                        Some(WriteStep::Renamed | WriteStep::DirSynced) => {
+                            Some(Record::bare(new.pid))
+                        }
+                        None => Some(new.clone()),
+                    };
+                    match (&expected, &list[..]) {
+                        (None, []) => {}
+                        (
+                            Some(exp),
+                            [Entry::Target {
+                                target: lt,
+                                state: EntryState::Valid(got),
+                            }],
+                        ) if lt == &target => {
+                            assert_eq!(got.pid, exp.pid, "{case}");
+                            assert_eq!(got.identity, exp.identity, "{case}");
+                            assert_eq!(got.meta, exp.meta, "{case}");
+                        }
+                        _ => panic!("{case}: expected {expected:?}, listed {list:?}"),
+                    }
+                    // get agrees with list, and the rows now agree with the files.
+                    let again = store.get(&target).await.unwrap();
+                    let exp_lookup_pid = expected.as_ref().map(|r| r.pid);
+                    match &again {
+                        Lookup::Present(r) => assert_eq!(Some(r.pid), exp_lookup_pid, "{case}"),
+                        Lookup::Absent => assert_eq!(exp_lookup_pid, None, "{case}"),
+                        other => panic!("{case}: {other:?}"),
+                    }
+                    let expected_rows: Vec<(String, i64, Option<i64>)> = expected
+                        .iter()
+                        .map(|r| {
+                            (
+                                target.to_string(),
+                                i64::from(r.pid.get()),
+                                r.identity.as_ref().map(|i| i.start_ticks as i64),
+                            )
+                        })
+                        .collect();
+                    assert_eq!(rows(run.path()), expected_rows, "{case}");
+                }
+            }
+        }
+    }
+
+    /// A crash between the two steps of a remove (the file unlinked, the row not yet
+    /// deleted) is repaired on the next read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_between_the_steps_of_remove_is_repaired() {
+        let run = tempfile::tempdir().unwrap();
+        let target = t("half-removed");
+        {
+            let store = SqliteStore::open(run.path()).unwrap();
+            store.put(&target, &full_record(321)).await.unwrap();
+            // Step 1 of remove, done by hand; step 2 (the row) never happens.
+            fs::remove_file(target.pid_file_in(store.pid_dir())).unwrap();
+        }
+        assert_eq!(rows(run.path()).len(), 1);
+        let store = SqliteStore::open(run.path()).unwrap();
+        assert!(store.list().await.unwrap().is_empty());
+        assert!(rows(run.path()).is_empty(), "the orphan row is dropped");
+        // A later put of the same target starts afresh.
+        store
+            .put(&target, &Record::bare(Pid::new(322).unwrap()))
+            .await
+            .unwrap();
+        let Lookup::Present(r) = store.get(&target).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.pid.get(), r.identity), (322, None));
+    }
+}
