@@ -67,6 +67,9 @@ Examples:
   dms man | man -l -
   dms man spawn > dms-spawn.1";
 
+/// The help heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
 /// Which store backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
@@ -96,6 +99,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "DMS_RUN_DIR",
         default_value = "/run/dms",
         value_name = "DIR"
@@ -103,20 +107,27 @@ pub struct Cli {
     pub run_dir: PathBuf,
 
     /// The store backend (auto: sqlite when dms.sqlite3 exists in the run dir, else pidfile).
-    #[arg(long, global = true, env = "DMS_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "DMS_BACKEND",
+        value_enum,
+        default_value_t = BackendChoice::Auto
+    )]
     pub backend: BackendChoice,
 
     /// Machine-readable output on stdout: one JSON document per command.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 
     /// More logging on stderr (default errors only; -v warnings, -vv info, -vvv debug,
     /// -vvvv trace). RUST_LOG, when set, replaces this.
-    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
 
     /// No logging on stderr; the final `dms: error:` line of a failure is still printed.
-    #[arg(short, long, global = true, action = ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = ArgAction::Count)]
     pub quiet: u8,
 
     /// What to do.
@@ -198,7 +209,7 @@ pub struct SpawnArgs {
     pub replace: bool,
 
     /// The program and its arguments, after `--`.
-    #[arg(last = true, required = true, num_args = 1.., value_name = "PROGRAM [ARG]...")]
+    #[arg(last = true, required = true, num_args = 1.., value_names = ["PROGRAM", "ARG"])]
     pub command: Vec<OsString>,
 }
 

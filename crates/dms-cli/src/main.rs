@@ -20,7 +20,7 @@ mod env;
 mod output;
 mod run;
 
-use clap::error::{ContextKind, ErrorKind};
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
 use std::io::Write;
@@ -96,15 +96,46 @@ fn clap_error(e: clap::Error) -> ExitCode {
     } else {
         body[..end].to_owned()
     };
-    let usage = e
-        .get(ContextKind::Usage)
-        .map(|u| one_line(u.to_string().trim_start_matches("Usage:")))
-        .unwrap_or_else(|| "dms [OPTIONS] <COMMAND>".to_owned());
+    let (name, usage) = usage_of_invoked_command();
     eprintln!(
-        "dms: error: {}; usage: {usage} (see --help)",
+        "dms: error: {}; usage: {usage} (see {name} --help)",
         one_line(&msg)
     );
     ExitCode::from(EXIT_USAGE)
+}
+
+/// The name and usage line of the command named on the command line (`dms spawn`,
+/// `dms spawn [OPTIONS] ...`), or of `dms` itself.
+fn usage_of_invoked_command() -> (String, String) {
+    let mut root = Cli::command();
+    root.build();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let Some(arg) = arg.to_str() else { break };
+        if arg == "--" {
+            break;
+        }
+        if arg == "--run-dir" || arg == "--backend" {
+            args.next();
+            continue;
+        }
+        if arg.starts_with('-') {
+            continue;
+        }
+        if let Some(sub) = root.find_subcommand_mut(arg) {
+            let usage = sub.render_usage().to_string();
+            return (
+                format!("dms {arg}"),
+                one_line(usage.trim_start_matches("Usage:")),
+            );
+        }
+        break;
+    }
+    let usage = root.render_usage().to_string();
+    (
+        "dms".to_owned(),
+        one_line(usage.trim_start_matches("Usage:")),
+    )
 }
 
 fn completions(shell: clap_complete::Shell) -> ExitCode {

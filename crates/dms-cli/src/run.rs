@@ -212,6 +212,20 @@ fn manager_error(e: dms_core::Error) -> CliError {
             "target {target} is already running (PID {pid}); stop it first with \
              `dms kill {target}`, or start the new helper with `dms spawn {target} --replace`"
         )),
+        dms_core::Error::Proc(dms_proc::ProcError::Exec { program, source }) => {
+            CliError::Failed(format!(
+                "cannot start {}: {source}; nothing was recorded; check that the program \
+                 exists and is executable (a name without '/' is looked up in PATH)",
+                Path::new(&program).display()
+            ))
+        }
+        dms_core::Error::Proc(dms_proc::ProcError::Log { path, source }) => {
+            CliError::Failed(format!(
+                "cannot open the log file {}: {source}; nothing was started; create its \
+                 directory or pass a writable --log FILE",
+                path.display()
+            ))
+        }
         other => failed(&other),
     }
 }
