@@ -73,14 +73,25 @@ fn cmdline_cell(info: &Value) -> String {
     }
 }
 
-/// The `status` table: one row per info object, columns aligned, the command line last.
-pub fn status_table(infos: &[Value]) -> String {
+/// The `status` table: one row per info object, columns aligned, the command line last,
+/// followed by the row's detail in parentheses when there is one (why an entry is
+/// corrupt, foreign or stale).
+pub fn status_table(infos: &[Value], details: &[Option<String>]) -> String {
     const HEADER: [&str; 10] = [
         "TARGET", "PID", "STATE", "SOURCE", "UPTIME", "CPU", "RSS", "THREADS", "MOUNT", "COMMAND",
     ];
     let rows: Vec<[String; 10]> = infos
         .iter()
-        .map(|i| {
+        .enumerate()
+        .map(|(n, i)| {
+            let mut command = cmdline_cell(i);
+            if let Some(Some(detail)) = details.get(n) {
+                command = if command == "-" {
+                    format!("({detail})")
+                } else {
+                    format!("{command} ({detail})")
+                };
+            }
             [
                 or_dash(str_of(i, "target").map(str::to_owned)),
                 or_dash(int_of(i, "pid").map(|p| p.to_string())),
@@ -91,7 +102,7 @@ pub fn status_table(infos: &[Value]) -> String {
                 or_dash(int_of(i, "rss_bytes").map(bytes)),
                 or_dash(int_of(i, "threads").map(|t| t.to_string())),
                 mount_cell(i),
-                cmdline_cell(i),
+                command,
             ]
         })
         .collect();
@@ -267,7 +278,7 @@ mod tests {
                    "uptime_secs": null, "cpu_percent": null, "rss_bytes": null,
                    "threads": null, "cmdline": null, "mount": "/mnt/x", "mount_state": "stale"}),
         ];
-        let t = status_table(&infos);
+        let t = status_table(&infos, &[None, Some("not a decimal PID".into())]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("TARGET         PID    STATE"), "{t}");
@@ -277,6 +288,7 @@ mod tests {
         );
         assert!(lines[1].ends_with("sleep 300"), "{t}");
         assert!(lines[2].contains("/mnt/x (stale)"), "{t}");
+        assert!(lines[2].ends_with("  (not a decimal PID)"), "{t}");
         // Every column starts at the same offset in every line.
         let pos = |l: &str, word: &str| l.find(word).unwrap();
         assert_eq!(pos(lines[0], "STATE"), pos(lines[1], "running"));

@@ -318,40 +318,48 @@ async fn kill(session: &Session, a: KillArgs, out: &Out) -> Result<u8, CliError>
 
 async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliError> {
     let manager = &session.manager;
-    match a.target {
-        Some(target) => {
-            let info = manager.process_info(&target).await.map_err(manager_error)?;
-            let mut v = to_value(&info)?;
-            if let Some(pid) = session.cleared.get(&target) {
-                v = stale_info(v, *pid);
+    let targets = match &a.target {
+        Some(target) => vec![manager.process_info(target).await.map_err(manager_error)?],
+        None => manager.list().await.map_err(manager_error)?,
+    };
+    // target -> (info, detail for the human table)
+    let mut rows: BTreeMap<String, (Value, Option<String>)> = BTreeMap::new();
+    for info in &targets {
+        rows.insert(
+            info.target.to_string(),
+            (to_value(info)?, info.detail.clone()),
+        );
+    }
+    for (target, pid) in &session.cleared {
+        let stale = |v: Value| {
+            let detail = format!("PID {pid} was dead; its PID file was removed");
+            (stale_info(v, *pid), Some(detail))
+        };
+        match rows.get_mut(target.as_str()) {
+            Some(row) => *row = stale(row.0.take()),
+            None if a.target.is_none() => {
+                let info = manager.process_info(target).await.map_err(manager_error)?;
+                rows.insert(target.to_string(), stale(to_value(&info)?));
             }
-            out.print(&v, |v| output::status_table(std::slice::from_ref(v)));
-            Ok(if flag(&v, "running") {
-                0
-            } else {
-                EXIT_NOT_RUNNING
-            })
-        }
-        None => {
-            let infos = manager.list().await.map_err(manager_error)?;
-            let mut rows: BTreeMap<String, Value> = BTreeMap::new();
-            for info in &infos {
-                rows.insert(info.target.to_string(), to_value(info)?);
-            }
-            for (target, pid) in &session.cleared {
-                if !rows.contains_key(target.as_str()) {
-                    let info = manager.process_info(target).await.map_err(manager_error)?;
-                    rows.insert(target.to_string(), stale_info(to_value(&info)?, *pid));
-                }
-            }
-            let v = Value::Array(rows.into_values().collect());
-            out.print(&v, |v| match v.as_array() {
-                Some(a) if !a.is_empty() => output::status_table(a),
-                _ => "no helpers tracked".to_owned(),
-            });
-            Ok(0)
+            None => {}
         }
     }
+    let (infos, details): (Vec<Value>, Vec<Option<String>>) = rows.into_values().unzip();
+    if a.target.is_some() {
+        let v = &infos[0];
+        out.print(v, |_| output::status_table(&infos, &details));
+        return Ok(if flag(v, "running") {
+            0
+        } else {
+            EXIT_NOT_RUNNING
+        });
+    }
+    let v = Value::Array(infos);
+    out.print(&v, |v| match v.as_array() {
+        Some(a) if !a.is_empty() => output::status_table(a, &details),
+        _ => "no helpers tracked".to_owned(),
+    });
+    Ok(0)
 }
 
 async fn stats(session: &Session, out: &Out) -> Result<u8, CliError> {

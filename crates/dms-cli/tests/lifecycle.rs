@@ -621,6 +621,49 @@ fn output_goes_to_the_log_file(backend: Backend) {
     assert!(wait_dead(pid, STOP));
 }
 
+fn relative_paths_are_resolved_against_the_callers_directory(backend: Backend) {
+    let w = World::new(backend);
+    let base = w.tmp.path();
+    let ready = base.join("script-ran");
+    let script = base.join("helper.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch {}\nexec sleep 300\n", ready.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir(base.join("mnt")).unwrap();
+
+    // The helper runs in `/`, so dms resolves ./helper.sh, mnt and out.log here.
+    let mut c = w.cmd();
+    c.current_dir(base).args([
+        "--json",
+        "spawn",
+        "rel",
+        "--mount",
+        "mnt",
+        "--log",
+        "out.log",
+        "--",
+        "./helper.sh",
+    ]);
+    let r = common::run(&mut c);
+    r.expect_code(0);
+    let info = r.json();
+    let pid = pid_of(&info);
+    w.track(pid);
+    check_info(&w, &info, "rel", "running");
+    assert_eq!(
+        info["mount"].as_str().unwrap(),
+        base.join("mnt").to_str().unwrap()
+    );
+    assert!(wait_for(STOP, || ready.exists()), "./helper.sh did not run");
+    assert!(base.join("out.log").is_file());
+    let r = w.run(["kill", "rel"]);
+    r.expect_code(0);
+    assert!(wait_dead(pid, STOP));
+}
+
 both_backends!(
     spawn_status_kill_round_trip,
     second_spawn_is_refused_and_replace_restarts,
@@ -634,4 +677,5 @@ both_backends!(
     cleanup_removes_dead_entries_and_all_stops_helpers,
     kill_of_a_stale_entry_exits_3_and_removes_the_file,
     output_goes_to_the_log_file,
+    relative_paths_are_resolved_against_the_callers_directory,
 );
