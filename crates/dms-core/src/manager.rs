@@ -548,6 +548,22 @@ impl Inner {
         }
     }
 
+    /// Removes `target`'s entry if it is not a valid PID file (a directory in the way
+    /// would make the next `put` fail). Call with the target's lock.
+    async fn clear_corrupt(&self, target: &TargetId) -> Result<()> {
+        if let Lookup::Corrupt(c) = self.store.get(target).await? {
+            info!(target = %target, reason = c.reason, "removing corrupt PID file before writing a new one");
+            if self.store.remove(target).await? {
+                self.emit(Event::Cleaned {
+                    target: target.clone(),
+                    pid: None,
+                    reason: RemovalReason::Corrupt,
+                });
+            }
+        }
+        Ok(())
+    }
+
     async fn spawn(self: &Arc<Self>, target: &TargetId, spec: HelperSpec) -> Result<ProcIdentity> {
         let _guard = self.locks.lock(target).await?;
         if let Some(old) = self.live_helper(target).await? {
@@ -575,6 +591,7 @@ impl Inner {
             }
         }
 
+        self.clear_corrupt(target).await?;
         let log = spec
             .log
             .clone()
@@ -760,6 +777,7 @@ impl Inner {
                 });
             }
         }
+        self.clear_corrupt(target).await?;
         let meta = Metadata {
             cmdline: info.cmdline.clone(),
             mount: None,
@@ -936,13 +954,21 @@ impl Inner {
             return Ok(None);
         }
         match self.store.get(target).await? {
-            Lookup::Present(r) if r.pid == id.pid => Ok(None),
-            _ => {
-                warn!(target = %target, pid = id.pid.get(), "PID file missing or wrong for a live helper; rewriting it");
-                self.store.put(target, &record_for(&id, meta)).await?;
-                Ok(Some(id.pid))
+            Lookup::Present(r) if r.pid == id.pid => return Ok(None),
+            Lookup::Corrupt(c) => {
+                // Whatever is in the way (a directory, a FIFO, ...) goes first.
+                warn!(target = %target, pid = id.pid.get(), reason = c.reason, "corrupt PID file for a live helper; replacing it");
+                self.store.remove(target).await?;
+            }
+            Lookup::Present(r) => {
+                warn!(target = %target, pid = id.pid.get(), named = r.pid.get(), "PID file names another PID while a live helper is tracked; rewriting it");
+            }
+            Lookup::Absent => {
+                warn!(target = %target, pid = id.pid.get(), "PID file missing for a live helper; rewriting it");
             }
         }
+        self.store.put(target, &record_for(&id, meta)).await?;
+        Ok(Some(id.pid))
     }
 
     async fn reload(self: &Arc<Self>) -> Result<RecoveryReport> {
