@@ -178,6 +178,10 @@ struct Child {
 
 /// The real [`Spawner`] for Linux >= 5.4 (pidfds, `waitid(P_PIDFD)`). See the
 /// [module docs](self) for the design.
+///
+/// Its async methods must run inside a tokio runtime with I/O and time enabled
+/// (`enable_all()`): pidfds and the exec-error pipe are polled by the reactor, and each
+/// spawned child gets a reaper task. Cheap to clone; clones share the child table.
 #[derive(Debug, Clone)]
 pub struct LinuxSpawner {
     boot_id: Arc<str>,
@@ -751,7 +755,22 @@ impl Spawner for LinuxSpawner {
             unsafe { child_main(&plan) }
         }
         drop(plan); // closes the child's ends in the parent
-        let pid = Pid::try_from(forked).expect("fork returns a valid child PID");
+        let pid = match Pid::try_from(forked) {
+            Ok(pid) => pid,
+            Err(e) => {
+                // Only possible if pid_max was raised after dms read it: the child is at
+                // the barrier, so kill and reap it rather than run what we cannot track.
+                // SAFETY: our own child, not yet reaped; valid out pointer.
+                unsafe {
+                    libc::kill(forked, libc::SIGKILL);
+                    libc::waitpid(forked, &mut 0, 0);
+                }
+                return Err(exec_error(
+                    &spec.program,
+                    io::Error::other(format!("the new child has an untrackable PID: {e}")),
+                ));
+            }
+        };
 
         // Our child cannot be reaped by anyone else, so the PID is stable until we reap.
         let pidfd = match pidfd_open(pid) {
@@ -1002,7 +1021,8 @@ impl LinuxSpawner {
                 gone
             }
             Err(e) => {
-                // No reactor support for this fd: poll it on the blocking pool instead.
+                // The reactor refused this fd: poll it on the blocking pool instead. (On a
+                // timeout that thread keeps waiting until the process exits.)
                 let (fd, _) = e.into_parts();
                 let pid = who.pid;
                 tokio::task::spawn_blocking(move || loop {
@@ -1055,7 +1075,16 @@ impl LinuxGate {
 /// Reads the error pipe to its end: `None` at end of file with no data (exec happened
 /// or the child died), else the reported stage and errno.
 async fn read_exec_report(err_r: OwnedFd) -> io::Result<Option<(u32, i32)>> {
-    let afd = readable_fd(err_r).map_err(|e| e.into_parts().1)?;
+    let afd = match readable_fd(err_r) {
+        Ok(afd) => afd,
+        Err(e) => {
+            // The reactor refused this fd: read on the blocking pool instead.
+            let (fd, _) = e.into_parts();
+            return tokio::task::spawn_blocking(move || read_exec_report_blocking(fd))
+                .await
+                .map_err(io::Error::other)?;
+        }
+    };
     let mut buf = [0u8; 8];
     let mut got = 0;
     loop {
@@ -1077,6 +1106,24 @@ async fn read_exec_report(err_r: OwnedFd) -> io::Result<Option<(u32, i32)>> {
     }
     if got < buf.len() {
         return Ok(None);
+    }
+    let stage = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes"));
+    Ok(Some((stage, errno)))
+}
+
+/// [`read_exec_report`] without the reactor.
+fn read_exec_report_blocking(fd: OwnedFd) -> io::Result<Option<(u32, i32)>> {
+    rustix::io::ioctl_fionbio(&fd, false)?;
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(&fd, &mut buf[got..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let stage = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
     let errno = i32::from_ne_bytes(buf[4..].try_into().expect("4 bytes"));
