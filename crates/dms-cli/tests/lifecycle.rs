@@ -573,7 +573,18 @@ fn kill_of_a_stale_entry_exits_3_and_removes_the_file(backend: Backend) {
     w.write_bare_pid_file("gone", &pid.to_string());
     let r = w.json(["kill", "gone"]);
     r.expect_code(3);
-    check_kill(&r.json(), "gone", false);
+    let report = r.json();
+    check_kill(&report, "gone", false);
+    assert_eq!(pid_of(&report), pid, "{report}");
+    assert_eq!(report["stopped"], false, "{report}");
+    assert!(
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "clear_stale"),
+        "{report}"
+    );
     assert!(!w.pid_file("gone").exists(), "the stale PID file was left");
 }
 
