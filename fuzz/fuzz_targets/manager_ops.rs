@@ -155,6 +155,9 @@ enum Op {
     CleanupAll,
     Restart,
     CrashDuring { what: CrashOp, polls: u8 },
+    /// The manager stops (crashes) and stays down until an operation needs it; what
+    /// happens meanwhile (exits, PID reuse, tampering) is found by its recovery.
+    Down,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -560,7 +563,9 @@ impl World {
     fn open(&mut self) {
         let before = self.fake.signals().len();
         let g = global();
-        for _ in 0..16 {
+        // Each failed attempt consumes at least one injected failure.
+        let pending: u32 = self.store.failures.lock().unwrap().values().sum();
+        for _ in 0..=pending {
             let res = g.rt.block_on(Manager::open(
                 self.store.clone(),
                 self.spawner.clone(),
@@ -623,10 +628,19 @@ impl World {
             .collect()
     }
 
-    /// Drops the manager (a crash: nothing is cleaned up) and starts a new one. First,
-    /// every helper that the new manager could not recover becomes lost, which is only
-    /// acceptable if its target was tampered with.
+    /// Drops the manager (a crash: nothing is cleaned up) and starts a new one.
     fn restart(&mut self) {
+        self.manager = None;
+        self.up();
+    }
+
+    /// Starts a manager if none is running. First, every helper that the new manager
+    /// could not recover becomes lost, which is only acceptable if its target was
+    /// tampered with.
+    fn up(&mut self) {
+        if self.manager.is_some() {
+            return;
+        }
         let live = self.live();
         let entries = self.store.snapshot();
         for (id, t) in self.helpers() {
@@ -659,7 +673,6 @@ impl World {
                 }
             }
         }
-        self.manager = None;
         self.open();
     }
 
@@ -667,7 +680,9 @@ impl World {
     /// watchers have caught up), at most 5 s.
     fn settle(&self) {
         let g = global();
-        let m = self.m().clone();
+        let Some(m) = self.manager.clone() else {
+            return;
+        };
         let fake = self.fake.clone();
         let caught_up = move || {
             let live: HashSet<ProcIdentity> = fake
@@ -704,7 +719,12 @@ impl World {
 
     fn check(&self, signals_before: usize, silent: bool) {
         let live = self.live();
-        let memory = self.m().memory_snapshot();
+        let up = self.manager.is_some();
+        let memory = self
+            .manager
+            .as_ref()
+            .map(Manager::memory_snapshot)
+            .unwrap_or_default();
         let entries = self.store.snapshot();
         let mem_ids: HashSet<&ProcIdentity> = memory.iter().map(|(_, id)| id).collect();
 
@@ -735,7 +755,7 @@ impl World {
         // I1: every live spawned or adopted helper is tracked in memory.
         let helpers = self.helpers();
         for (id, t) in &helpers {
-            if !mem_ids.contains(id) {
+            if up && !mem_ids.contains(id) {
                 self.fail(format!(
                     "I1: live helper {id:?} of {} is not tracked; memory {memory:?}",
                     TARGETS[*t]
@@ -765,7 +785,7 @@ impl World {
             }
         }
         for (i, target) in self.targets.iter().enumerate() {
-            if self.tampered[i] {
+            if self.tampered[i] || !up {
                 continue;
             }
             let mem = memory.iter().find(|(t, _)| t == target).map(|(_, id)| id);
@@ -906,6 +926,22 @@ impl World {
         let signals_before = self.fake.signals().len();
         let mut silent = false;
         self.cleaned = false;
+        let needs_manager = matches!(
+            op,
+            Op::Spawn { .. }
+                | Op::SpawnFailing { .. }
+                | Op::SpawnTwice { .. }
+                | Op::Kill { .. }
+                | Op::Adopt { .. }
+                | Op::Query { .. }
+                | Op::Reload
+                | Op::Cleanup
+                | Op::CleanupAll
+                | Op::CrashDuring { .. }
+        );
+        if needs_manager {
+            self.up();
+        }
         match op {
             Op::Spawn { t, replace } => {
                 let (i, target) = self.t(t);
@@ -1051,6 +1087,10 @@ impl World {
             }
             Op::Restart => {
                 self.restart();
+                silent = true;
+            }
+            Op::Down => {
+                self.manager = None;
                 silent = true;
             }
             Op::CrashDuring { what, polls } => {
