@@ -69,9 +69,7 @@ use dms_proc::{
     Pending, Pid, Probe, ProcError, ProcIdentity, SignalOutcome, SpawnSpec, Spawner, StopOutcome,
     Usage, WaitOutcome,
 };
-use dms_store::{
-    Entry, EntryState, Lookup, MemoryStore, PidStore, Record, TargetId,
-};
+use dms_store::{Entry, EntryState, Lookup, MemoryStore, PidStore, Record, TargetId};
 use libfuzzer_sys::fuzz_target;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -131,30 +129,73 @@ enum CrashOp {
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Op {
-    Spawn { t: u8, replace: bool },
-    SpawnFailing { t: u8, how: SpawnFail },
-    SpawnTwice { t: u8 },
-    Kill { t: u8 },
-    Adopt { t: u8, who: Who },
-    Exit { who: Who, code: u8 },
-    Crash { who: Who, signo: u8 },
-    Zombie { who: Who },
-    Reap { who: Who },
-    IgnoreTerm { who: Who },
-    DenySignal { who: Who },
+    Spawn {
+        t: u8,
+        replace: bool,
+    },
+    SpawnFailing {
+        t: u8,
+        how: SpawnFail,
+    },
+    SpawnTwice {
+        t: u8,
+    },
+    Kill {
+        t: u8,
+    },
+    Adopt {
+        t: u8,
+        who: Who,
+    },
+    Exit {
+        who: Who,
+        code: u8,
+    },
+    Crash {
+        who: Who,
+        signo: u8,
+    },
+    Zombie {
+        who: Who,
+    },
+    Reap {
+        who: Who,
+    },
+    IgnoreTerm {
+        who: Who,
+    },
+    DenySignal {
+        who: Who,
+    },
     Foreign,
-    ForeignAt { who: Who },
-    DeleteEntry { t: u8 },
-    CorruptEntry { t: u8 },
-    HandWrite { t: u8, who: Who },
+    ForeignAt {
+        who: Who,
+    },
+    DeleteEntry {
+        t: u8,
+    },
+    CorruptEntry {
+        t: u8,
+    },
+    HandWrite {
+        t: u8,
+        who: Who,
+    },
     Stray,
-    FailNext { op: FailOp },
-    Query { t: u8 },
+    FailNext {
+        op: FailOp,
+    },
+    Query {
+        t: u8,
+    },
     Reload,
     Cleanup,
     CleanupAll,
     Restart,
-    CrashDuring { what: CrashOp, polls: u8 },
+    CrashDuring {
+        what: CrashOp,
+        polls: u8,
+    },
     /// The manager stops (crashes) and stays down until an operation needs it; what
     /// happens meanwhile (exits, PID reuse, tampering) is found by its recovery.
     Down,
@@ -623,7 +664,9 @@ impl World {
     fn helpers(&self) -> Vec<(ProcIdentity, usize)> {
         let live = self.live();
         live.iter()
-            .filter(|(id, p)| (p.ours || self.adopted.contains_key(*id)) && !self.lost.contains(*id))
+            .filter(|(id, p)| {
+                (p.ours || self.adopted.contains_key(*id)) && !self.lost.contains(*id)
+            })
             .filter_map(|(id, p)| self.owner(id, p).map(|t| (id.clone(), t)))
             .collect()
     }
@@ -735,7 +778,10 @@ impl World {
             .iter()
             .find(|p| p.state == FakeState::Pending)
         {
-            self.fail(format!("I4: process {:?} left at the start barrier", p.identity));
+            self.fail(format!(
+                "I4: process {:?} left at the start barrier",
+                p.identity
+            ));
         }
 
         // I4: every signal reached one of ours.
@@ -745,7 +791,10 @@ impl World {
                 || self.adopted.contains_key(&s.identity)
                 || self.hand_claimed.contains(&s.identity);
             if !ok {
-                self.fail(format!("I4: {:?} reached foreign process {:?}", s.signal, s.identity));
+                self.fail(format!(
+                    "I4: {:?} reached foreign process {:?}",
+                    s.signal, s.identity
+                ));
             }
         }
         if silent && signals.len() != signals_before {
@@ -816,9 +865,7 @@ impl World {
             for (target, state) in &disk {
                 match state {
                     EntryState::Valid(r) if self.proves(r, &live).is_some() => {}
-                    other => self.fail(format!(
-                        "I2: after cleanup, {target} still has {other:?}"
-                    )),
+                    other => self.fail(format!("I2: after cleanup, {target} still has {other:?}")),
                 }
             }
         }
@@ -859,7 +906,9 @@ impl World {
                 (false, false) => None,
             };
             if info.source != source || info.pid_file_exists != disk.is_some() {
-                self.fail(format!("process_info({target}) source {info:?}, memory {mem:?}, disk {disk:?}"));
+                self.fail(format!(
+                    "process_info({target}) source {info:?}, memory {mem:?}, disk {disk:?}"
+                ));
             }
             let consistent = match info.state {
                 ProcessState::Running => {
@@ -945,7 +994,8 @@ impl World {
         match op {
             Op::Spawn { t, replace } => {
                 let (i, target) = self.t(t);
-                let res = g.rt.block_on(self.m().spawn(&target, helper(&target, replace)));
+                let res =
+                    g.rt.block_on(self.m().spawn(&target, helper(&target, replace)));
                 if let Ok(info) = &res {
                     if info.state != ProcessState::Running {
                         self.fail(format!("spawn returned {info:?}"));
@@ -961,7 +1011,8 @@ impl World {
                     SpawnFail::Log => SpawnFailure::Log,
                     SpawnFail::Fork => SpawnFailure::Injected("fork: EAGAIN".into()),
                 });
-                let res = g.rt.block_on(self.m().spawn(&target, helper(&target, false)));
+                let res =
+                    g.rt.block_on(self.m().spawn(&target, helper(&target, false)));
                 if res.is_ok() {
                     self.tampered[i] = false;
                 }
@@ -984,7 +1035,10 @@ impl World {
             }
             Op::Kill { t } => {
                 let (i, target) = self.t(t);
-                if g.rt.block_on(self.m().kill(&target, Duration::ZERO)).is_ok() {
+                if g.rt
+                    .block_on(self.m().kill(&target, Duration::ZERO))
+                    .is_ok()
+                {
                     self.tampered[i] = false;
                     let mem = self.m().memory_snapshot();
                     let disk = self.store.snapshot();
@@ -992,7 +1046,9 @@ impl World {
                         .iter()
                         .any(|e| matches!(e, Entry::Target { target: d, .. } if *d == target));
                     if mem.iter().any(|(m, _)| *m == target) || on_disk {
-                        self.fail(format!("kill({target}) left memory {mem:?} / disk {disk:?}"));
+                        self.fail(format!(
+                            "kill({target}) left memory {mem:?} / disk {disk:?}"
+                        ));
                     }
                 }
             }
@@ -1039,7 +1095,9 @@ impl World {
             Op::CorruptEntry { t } => {
                 let (i, target) = self.t(t);
                 self.store.times.lock().unwrap().remove(&target);
-                self.store.inner.insert_corrupt(&target, "not a decimal PID: \"garbage\"");
+                self.store
+                    .inner
+                    .insert_corrupt(&target, "not a decimal PID: \"garbage\"");
                 self.tampered[i] = true;
             }
             Op::HandWrite { t, who } => {
@@ -1056,7 +1114,10 @@ impl World {
                 self.tampered[i] = true;
             }
             Op::Stray => {
-                let _ = self.store.inner.insert_stray("not a target.pid", "invalid name");
+                let _ = self
+                    .store
+                    .inner
+                    .insert_stray("not a target.pid", "invalid name");
             }
             Op::FailNext { op } => {
                 *self.store.failures.lock().unwrap().entry(op).or_default() += 1;
@@ -1111,7 +1172,10 @@ impl World {
             CrashOp::Spawn { t, replace } => {
                 let (i, target) = self.t(t);
                 let fut = async { m.spawn(&target, helper(&target, replace)).await.is_ok() };
-                let r = g.rt.block_on(Budget { fut: Box::pin(fut), polls });
+                let r = g.rt.block_on(Budget {
+                    fut: Box::pin(fut),
+                    polls,
+                });
                 if r == Some(true) {
                     self.tampered[i] = false;
                 }
@@ -1120,7 +1184,10 @@ impl World {
             CrashOp::Kill { t } => {
                 let (i, target) = self.t(t);
                 let fut = async { m.kill(&target, Duration::ZERO).await.is_ok() };
-                let r = g.rt.block_on(Budget { fut: Box::pin(fut), polls });
+                let r = g.rt.block_on(Budget {
+                    fut: Box::pin(fut),
+                    polls,
+                });
                 if r == Some(true) {
                     self.tampered[i] = false;
                 }
@@ -1130,7 +1197,10 @@ impl World {
                 let (i, target) = self.t(t);
                 let pid = self.pid(who);
                 let fut = async { m.adopt(&target, pid).await };
-                match g.rt.block_on(Budget { fut: Box::pin(fut), polls }) {
+                match g.rt.block_on(Budget {
+                    fut: Box::pin(fut),
+                    polls,
+                }) {
                     Some(res) => {
                         self.adopt_done(i, &res);
                         true
@@ -1139,9 +1209,10 @@ impl World {
                         // Interrupted: adopted exactly if its record was written.
                         let live = self.live();
                         let written = self.store.snapshot().into_iter().find_map(|e| match e {
-                            Entry::Target { target: d, state: EntryState::Valid(r) }
-                                if d == target && r.pid == pid && r.identity.is_some() =>
-                            {
+                            Entry::Target {
+                                target: d,
+                                state: EntryState::Valid(r),
+                            } if d == target && r.pid == pid && r.identity.is_some() => {
                                 self.proves(&r, &live)
                             }
                             _ => None,
@@ -1158,7 +1229,10 @@ impl World {
             }
             CrashOp::Reload => {
                 let fut = async { m.reload().await.is_ok() };
-                let r = g.rt.block_on(Budget { fut: Box::pin(fut), polls });
+                let r = g.rt.block_on(Budget {
+                    fut: Box::pin(fut),
+                    polls,
+                });
                 if r == Some(true) {
                     self.tampered.iter_mut().for_each(|t| *t = false);
                 }
@@ -1166,7 +1240,10 @@ impl World {
             }
             CrashOp::Cleanup => {
                 let fut = async { m.cleanup_dead().await.is_ok() };
-                let r = g.rt.block_on(Budget { fut: Box::pin(fut), polls });
+                let r = g.rt.block_on(Budget {
+                    fut: Box::pin(fut),
+                    polls,
+                });
                 if r == Some(true) {
                     self.tampered.iter_mut().for_each(|t| *t = false);
                 }

@@ -31,7 +31,7 @@ fn expected(data: &[u8]) -> Option<i32> {
     let start = data.iter().position(|&b| !is_space(b))?;
     let end = data.iter().rposition(|&b| !is_space(b))? + 1;
     let digits = &data[start..end];
-    if digits.is_empty() || !digits.iter().all(|b| (b'0'..=b'9').contains(b)) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     // Value with leading zeros stripped; more than 10 significant digits is above any
@@ -96,7 +96,11 @@ fuzz_target!(|data: &[u8]| {
         (None, Err(e)) => {
             let msg = e.to_string();
             assert!(!msg.is_empty());
-            assert!(msg.len() < 512, "unbounded error message ({} bytes)", msg.len());
+            assert!(
+                msg.len() < 512,
+                "unbounded error message ({} bytes)",
+                msg.len()
+            );
             assert!(
                 !msg.chars().any(char::is_control),
                 "control character in error message {msg:?}"
@@ -105,14 +109,13 @@ fuzz_target!(|data: &[u8]| {
         (want, got) => panic!("oracle says {want:?}, Pid::parse says {got:?} for {data:?}"),
     }
 
-    if data.len() % 8 == 0 {
+    if data.len().is_multiple_of(8) {
         let d = disk();
         let path = d.target.pid_file_in(d.store.pid_dir());
         std::fs::write(&path, data).expect("write PID file");
-        let lookup = d
-            .rt
-            .block_on(d.store.get(&d.target))
-            .expect("get of a regular file never fails");
+        let lookup =
+            d.rt.block_on(d.store.get(&d.target))
+                .expect("get of a regular file never fails");
         let fits = data.len() as u64 <= MAX_PID_FILE_LEN;
         match (&lookup, &parsed) {
             (Lookup::Present(r), Ok(pid)) if fits => assert_eq!(r.pid, *pid),

@@ -340,7 +340,10 @@ fn check_record(what: &str, state: &Lookup, f: &FileState, candidates: &[Candida
         (Lookup::Absent, None) => {}
         (Lookup::Present(r), Some(_)) => {
             assert_eq!(Some(r.pid), f.pid, "{what}: PID not the file's");
-            assert_eq!(r.written_at, f.mtime, "{what}: written_at not the file's mtime");
+            assert_eq!(
+                r.written_at, f.mtime,
+                "{what}: written_at not the file's mtime"
+            );
             // The file alone (no identity, no metadata) is always a safe answer; anything
             // more must come from a row for this very file.
             if r.identity.is_some() || r.meta != Metadata::default() {
@@ -355,7 +358,10 @@ fn check_record(what: &str, state: &Lookup, f: &FileState, candidates: &[Candida
             }
         }
         (Lookup::Corrupt(c), Some(_)) => {
-            assert_eq!(f.pid, None, "{what}: valid PID file reported corrupt: {c:?}");
+            assert_eq!(
+                f.pid, None,
+                "{what}: valid PID file reported corrupt: {c:?}"
+            );
             assert!(!c.reason.is_empty());
         }
         (got, content) => panic!("{what}: read {got:?} but the file holds {content:?}"),
@@ -433,7 +439,9 @@ fuzz_target!(|input: Input| {
             // PID file is still written, by contract).
             Err(dms_store::Error::Invalid(msg)) => {
                 assert!(
-                    rec.identity.as_ref().is_some_and(|i| i.start_ticks > i64::MAX as u64),
+                    rec.identity
+                        .as_ref()
+                        .is_some_and(|i| i.start_ticks > i64::MAX as u64),
                     "put refused {rec:?}: {msg}"
                 );
             }
@@ -441,7 +449,11 @@ fuzz_target!(|input: Input| {
         }
         // Whatever the row did, the PID file now holds the new PID.
         let f = file_state(&pid_path);
-        assert_eq!(f.pid, Some(rec.pid), "put {res:?} did not write the PID file");
+        assert_eq!(
+            f.pid,
+            Some(rec.pid),
+            "put {res:?} did not write the PID file"
+        );
     }
 
     // Rows written by hand, against the file as it is now.
