@@ -103,6 +103,8 @@ pub struct Usage {
     /// User + system CPU time, in seconds.
     pub cpu_seconds: f64,
     /// CPU use over the sampling interval, in percent of one core (can exceed 100).
+    /// With a zero interval: the average over the process's lifetime (CPU time divided
+    /// by the time since it started), as `ps(1)` shows `%CPU`.
     pub cpu_percent: f64,
     /// Resident set size, in bytes.
     pub rss_bytes: u64,
@@ -301,8 +303,10 @@ pub trait Spawner: Debug + Send + Sync {
         timeout: Option<Duration>,
     ) -> Result<WaitOutcome, ProcError>;
 
-    /// CPU, memory and thread usage of `who`, with CPU percent sampled over `interval`;
-    /// `None` if it is gone or is another process now.
+    /// CPU, memory and thread usage of `who`, with CPU percent sampled over `interval`
+    /// (a zero interval does not wait: CPU percent is then the average since the
+    /// process started, see [`Usage::cpu_percent`]); `None` if it is gone or is another
+    /// process now.
     async fn usage(
         &self,
         who: &ProcIdentity,

@@ -316,22 +316,29 @@ fn pidfd_send_signal_flags(fd: &OwnedFd, signal: Signal, flags: libc::c_uint) ->
     }
 }
 
+/// The current time of `clock`.
+fn clock_now(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// Time since boot, suspend included: the clock of `/proc/PID/stat`'s start time.
+fn since_boot() -> Duration {
+    clock_now(libc::CLOCK_BOOTTIME)
+}
+
 /// Wall-clock time of the moment `start_ticks` after boot.
 fn started_at(start_ticks: u64) -> SystemTime {
-    fn now(clock: libc::clockid_t) -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid clock id and a valid out pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        Duration::new(
-            ts.tv_sec.max(0) as u64,
-            ts.tv_nsec.clamp(0, 999_999_999) as u32,
-        )
-    }
-    let since_boot = now(libc::CLOCK_BOOTTIME);
-    let wall = now(libc::CLOCK_REALTIME);
+    let since_boot = since_boot();
+    let wall = clock_now(libc::CLOCK_REALTIME);
     let boot = SystemTime::UNIX_EPOCH + wall.saturating_sub(since_boot);
     let tps = procfs::ticks_per_second().max(1);
     boot + Duration::from_secs(start_ticks / tps)
@@ -973,17 +980,30 @@ impl Spawner for LinuxSpawner {
         let Some((first, t0)) = sample()? else {
             return Ok(None);
         };
-        tokio::time::sleep(interval).await;
-        let Some((second, t1)) = sample()? else {
-            return Ok(None);
-        };
         let tps = procfs::ticks_per_second().max(1) as f64;
         let cpu = |s: &procfs::process::Stat| (s.utime + s.stime) as f64 / tps;
-        let wall = t1.duration_since(t0).as_secs_f64();
-        let cpu_percent = if wall > 0.0 {
-            ((cpu(&second) - cpu(&first)).max(0.0) / wall) * 100.0
+        let (second, cpu_percent) = if interval.is_zero() {
+            // No interval: the average since the process started, as ps(1) shows %CPU,
+            // from one read of /proc/PID/stat (both times count from boot).
+            let alive = since_boot().as_secs_f64() - first.starttime as f64 / tps;
+            let percent = if alive > 0.0 {
+                (cpu(&first) / alive).max(0.0) * 100.0
+            } else {
+                0.0
+            };
+            (first, percent)
         } else {
-            0.0
+            tokio::time::sleep(interval).await;
+            let Some((second, t1)) = sample()? else {
+                return Ok(None);
+            };
+            let wall = t1.duration_since(t0).as_secs_f64();
+            let percent = if wall > 0.0 {
+                ((cpu(&second) - cpu(&first)).max(0.0) / wall) * 100.0
+            } else {
+                0.0
+            };
+            (second, percent)
         };
         Ok(Some(Usage {
             cpu_seconds: cpu(&second),
