@@ -30,6 +30,18 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// The run directory (or its `s3/`, `locks/` or `logs/`) is unsafe to trust: writable
+    /// by every user, owned by another unprivileged user, or (for the subdirectories) a
+    /// symbolic link. Nothing was read or written.
+    #[error("refusing to use {}: {problem}; fix: {fix}", path.display())]
+    Unsafe {
+        /// The directory (or symlink).
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// The command that fixes it.
+        fix: String,
+    },
     /// A request the store refuses (e.g. a stray name with a `/`).
     #[error("{0}")]
     Invalid(String),

@@ -32,6 +32,7 @@ mod names;
 mod pid;
 mod pidfile;
 mod record;
+mod safety;
 mod sqlite;
 mod target;
 

@@ -93,11 +93,13 @@ pub(crate) struct PidDir {
 }
 
 impl PidDir {
-    /// Creates `<run-dir>` and `<run-dir>/s3` (mode 0755) when missing and removes stale
-    /// temporary files.
+    /// Creates `<run-dir>` (mode 0755) when missing, checks that it and its `s3/`,
+    /// `locks/` and `logs/` are safe to trust (see [`crate::safety`]), creates `s3/` when
+    /// missing and removes stale temporary files.
     pub(crate) fn open(run_dir: &Path) -> Result<PidDir> {
         let pid_dir = run_dir.join(PID_SUBDIR);
         create_dir(run_dir)?;
+        crate::safety::check_run_dir(run_dir)?;
         create_dir(&pid_dir)?;
         let dir = PidDir {
             run_dir: run_dir.to_owned(),
@@ -582,7 +584,10 @@ impl PidFileStore {
     ///
     /// # Errors
     /// [`Error::Io`] naming the path when a directory cannot be created or read, with
-    /// the user who needs access when permission is denied.
+    /// the user who needs access when permission is denied. [`Error::Unsafe`] when the
+    /// run directory or its `s3/`, `locks/` or `logs/` is writable by every user, owned
+    /// by another unprivileged user, or (for the subdirectories) a symbolic link; the
+    /// message says how to fix it (e.g. `chmod o-w /run/dms`).
     pub fn open(run_dir: &Path) -> Result<PidFileStore> {
         Ok(PidFileStore {
             dir: Arc::new(PidDir::open(run_dir)?),

@@ -742,8 +742,10 @@ impl SqliteStore {
     /// This does blocking I/O: call it at startup or from `spawn_blocking`.
     ///
     /// # Errors
-    /// Only when the PID directory cannot be created or read ([`Error::Io`]); a database
-    /// problem is never an error here (see the type's documentation).
+    /// Only when the PID directory cannot be created or read ([`Error::Io`]), or the run
+    /// directory is unsafe to trust ([`Error::Unsafe`], as for
+    /// [`PidFileStore::open`](crate::PidFileStore::open)); a database problem is never an
+    /// error here (see the type's documentation).
     pub fn open(run_dir: &Path) -> Result<SqliteStore> {
         let files = PidDir::open(run_dir)?;
         let db = Db::open(&run_dir.join(DB_FILE_NAME), &files);
