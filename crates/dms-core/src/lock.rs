@@ -46,11 +46,23 @@ impl TargetLocks {
         self.mutex(target).lock_owned().await
     }
 
-    /// Takes the target's mutex, then its `flock` (the blocking call runs on the
-    /// blocking pool, never on the executor).
+    /// Takes the target's mutex, then its `flock`. The `flock` is first tried without
+    /// blocking (`LOCK_NB`, in line: an uncontended lock costs an `open` and a `flock`,
+    /// not a trip through the blocking pool); only when another process holds it does
+    /// the wait run on the blocking pool, never on the executor.
     pub(crate) async fn lock(&self, target: &TargetId) -> Result<TargetGuard> {
         let mutex = self.mutex(target).lock_owned().await;
         let path = target.lock_file_in(&self.dir);
+        match try_flock_file(&path) {
+            Ok(Some(flock)) => {
+                return Ok(TargetGuard {
+                    _flock: flock,
+                    _mutex: mutex,
+                })
+            }
+            Ok(None) => {}
+            Err(source) => return Err(Error::Lock { path, source }),
+        }
         let for_blocking = path.clone();
         let flock = tokio::task::spawn_blocking(move || flock_file(&for_blocking))
             .await
@@ -66,20 +78,38 @@ impl TargetLocks {
     }
 }
 
-/// Opens (creating, 0644, never following a symlink) and exclusively locks `path`.
-fn flock_file(path: &Path) -> std::io::Result<Flock<File>> {
-    let mut file = OpenOptions::new()
+/// Opens (creating, 0644, never following a symlink) the lock file at `path`.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o644)
         .custom_flags(libc_o_nofollow())
-        .open(path)?;
+        .open(path)
+}
+
+/// Opens and exclusively locks `path`, waiting for another holder.
+fn flock_file(path: &Path) -> std::io::Result<Flock<File>> {
+    let mut file = open_lock_file(path)?;
     loop {
         match Flock::lock(file, FlockArg::LockExclusive) {
             Ok(lock) => return Ok(lock),
             Err((f, Errno::EINTR)) => file = f,
+            Err((_, errno)) => return Err(std::io::Error::from(errno)),
+        }
+    }
+}
+
+/// Opens and exclusively locks `path` if nobody holds it; `Ok(None)` if someone does.
+fn try_flock_file(path: &Path) -> std::io::Result<Option<Flock<File>>> {
+    let mut file = open_lock_file(path)?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((f, Errno::EINTR)) => file = f,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
             Err((_, errno)) => return Err(std::io::Error::from(errno)),
         }
     }
