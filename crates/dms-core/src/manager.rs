@@ -282,24 +282,50 @@ impl Manager {
             .await)
     }
 
-    /// The info of every target in memory or on disk, sorted by target. Usage of
-    /// running helpers is sampled concurrently.
+    /// The info of every target in memory or on disk, sorted by target.
+    ///
+    /// One listing of the store serves every target (no second read per PID file). The
+    /// usage of running helpers is sampled concurrently, over one shared interval; with a
+    /// zero [`ManagerOptions::usage_interval`] it is read in line, without waiting.
     pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
-        let (targets, _) = self.inner.all_targets().await?;
-        let mut set = tokio::task::JoinSet::new();
-        for (i, target) in targets.into_iter().enumerate() {
-            let me = self.clone();
-            set.spawn(async move { (i, me.process_info(&target).await) });
+        let (targets, entries) = self.inner.all_targets().await?;
+        let mut disk = disk_lookups(entries);
+        let mut infos = Vec::with_capacity(targets.len());
+        let mut running = Vec::new();
+        for target in targets {
+            let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
+            let (info, live) = self.inner.info_without_usage(&target, lookup).await;
+            if let Some(id) = live {
+                running.push((infos.len(), id));
+            }
+            infos.push(info);
         }
-        let mut out = Vec::with_capacity(set.len());
-        while let Some(joined) = set.join_next().await {
-            let (i, info) = joined.map_err(|e| {
-                Error::Proc(ProcError::Injected(format!("status task failed: {e}")))
-            })?;
-            out.push((i, info?));
+        match self.inner.opts.usage_interval {
+            None => {}
+            Some(interval) if interval.is_zero() => {
+                for (i, id) in running {
+                    let usage = self.inner.spawner.usage(&id, interval).await;
+                    apply_usage(&mut infos[i], &id, usage);
+                }
+            }
+            Some(interval) => {
+                let mut set = tokio::task::JoinSet::new();
+                for (i, id) in running {
+                    let spawner = self.inner.spawner.clone();
+                    set.spawn(async move {
+                        let usage = spawner.usage(&id, interval).await;
+                        (i, id, usage)
+                    });
+                }
+                while let Some(joined) = set.join_next().await {
+                    let (i, id, usage) = joined.map_err(|e| {
+                        Error::Proc(ProcError::Injected(format!("usage task failed: {e}")))
+                    })?;
+                    apply_usage(&mut infos[i], &id, usage);
+                }
+            }
         }
-        out.sort_by_key(|(i, _)| *i);
-        Ok(out.into_iter().map(|(_, info)| info).collect())
+        Ok(infos)
     }
 
     /// Totals: tracked in memory, files on disk, and targets per state.
@@ -321,16 +347,7 @@ impl Manager {
             backend: self.inner.store.backend_name().to_owned(),
             run_dir: self.inner.opts.run_dir.clone(),
         };
-        let mut disk: HashMap<TargetId, Lookup> = HashMap::new();
-        for entry in entries {
-            if let Entry::Target { target, state } = entry {
-                let lookup = match state {
-                    EntryState::Valid(r) => Lookup::Present(r),
-                    EntryState::Corrupt(c) => Lookup::Corrupt(c),
-                };
-                disk.insert(target, lookup);
-            }
-        }
+        let mut disk = disk_lookups(entries);
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
             match self.inner.info(&target, lookup, None).await.state {
@@ -859,6 +876,21 @@ impl Inner {
 
     /// The info object of `target`, given what the store holds for it.
     async fn info(&self, target: &TargetId, disk: Lookup, usage: Option<Duration>) -> ProcessInfo {
+        let (mut info, live) = self.info_without_usage(target, disk).await;
+        if let (Some(interval), Some(id)) = (usage, live) {
+            let sampled = self.spawner.usage(&id, interval).await;
+            apply_usage(&mut info, &id, sampled);
+        }
+        info
+    }
+
+    /// The info object of `target` without resource usage, and the identity of its
+    /// helper when it is running (to sample usage of).
+    async fn info_without_usage(
+        &self,
+        target: &TargetId,
+        disk: Lookup,
+    ) -> (ProcessInfo, Option<ProcIdentity>) {
         let mem = self.memory_entry(target);
         let pid_file_exists = !matches!(disk, Lookup::Absent);
         let mut info = ProcessInfo {
@@ -897,9 +929,9 @@ impl Inner {
             (None, Lookup::Corrupt(c)) => {
                 info.state = ProcessState::Corrupt;
                 info.detail = Some(c.reason);
-                return info;
+                return (info, None);
             }
-            (None, Lookup::Absent) => return info,
+            (None, Lookup::Absent) => return (info, None),
         };
         info.mount = meta.mount;
         info.cmdline = meta.cmdline;
@@ -917,19 +949,7 @@ impl Inner {
                 if p.cmdline.is_some() {
                     info.cmdline = p.cmdline.clone();
                 }
-                if let Some(interval) = usage {
-                    match self.spawner.usage(&p.identity, interval).await {
-                        Ok(Some(u)) => {
-                            info.cpu_percent = Some(u.cpu_percent);
-                            info.rss_bytes = Some(u.rss_bytes);
-                            info.threads = Some(u.threads);
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            debug!(target = %target, pid = p.identity.pid.get(), error = %e, "no usage")
-                        }
-                    }
-                }
+                return (info, Some(p.identity));
             }
             Verdict::Stale => info.state = ProcessState::Stale,
             Verdict::Foreign(why) => {
@@ -941,7 +961,7 @@ impl Inner {
                 info.detail = Some(why);
             }
         }
-        info
+        (info, None)
     }
 
     /// Rewrites the PID file of the live tracked helper of `target` from memory.
@@ -1146,6 +1166,38 @@ impl Inner {
             }
         }
         Ok(report)
+    }
+}
+
+/// What the store listed, by target (strays left out).
+fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {
+    let mut disk = HashMap::with_capacity(entries.len());
+    for entry in entries {
+        if let Entry::Target { target, state } = entry {
+            let lookup = match state {
+                EntryState::Valid(r) => Lookup::Present(r),
+                EntryState::Corrupt(c) => Lookup::Corrupt(c),
+            };
+            disk.insert(target, lookup);
+        }
+    }
+    disk
+}
+
+/// Puts a usage sample of the running helper `id` into its info object.
+fn apply_usage(
+    info: &mut ProcessInfo,
+    id: &ProcIdentity,
+    usage: std::result::Result<Option<dms_proc::Usage>, ProcError>,
+) {
+    match usage {
+        Ok(Some(u)) => {
+            info.cpu_percent = Some(u.cpu_percent);
+            info.rss_bytes = Some(u.rss_bytes);
+            info.threads = Some(u.threads);
+        }
+        Ok(None) => {}
+        Err(e) => debug!(target = %info.target, pid = id.pid.get(), error = %e, "no usage"),
     }
 }
 

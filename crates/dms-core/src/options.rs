@@ -27,7 +27,9 @@ pub struct ManagerOptions {
     /// helper is replaced (`spawn` with `replace`) or stopped by `cleanup_all`. Default 10 s.
     pub kill_grace: Duration,
     /// The interval over which `process_info` samples CPU use; `None` skips resource
-    /// sampling (cpu_percent, rss_bytes and threads are then `null`). Default 100 ms.
+    /// sampling (cpu_percent, rss_bytes and threads are then `null`). A zero interval
+    /// reads usage without waiting, with CPU percent averaged over the helper's lifetime
+    /// (see [`dms_proc::Usage::cpu_percent`]). Default 100 ms.
     pub usage_interval: Option<Duration>,
     /// Tolerance of the bare-PID-file identity rule: a live process named by a PID file
     /// without recorded identity counts as ours when it started no later than the file's
