@@ -1,0 +1,688 @@
+//! The manager with real processes: the Linux spawner and the PID-file and SQLite
+//! backends in a temporary run directory. Every process signalled here was started by
+//! this test (directly, or as a helper by a manager it runs).
+//!
+//! The race test re-executes this test binary as a second OS process (`race_child`,
+//! ignored when run normally) so that two processes with their own managers spawn the
+//! same target on the same run dir at the same moment, 50 times.
+
+mod common;
+
+use common::{init_tracing, run_dir, t};
+use dms_core::{Error, Event, HelperSpec, Manager, ManagerOptions, ProcessState};
+use dms_proc::linux::LinuxSpawner;
+use dms_proc::{ExitStatus, Pid};
+use dms_store::{Lookup, PidFileStore, PidStore, SqliteStore, TargetId};
+use nix::sys::signal::{SigSet, Signal as NixSignal};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    PidFile,
+    Sqlite,
+}
+
+fn store(backend: Backend, run_dir: &Path) -> Arc<dyn PidStore> {
+    match backend {
+        Backend::PidFile => Arc::new(PidFileStore::open(run_dir).unwrap()),
+        Backend::Sqlite => Arc::new(SqliteStore::open(run_dir).unwrap()),
+    }
+}
+
+fn opts(run_dir: &Path) -> ManagerOptions {
+    let mut o = ManagerOptions::new(run_dir);
+    o.kill_grace = Duration::from_secs(5);
+    o
+}
+
+async fn open(backend: Backend, run_dir: &Path) -> (Manager, dms_core::RecoveryReport) {
+    let spawner = Arc::new(LinuxSpawner::new().unwrap());
+    Manager::open(store(backend, run_dir), spawner, opts(run_dir))
+        .await
+        .unwrap()
+}
+
+/// A helper that sleeps; `tag` makes its command line unique.
+fn sleeper(tag: u64) -> HelperSpec {
+    HelperSpec {
+        program: "sleep".into(),
+        args: vec![format!("{}", 100_000 + tag).into()],
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("DMS_TEST_SECRET".into(), "s3cr3t-value".into()),
+        ],
+        ..HelperSpec::default()
+    }
+}
+
+fn proc_state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.trim_start().chars().next()
+}
+
+/// Alive and not a zombie.
+fn alive(pid: Pid) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+fn cmdline(pid: Pid) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `cond` until it holds or `limit` passes (for conditions no event announces).
+async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
+
+async fn next_exit(rx: &mut broadcast::Receiver<Event>, pid: Pid) -> ExitStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(Event::Exited { pid: p, status, .. })) if p == pid => return status,
+            Ok(Ok(_)) => {}
+            other => panic!("no exit event for {pid}: {other:?}"),
+        }
+    }
+}
+
+fn pid_file(run_dir: &Path, target: &TargetId) -> PathBuf {
+    target.pid_file_in(&run_dir.join("s3"))
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn spawn_and_kill(backend: Backend) {
+    init_tracing();
+    let dir = run_dir();
+    let (m, _) = open(backend, dir.path()).await;
+    let target = t("target-123");
+    let info = m.spawn(&target, sleeper(1)).await.unwrap();
+    let pid = info.pid.unwrap();
+    assert_eq!(info.state, ProcessState::Running);
+    assert_eq!(info.source, Some(dms_core::Source::Both));
+    assert_eq!(cmdline(pid), ["sleep", "100001"]);
+    assert!(
+        info.rss_bytes.is_some() && info.threads == Some(1),
+        "{info:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pid_file(dir.path(), &target)).unwrap(),
+        format!("{pid}\n")
+    );
+    // The helper's log is where the CLI contract says.
+    assert!(dir.path().join("logs/target-123.log").exists());
+    // Never stored: the environment value.
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("s3cr3t-value"),
+            "{} holds an environment value",
+            entry.display()
+        );
+    }
+    assert!(m.is_running(&target).await.unwrap());
+
+    let report = m.kill(&target, Duration::from_secs(5)).await.unwrap();
+    assert!(report.was_running && report.stopped, "{report:?}");
+    assert_eq!(report.signal, Some(dms_proc::Signal::Term));
+    assert!(!alive(pid));
+    assert!(!pid_file(dir.path(), &target).exists());
+    assert!(!m.is_running(&target).await.unwrap());
+    assert_eq!(
+        m.process_info(&target).await.unwrap().state,
+        ProcessState::Absent
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_and_kill_pid_files() {
+    spawn_and_kill(Backend::PidFile).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_and_kill_sqlite() {
+    spawn_and_kill(Backend::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn restart_adopts_running_helper(backend: Backend) {
+    init_tracing();
+    let dir = run_dir();
+    let target = t("survivor");
+    let (m1, _) = open(backend, dir.path()).await;
+    let pid = m1.spawn(&target, sleeper(2)).await.unwrap().pid.unwrap();
+    drop(m1);
+    assert!(alive(pid), "dropping the manager must not stop the helper");
+
+    let (m2, report) = open(backend, dir.path()).await;
+    assert_eq!(report.adopted.len(), 1, "{report:?}");
+    assert_eq!(report.adopted[0].pid, pid);
+    assert_eq!(m2.memory_snapshot().len(), 1);
+    assert!(m2.is_running(&target).await.unwrap());
+    let info = m2.process_info(&target).await.unwrap();
+    assert_eq!(info.source, Some(dms_core::Source::Both));
+
+    // The recovered helper's exit is watched too.
+    let mut events = m2.subscribe();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.get()), NixSignal::SIGTERM).unwrap();
+    next_exit(&mut events, pid).await;
+    assert!(!pid_file(dir.path(), &target).exists());
+    assert!(m2.memory_snapshot().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_running_helper_pid_files() {
+    restart_adopts_running_helper(Backend::PidFile).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_running_helper_sqlite() {
+    restart_adopts_running_helper(Backend::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_watching_clears_memory_and_disk_promptly() {
+    init_tracing();
+    let dir = run_dir();
+    let (m, _) = open(Backend::PidFile, dir.path()).await;
+    let mut events = m.subscribe();
+    let target = t("exits");
+    let spec = HelperSpec {
+        program: "sh".into(),
+        args: vec!["-c".into(), "read line; exit 7".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        ..HelperSpec::default()
+    };
+    // stdin is /dev/null: `read` sees end of file at once and the helper exits 7.
+    let pid = m.spawn(&target, spec).await.unwrap().pid.unwrap();
+    let started = Instant::now();
+    let status = next_exit(&mut events, pid).await;
+    let took = started.elapsed();
+    assert_eq!(status, ExitStatus::Code(7));
+    assert!(!pid_file(dir.path(), &target).exists());
+    assert!(m.memory_snapshot().is_empty());
+    assert!(!m.is_running(&target).await.unwrap());
+    eprintln!("exit noticed and PID file removed {took:?} after spawn returned");
+
+    // A helper stopped from outside dms.
+    let pid = m.spawn(&target, sleeper(3)).await.unwrap().pid.unwrap();
+    let sent = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.get()), NixSignal::SIGKILL).unwrap();
+    let status = next_exit(&mut events, pid).await;
+    let took = sent.elapsed();
+    assert_eq!(status, ExitStatus::Signaled(9));
+    assert!(!pid_file(dir.path(), &target).exists());
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    eprintln!("external SIGKILL -> exit event + PID file removed in {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A process of the test's own, with SIGTERM, SIGINT and SIGHUP blocked, so a signal
+/// sent to it stays visible as pending in /proc/PID/status instead of killing it.
+fn stranger() -> std::process::Child {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("600").stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls (sigprocmask) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = SigSet::empty();
+            set.add(NixSignal::SIGTERM);
+            set.add(NixSignal::SIGINT);
+            set.add(NixSignal::SIGHUP);
+            set.thread_block().map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+fn pending_signals(pid: Pid) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    (field("SigPnd:"), field("ShdPnd:"))
+}
+
+async fn foreign_pid_is_never_signalled(backend: Backend) {
+    init_tracing();
+    let dir = run_dir();
+    let target = t("reused");
+    let (m, _) = open(backend, dir.path()).await;
+    // A PID file written a minute ago by hand; the process that has that PID now
+    // started after it: the situation after PID reuse.
+    let mut child = stranger();
+    let pid = Pid::new(i64::from(child.id())).unwrap();
+    let path = pid_file(dir.path(), &target);
+    std::fs::write(&path, format!("{pid}")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+
+    let report = m.reload().await.unwrap();
+    assert_eq!(report.foreign.len(), 1, "{report:?}");
+    assert!(report.adopted.is_empty());
+    assert!(!m.is_running(&target).await.unwrap());
+    assert_eq!(
+        m.process_info(&target).await.unwrap().state,
+        ProcessState::Foreign
+    );
+    // spawn over it is allowed (the entry is not a live helper of ours)...
+    // ...but first: kill clears it without any signal.
+    let k = m.kill(&target, Duration::from_secs(1)).await.unwrap();
+    assert!(!k.was_running && !k.stopped, "{k:?}");
+    assert_eq!(k.steps, ["clear_foreign"]);
+    assert!(!path.exists());
+    // And cleanup of a fresh foreign entry removes it, again without a signal.
+    std::fs::write(&path, format!("{pid}\n")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+    let c = m.cleanup_all(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(c.removed.len(), 1);
+    assert!(c.stopped.is_empty());
+
+    assert!(alive(pid), "the stranger was killed");
+    assert_eq!(
+        pending_signals(pid),
+        (0, 0),
+        "a signal reached the stranger"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_pid_is_never_signalled_pid_files() {
+    foreign_pid_is_never_signalled(Backend::PidFile).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_pid_is_never_signalled_sqlite() {
+    foreign_pid_is_never_signalled(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopted_process_is_tracked_and_watched() {
+    init_tracing();
+    let dir = run_dir();
+    let (m, _) = open(Backend::Sqlite, dir.path()).await;
+    let mut events = m.subscribe();
+    let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = Pid::new(i64::from(child.id())).unwrap();
+    let info = m.adopt(&t("adopted"), pid).await.unwrap();
+    assert!(info.running);
+    assert_eq!(
+        info.cmdline.as_deref(),
+        Some(&["sleep".to_owned(), "600".to_owned()][..])
+    );
+    // Its exit (it is not the spawner's child: a pidfd tells) clears it.
+    child.kill().unwrap();
+    assert_eq!(next_exit(&mut events, pid).await, ExitStatus::Unknown);
+    assert!(!pid_file(dir.path(), &t("adopted")).exists());
+    child.wait().unwrap();
+    // A dead PID cannot be adopted.
+    assert!(matches!(
+        m.adopt(&t("adopted"), pid).await,
+        Err(Error::NotRunning { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_grace_period_does_not_block_other_targets() {
+    init_tracing();
+    let dir = run_dir();
+    let (m, _) = open(Backend::PidFile, dir.path()).await;
+    let stubborn = HelperSpec {
+        program: "sh".into(),
+        // Ignores SIGTERM; `exec` keeps it a single process.
+        args: vec!["-c".into(), "trap '' TERM; exec sleep 600".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        ..HelperSpec::default()
+    };
+    let slow = m.spawn(&t("slow"), stubborn).await.unwrap().pid.unwrap();
+    let m2 = m.clone();
+    let killing = tokio::spawn(async move { m2.kill(&t("slow"), Duration::from_secs(2)).await });
+    // While that kill waits out its grace period, other targets work normally.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let other = m.spawn(&t("other"), sleeper(4)).await.unwrap().pid.unwrap();
+    assert!(m.is_running(&t("other")).await.unwrap());
+    let k = m.kill(&t("other"), Duration::from_secs(5)).await.unwrap();
+    let took = start.elapsed();
+    assert!(k.stopped);
+    assert!(
+        took < Duration::from_secs(1),
+        "other target blocked for {took:?}"
+    );
+    assert!(!alive(other));
+    let slow_report = killing.await.unwrap().unwrap();
+    assert_eq!(slow_report.signal, Some(dms_proc::Signal::Kill));
+    assert!(!alive(slow));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_spawns_in_one_process_start_one_helper() {
+    init_tracing();
+    let dir = run_dir();
+    let _cleanup = KillTagged(dir.path().to_owned());
+    let (m, _) = open(Backend::PidFile, dir.path()).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let m = m.clone();
+        let spec = race_spec(dir.path(), 0);
+        set.spawn(async move { m.spawn(&t("one"), spec).await });
+    }
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            Ok(info) => ok.push(info.pid.unwrap()),
+            Err(Error::AlreadyRunning { pid, .. }) => refused.push(pid),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert!(refused.iter().all(|p| *p == ok[0]));
+    assert_eq!(count_tagged(&race_tag(dir.path(), 0)), 1);
+    let started = std::fs::read_to_string(dir.path().join("started-0")).unwrap_or_default();
+    assert!(
+        started.lines().count() <= 1,
+        "programs started: {started:?}"
+    );
+    m.kill(&t("one"), Duration::from_secs(5)).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Two OS processes race.
+
+const RACE_ROUNDS: u64 = 50;
+const RACE_ENV: &str = "DMS_CORE_RACE_RUN_DIR";
+const RACE_BACKEND_ENV: &str = "DMS_CORE_RACE_BACKEND";
+
+/// The environment entry that marks the helpers of one round of one race (the run dir
+/// is unique), so leftovers of other runs can never be counted.
+fn race_tag(dir: &Path, round: u64) -> String {
+    format!("{}#{round}", dir.display())
+}
+
+fn race_spec(dir: &Path, round: u64) -> HelperSpec {
+    // The program appends its PID to a per-round file once it runs, then sleeps.
+    let started = dir.join(format!("started-{round}"));
+    HelperSpec {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            format!("echo $$ >> '{}'; exec sleep 600", started.display()).into(),
+        ],
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("DMS_RACE_TAG".into(), race_tag(dir, round).into()),
+        ],
+        ..HelperSpec::default()
+    }
+}
+
+/// Live processes whose environment has a `DMS_RACE_TAG` for which `matches` holds.
+fn tagged(matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+        .filter_map(|p| Pid::new(p).ok())
+        .filter(|&p| {
+            alive(p)
+                && std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| {
+                    env.split(|&b| b == 0)
+                        .filter_map(|kv| kv.strip_prefix(b"DMS_RACE_TAG="))
+                        .any(&matches)
+                })
+        })
+        .collect()
+}
+
+/// Live processes whose environment carries `DMS_RACE_TAG=<tag>`.
+fn count_tagged(tag: &str) -> usize {
+    tagged(|v| v == tag.as_bytes()).len()
+}
+
+/// On drop (also when a test fails), kills and reaps every helper tagged with this run
+/// dir: only processes this test started carry the tag.
+struct KillTagged(PathBuf);
+
+impl Drop for KillTagged {
+    fn drop(&mut self) {
+        let prefix = format!("{}#", self.0.display());
+        for pid in tagged(|v| v.starts_with(prefix.as_bytes())) {
+            let pid = nix::unistd::Pid::from_raw(pid.get());
+            let _ = nix::sys::signal::kill(pid, NixSignal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+    }
+}
+
+/// Sleeps until the wall-clock instant `at_nanos` (nanoseconds since the epoch): a
+/// starting line shared by two processes, not a synchronisation.
+async fn start_at(at_nanos: u128) {
+    let at = std::time::UNIX_EPOCH + Duration::from_nanos(at_nanos as u64);
+    // Timers have millisecond resolution: sleep most of the way, then spin.
+    if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait.saturating_sub(Duration::from_millis(3))).await;
+    }
+    while std::time::SystemTime::now() < at {
+        std::hint::spin_loop();
+    }
+}
+
+fn backend_from_env() -> Backend {
+    match std::env::var(RACE_BACKEND_ENV).as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        _ => Backend::PidFile,
+    }
+}
+
+/// The second racer: run by `two_processes_race_*` in a child process.
+#[test]
+#[ignore = "helper process of the two_processes_race tests; does nothing on its own"]
+fn race_child() {
+    let Some(run_dir) = std::env::var_os(RACE_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let backend = backend_from_env();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (m, _) = open(backend, &run_dir).await;
+        let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let mut lines = tokio::io::AsyncBufReadExt::lines(stdin);
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Some(rest) = line.strip_prefix("go ") else {
+                break;
+            };
+            let (round, at) = rest.split_once(' ').unwrap();
+            let round: u64 = round.parse().unwrap();
+            start_at(at.parse().unwrap()).await;
+            let outcome = match m.spawn(&t("race"), race_spec(&run_dir, round)).await {
+                Ok(info) => format!("ok {}", info.pid.unwrap()),
+                Err(Error::AlreadyRunning { pid, .. }) => format!("refused {pid}"),
+                Err(e) => format!("error {e}"),
+            };
+            println!("RACE {round} {outcome}");
+        }
+    });
+}
+
+async fn two_processes_race(backend: Backend) {
+    init_tracing();
+    // Helpers of the second racer outlive it: they must be reparented to us and reaped.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let dir = run_dir();
+    let _cleanup = KillTagged(dir.path().to_owned());
+    let (m, _) = open(backend, dir.path()).await;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "race_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(RACE_ENV, dir.path())
+        .env(
+            RACE_BACKEND_ENV,
+            match backend {
+                Backend::PidFile => "pidfile",
+                Backend::Sqlite => "sqlite",
+            },
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap());
+    let target = t("race");
+    let mut helpers = Vec::new();
+    let mut wins = [0u32; 2];
+    for round in 0..RACE_ROUNDS {
+        // Both racers start at the same instant, a little in the future, so that their
+        // spawns really overlap (otherwise the one that reads the command first wins).
+        let at = std::time::SystemTime::now() + Duration::from_millis(20);
+        let at_nanos = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        writeln!(to_child, "go {round} {at_nanos}").unwrap();
+        to_child.flush().unwrap();
+        start_at(at_nanos).await;
+        let mine = m.spawn(&target, race_spec(dir.path(), round)).await;
+        let theirs = loop {
+            let mut line = String::new();
+            assert!(from_child.read_line(&mut line).unwrap() > 0, "racer died");
+            // libtest prints "test race_child ... " without a newline first.
+            let tag = format!("RACE {round} ");
+            if let Some(at) = line.find(&tag) {
+                break line[at + tag.len()..].trim().to_owned();
+            }
+        };
+        let helper = match (&mine, theirs.split_once(' ')) {
+            (Ok(info), Some(("refused", pid))) => {
+                wins[0] += 1;
+                assert_eq!(pid, info.pid.unwrap().to_string(), "round {round}");
+                info.pid.unwrap()
+            }
+            (Err(Error::AlreadyRunning { pid, .. }), Some(("ok", theirs))) => {
+                wins[1] += 1;
+                assert_eq!(theirs, pid.to_string(), "round {round}");
+                *pid
+            }
+            other => panic!("round {round}: not exactly one winner: {other:?}"),
+        };
+        helpers.push(helper);
+        // Exactly one helper ran its program, and exactly one is alive.
+        let started = dir.path().join(format!("started-{round}"));
+        assert!(
+            wait_for(Duration::from_secs(5), || started.exists()).await,
+            "round {round}: helper never ran"
+        );
+        let tag = race_tag(dir.path(), round);
+        assert!(
+            wait_for(Duration::from_secs(5), || count_tagged(&tag) == 1).await,
+            "round {round}: {} helpers alive",
+            count_tagged(&tag)
+        );
+        let lines = std::fs::read_to_string(&started).unwrap();
+        assert_eq!(
+            lines.lines().count(),
+            1,
+            "round {round}: programs started: {lines:?}"
+        );
+        assert_eq!(lines.trim(), helper.to_string());
+        // Clear for the next round.
+        let k = m.kill(&target, Duration::from_secs(5)).await.unwrap();
+        assert!(k.stopped, "round {round}: {k:?}");
+        assert!(
+            wait_for(Duration::from_secs(5), || !alive(helper)).await,
+            "round {round}: helper survived kill"
+        );
+        assert!(matches!(
+            m.store().get(&target).await.unwrap(),
+            Lookup::Absent
+        ));
+    }
+    drop(to_child);
+    assert!(child.wait().unwrap().success());
+    // Reap helpers that were reparented to us (never waitpid(-1): our own spawner reaps
+    // its children).
+    for pid in helpers {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid.get()),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    eprintln!("race wins: this process {}, the other {}", wins[0], wins[1]);
+    assert_eq!(wins[0] + wins[1], RACE_ROUNDS as u32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_race_pid_files() {
+    two_processes_race(Backend::PidFile).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_race_sqlite() {
+    two_processes_race(Backend::Sqlite).await;
+}
