@@ -192,7 +192,11 @@ async fn open_manager(run_dir: &Path, backend: Backend) -> Result<Session, CliEr
         Backend::Sqlite => Arc::new(dms_store::SqliteStore::open(run_dir).map_err(|e| failed(&e))?),
     };
     let spawner = Arc::new(dms_proc::linux::LinuxSpawner::new().map_err(|e| failed(&e))?);
-    let opts = ManagerOptions::new(run_dir.to_owned());
+    let mut opts = ManagerOptions::new(run_dir.to_owned());
+    // CPU percent is the average since the helper started (what ps shows as %CPU), read
+    // without waiting: sampling over an interval would make every spawn and status
+    // wait for that interval.
+    opts.usage_interval = Some(std::time::Duration::ZERO);
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
         .map_err(|e| failed(&e))?;
