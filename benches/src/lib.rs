@@ -41,7 +41,7 @@ pub fn cli_options(run_dir: &Path) -> ManagerOptions {
 }
 
 /// The usage sampling interval of the command line.
-pub const CLI_USAGE_INTERVAL: Option<Duration> = Some(Duration::from_millis(100));
+pub const CLI_USAGE_INTERVAL: Option<Duration> = Some(Duration::ZERO);
 
 /// Whether this benchmark binary runs in criterion's test mode (`cargo test --bench`,
 /// without `--bench` on its command line): then fixtures are built at their smallest
