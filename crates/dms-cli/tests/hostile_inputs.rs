@@ -10,7 +10,8 @@
 //!
 //! Rows that could signal PID 0 or -1 (every PID-file content row, `adopt` of a reserved
 //! PID, `cleanup --all` over them) run inside a fresh PID namespace: dms is started
-//! through `unshare --pid --fork --mount-proc`, next to a canary `sleep` in the same
+//! through `unshare --pid --fork --mount-proc` (in a process group of its own: process
+//! groups span namespaces), next to a canary `sleep` in the same
 //! namespace and process group, so a wrong `kill(0)` or `kill(-1)` could only hit that
 //! namespace, and the canary shows whether it happened. Where `unshare` is not permitted,
 //! those rows are skipped with a printed reason; they are never run outside.
@@ -1285,7 +1286,11 @@ fn launch(c: &Ctx, launch: Launch, argv: &[String], json: bool) -> Outcome {
             } else {
                 format!("{pre}\n\"$0\" \"$@\"\nrc=$?\necho 'dms-caller: survived' >&2\nexit $rc")
             };
-            let mut cmd = assert_cmd::Command::new("unshare");
+            // A process group of its own: process groups span PID namespaces, so a
+            // kill(0) inside would otherwise reach the test process itself.
+            let mut std_cmd = std::process::Command::new("unshare");
+            std::os::unix::process::CommandExt::process_group(&mut std_cmd, 0);
+            let mut cmd = assert_cmd::Command::from_std(std_cmd);
             cmd.args([
                 "--pid",
                 "--fork",
