@@ -170,6 +170,25 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Whether an SQLite error comes from the file system around the database (full, read
+/// only, permission denied, an I/O error) rather than from its content: the database may
+/// be perfectly good, so it must not be moved aside. A full tmpfs, for one, fails to
+/// create the `-shm` file with an I/O error.
+fn is_environmental(e: &rusqlite::Error) -> Option<&'static str> {
+    match e.sqlite_error_code()? {
+        ErrorCode::DiskFull => Some("free some space in the run directory's file system"),
+        ErrorCode::SystemIoFailure => Some(
+            "check that the run directory's file system is writable and not full \
+             (creating the -wal/-shm files failed, or the disk reported an error)",
+        ),
+        ErrorCode::ReadOnly => Some("make the run directory writable"),
+        ErrorCode::PermissionDenied => {
+            Some("give the user running dms read and write access to the database")
+        }
+        _ => None,
+    }
+}
+
 /// Why opening the database failed.
 #[derive(Debug)]
 enum OpenFailure {
@@ -329,6 +348,10 @@ fn open_conn(path: &Path) -> Result<(Connection, bool), OpenFailure> {
     let unusable = |e: rusqlite::Error| {
         if is_busy(&e) {
             OpenFailure::LeaveAlone(format!("SQLite database is busy: {e}"))
+        } else if let Some(fix) = is_environmental(&e) {
+            OpenFailure::LeaveAlone(format!(
+                "SQLite database cannot be opened: {e}; it is left as it is ({fix})"
+            ))
         } else {
             OpenFailure::Unusable(e.to_string())
         }
@@ -706,9 +729,10 @@ fn annotate_put(e: Error, target: &TargetId) -> Error {
 /// corruption error later on) is moved aside as `dms.sqlite3.corrupt-<time>` (with its
 /// `-wal`/`-shm` files), never deleted, and a fresh one is built from the PID files (one
 /// bare row per valid file), with a `tracing` warning. A database that is busy beyond
-/// [`BUSY_TIMEOUT`] or from a newer dms (schema version above [`SCHEMA_VERSION`]) is left
-/// alone, and so is one that cannot be moved aside: the store then works from the PID
-/// files alone, with a warning, until it is opened again.
+/// [`BUSY_TIMEOUT`], from a newer dms (schema version above [`SCHEMA_VERSION`]), or that
+/// cannot be opened because of its file system (full, read-only, permission denied, an
+/// I/O error) is left alone, and so is one that cannot be moved aside: the store then
+/// works from the PID files alone, with a warning, until it is opened again.
 ///
 /// The database uses WAL, `synchronous=FULL`, a [`BUSY_TIMEOUT`], and `user_version` as
 /// its schema version with forward migrations. One connection, behind a mutex, is used
