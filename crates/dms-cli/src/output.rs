@@ -73,48 +73,61 @@ fn cmdline_cell(info: &Value) -> String {
     }
 }
 
+/// The columns of the `status` table.
+const STATUS_HEADER: [&str; 10] = [
+    "TARGET", "PID", "STATE", "SOURCE", "UPTIME", "CPU", "RSS", "THREADS", "MOUNT", "COMMAND",
+];
+
+/// One row of the `status` table.
+pub type StatusRow = [String; 10];
+
 /// The `status` table: one row per info object, columns aligned, the command line last,
 /// followed by the row's detail in parentheses when there is one (why an entry is
 /// corrupt, foreign or stale).
 pub fn status_table(infos: &[Value], details: &[Option<String>]) -> String {
-    const HEADER: [&str; 10] = [
-        "TARGET", "PID", "STATE", "SOURCE", "UPTIME", "CPU", "RSS", "THREADS", "MOUNT", "COMMAND",
-    ];
-    let rows: Vec<[String; 10]> = infos
+    let rows: Vec<StatusRow> = infos
         .iter()
         .enumerate()
-        .map(|(n, i)| {
-            let mut command = cmdline_cell(i);
-            if let Some(Some(detail)) = details.get(n) {
-                command = if command == "-" {
-                    format!("({detail})")
-                } else {
-                    format!("{command} ({detail})")
-                };
-            }
-            [
-                or_dash(str_of(i, "target").map(str::to_owned)),
-                or_dash(int_of(i, "pid").map(|p| p.to_string())),
-                or_dash(str_of(i, "state").map(str::to_owned)),
-                or_dash(str_of(i, "source").map(str::to_owned)),
-                or_dash(num_of(i, "uptime_secs").map(duration)),
-                or_dash(num_of(i, "cpu_percent").map(|c| format!("{c:.1}%"))),
-                or_dash(int_of(i, "rss_bytes").map(bytes)),
-                or_dash(int_of(i, "threads").map(|t| t.to_string())),
-                mount_cell(i),
-                command,
-            ]
-        })
+        .map(|(n, i)| status_row(i, details.get(n).and_then(Option::as_deref)))
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
+    render_status_table(&rows)
+}
+
+/// The cells of one info object's row of the `status` table, with its detail.
+pub fn status_row(i: &Value, detail: Option<&str>) -> StatusRow {
+    let mut command = cmdline_cell(i);
+    if let Some(detail) = detail {
+        command = if command == "-" {
+            format!("({detail})")
+        } else {
+            format!("{command} ({detail})")
+        };
+    }
+    [
+        or_dash(str_of(i, "target").map(str::to_owned)),
+        or_dash(int_of(i, "pid").map(|p| p.to_string())),
+        or_dash(str_of(i, "state").map(str::to_owned)),
+        or_dash(str_of(i, "source").map(str::to_owned)),
+        or_dash(num_of(i, "uptime_secs").map(duration)),
+        or_dash(num_of(i, "cpu_percent").map(|c| format!("{c:.1}%"))),
+        or_dash(int_of(i, "rss_bytes").map(bytes)),
+        or_dash(int_of(i, "threads").map(|t| t.to_string())),
+        mount_cell(i),
+        command,
+    ]
+}
+
+/// The `status` table of `rows` ([`status_row`]), under its header, columns aligned.
+pub fn render_status_table(rows: &[StatusRow]) -> String {
+    let mut widths = STATUS_HEADER.map(str::len);
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header = HEADER.map(str::to_owned);
-    for row in std::iter::once(&header).chain(&rows) {
+    let header = STATUS_HEADER.map(str::to_owned);
+    for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {

@@ -6,7 +6,7 @@ use crate::cli::{
 use crate::env::{self, EnvError};
 use crate::output;
 use crate::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE};
-use dms_core::{HelperSpec, Manager, ManagerOptions};
+use dms_core::{HelperSpec, Manager, ManagerOptions, ProcessInfo, ProcessState};
 use dms_store::{Pid, TargetId};
 use serde::Serialize;
 use serde_json::Value;
@@ -243,11 +243,15 @@ impl Out {
     /// Prints `value` as JSON, or `human(value)` as text. A closed stdout (`dms status |
     /// head -1`) is not an error.
     fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
-        let mut text = if self.json {
+        self.write(if self.json {
             value.to_string()
         } else {
             human(value)
-        };
+        });
+    }
+
+    /// Writes `text` (already in the chosen form) and a final newline.
+    fn write(&self, mut text: String) {
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -326,44 +330,93 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
         Some(target) => vec![manager.process_info(target).await.map_err(manager_error)?],
         None => manager.list().await.map_err(manager_error)?,
     };
-    // target -> (info, detail for the human table)
-    let mut rows: BTreeMap<String, (Value, Option<String>)> = BTreeMap::new();
-    for info in &targets {
-        rows.insert(
-            info.target.to_string(),
-            (to_value(info)?, info.detail.clone()),
-        );
-    }
+    // target -> (info, the PID whose dead entry this invocation's startup recovery
+    // removed). Rows stay info objects until printed, one at a time: over many targets
+    // a JSON value per row would dominate the memory of the command.
+    let mut rows: BTreeMap<TargetId, (ProcessInfo, Option<Pid>)> = targets
+        .into_iter()
+        .map(|info| (info.target.clone(), (info, None)))
+        .collect();
     for (target, pid) in &session.cleared {
-        let stale = |v: Value| {
-            let detail = format!("PID {pid} was dead; its PID file was removed");
-            (stale_info(v, *pid), Some(detail))
-        };
-        match rows.get_mut(target.as_str()) {
-            Some(row) => *row = stale(row.0.take()),
+        match rows.get_mut(target) {
+            Some(row) => row.1 = Some(*pid),
+            // Not listed: neither memory nor disk holds anything for it any more.
             None if a.target.is_none() => {
-                let info = manager.process_info(target).await.map_err(manager_error)?;
-                rows.insert(target.to_string(), stale(to_value(&info)?));
+                let info = absent_info(manager, target);
+                rows.insert(target.clone(), (info, Some(*pid)));
             }
             None => {}
         }
     }
-    let (infos, details): (Vec<Value>, Vec<Option<String>>) = rows.into_values().unzip();
+    let row_value = |(info, cleared): &(ProcessInfo, Option<Pid>)| {
+        let v = to_value(info)?;
+        Ok::<_, CliError>(match cleared {
+            Some(pid) => (
+                stale_info(v, *pid),
+                Some(format!("PID {pid} was dead; its PID file was removed")),
+            ),
+            None => (v, info.detail.clone()),
+        })
+    };
     if a.target.is_some() {
-        let v = &infos[0];
-        out.print(v, |_| output::status_table(&infos, &details));
-        return Ok(if flag(v, "running") {
+        let Some(row) = rows.values().next() else {
+            return Err(CliError::Failed("no info for the target".into()));
+        };
+        let (v, detail) = row_value(row)?;
+        let (infos, details) = (vec![v], vec![detail]);
+        out.print(&infos[0], |_| output::status_table(&infos, &details));
+        return Ok(if flag(&infos[0], "running") {
             0
         } else {
             EXIT_NOT_RUNNING
         });
     }
-    let v = Value::Array(infos);
-    out.print(&v, |v| match v.as_array() {
-        Some(a) if !a.is_empty() => output::status_table(a, &details),
-        _ => "no helpers tracked".to_owned(),
-    });
+    let text = if out.json {
+        let mut text = String::from("[");
+        for (n, row) in rows.values().enumerate() {
+            if n > 0 {
+                text.push(',');
+            }
+            text.push_str(&row_value(row)?.0.to_string());
+        }
+        text.push(']');
+        text
+    } else if rows.is_empty() {
+        "no helpers tracked".to_owned()
+    } else {
+        let mut table = Vec::with_capacity(rows.len());
+        for row in rows.values() {
+            let (v, detail) = row_value(row)?;
+            table.push(output::status_row(&v, detail.as_deref()));
+        }
+        output::render_status_table(&table)
+    };
+    out.write(text);
     Ok(0)
+}
+
+/// The info object of a target that neither memory nor disk holds: what
+/// [`Manager::process_info`] returns for it, without reading the disk again.
+fn absent_info(manager: &Manager, target: &TargetId) -> ProcessInfo {
+    ProcessInfo {
+        target: target.clone(),
+        pid: None,
+        state: ProcessState::Absent,
+        running: false,
+        pid_file: target.pid_file_in(manager.store().pid_dir()),
+        pid_file_exists: false,
+        source: None,
+        started_at: None,
+        uptime_secs: None,
+        cpu_percent: None,
+        rss_bytes: None,
+        threads: None,
+        cmdline: None,
+        mount: None,
+        mounted: None,
+        mount_state: None,
+        detail: None,
+    }
 }
 
 async fn stats(session: &Session, out: &Out) -> Result<u8, CliError> {
@@ -417,6 +470,25 @@ async fn adopt(session: &Session, a: AdoptArgs, out: &Out) -> Result<u8, CliErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absent_info_is_what_process_info_says_of_an_absent_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = Arc::new(dms_store::PidFileStore::open(dir.path()).unwrap());
+            let spawner = Arc::new(dms_proc::fake::FakeSpawner::default());
+            let opts = ManagerOptions::new(dir.path());
+            let (manager, _) = Manager::open(store, spawner, opts).await.unwrap();
+            let target: TargetId = "gone".parse().unwrap();
+            let info = manager.process_info(&target).await.unwrap();
+            assert_eq!(info.state, ProcessState::Absent);
+            assert_eq!(absent_info(&manager, &target), info);
+        });
+    }
 
     #[test]
     fn auto_picks_sqlite_only_when_the_database_exists() {
