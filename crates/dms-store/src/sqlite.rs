@@ -562,10 +562,22 @@ impl Inner {
             Written::Done(stamp) => stamp,
             Written::Stopped => return Ok(()),
         };
-        // 2. The row, naming the file it belongs to by its stamp.
+        // 2. The row, naming the file it belongs to by its stamp. The PID file is written
+        // and durable: if the row cannot be (the database is busy beyond the timeout,
+        // full, read-only), the entry is there with identity unknown, exactly as after a
+        // crash between the two writes, and the next read records a bare row. Failing the
+        // put would make the caller give up a helper that is recorded.
         let row = Row::from_record(record, stamp)?;
-        let written = db.with(&self.files, |conn| upsert(conn, target, &row));
-        written.map(drop).map_err(|e| annotate_put(e, target))
+        if let Err(e) = db.with(&self.files, |conn| upsert(conn, target, &row)) {
+            tracing::warn!(
+                target = %target,
+                pid = record.pid.get(),
+                "the PID file was written but its metadata row was not ({e}); identity \
+                 (start ticks, boot ID) and metadata of this helper are unknown until it is \
+                 spawned again"
+            );
+        }
+        Ok(())
     }
 
     fn get(&self, target: &TargetId) -> Result<Lookup> {
@@ -687,16 +699,6 @@ fn placeholder() -> crate::Corrupt {
     }
 }
 
-fn annotate_put(e: Error, target: &TargetId) -> Error {
-    match e {
-        Error::Sqlite { path, source } => {
-            tracing::warn!(target = %target, "the PID file was written but its metadata row was not: {source}");
-            Error::Sqlite { path, source }
-        }
-        other => other,
-    }
-}
-
 /// A [`PidStore`] that writes PID files exactly as [`crate::PidFileStore`] does (through
 /// the same code) and, through to SQLite, a row per target in `<run-dir>/dms.sqlite3`
 /// holding what a PID file cannot: identity (start ticks, boot ID) and metadata (command
@@ -712,7 +714,9 @@ fn annotate_put(e: Error, target: &TargetId) -> Error {
 ///   leaves the new PID with the old row (or none): the stamp differs, so the next read
 ///   reports the new PID with identity unknown (`None`), never the old identity, and
 ///   repairs the row. The new PID is never lost, so a freshly spawned helper is never
-///   orphaned by a crash.
+///   orphaned by a crash. For the same reason a row that cannot be written (the
+///   database busy beyond [`BUSY_TIMEOUT`], full or read-only) does not fail the put:
+///   it succeeds with a warning, and the entry reads as identity unknown.
 /// - **remove**: (1) the PID file, then (2) the row. A crash between leaves a row
 ///   without a file, which the next read drops.
 ///
