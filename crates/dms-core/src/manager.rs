@@ -51,9 +51,62 @@ struct Inner {
     store: Arc<dyn PidStore>,
     spawner: Arc<dyn Spawner>,
     opts: ManagerOptions,
-    memory: RwLock<HashMap<TargetId, Tracked>>,
+    memory: RwLock<Memory>,
     locks: TargetLocks,
     events: broadcast::Sender<Event>,
+}
+
+/// The in-memory table: helpers by target, and the target of each helper's PID.
+#[derive(Default)]
+struct Memory {
+    by_target: HashMap<TargetId, Tracked>,
+    by_pid: HashMap<Pid, TargetId>,
+}
+
+impl Memory {
+    fn get(&self, target: &TargetId) -> Option<&Tracked> {
+        self.by_target.get(target)
+    }
+
+    fn insert(&mut self, target: TargetId, tracked: Tracked) -> Option<Tracked> {
+        let pid = tracked.identity.pid;
+        let old = self.by_target.insert(target.clone(), tracked);
+        if let Some(old) = &old {
+            self.by_pid.remove(&old.identity.pid);
+        }
+        self.by_pid.insert(pid, target);
+        old
+    }
+
+    fn remove(&mut self, target: &TargetId) -> Option<Tracked> {
+        let old = self.by_target.remove(target)?;
+        if self.by_pid.get(&old.identity.pid) == Some(target) {
+            self.by_pid.remove(&old.identity.pid);
+        }
+        Some(old)
+    }
+
+    /// The target whose helper has this exact identity.
+    fn target_of(&self, id: &ProcIdentity) -> Option<&TargetId> {
+        let target = self.by_pid.get(&id.pid)?;
+        (self.by_target.get(target)?.identity == *id).then_some(target)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&TargetId, &Tracked)> {
+        self.by_target.iter()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &TargetId> {
+        self.by_target.keys()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Tracked> {
+        self.by_target.values()
+    }
+
+    fn len(&self) -> usize {
+        self.by_target.len()
+    }
 }
 
 /// A helper in memory.
@@ -147,7 +200,7 @@ impl Manager {
             store,
             spawner,
             opts,
-            memory: RwLock::new(HashMap::new()),
+            memory: RwLock::new(Memory::default()),
             events,
         });
         let report = inner.reload().await?;
@@ -259,7 +312,7 @@ impl Manager {
             }
         }
         match self.inner.store.get(target).await? {
-            Lookup::Present(r) => match self.inner.classify(&r).await {
+            Lookup::Present(r) => match self.inner.classify(target, &r).await {
                 Verdict::Own(_) => Ok(true),
                 Verdict::Unverified(reason) => Err(Error::Unverified {
                     target: target.clone(),
@@ -405,11 +458,11 @@ impl Manager {
 }
 
 impl Inner {
-    fn read_memory(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TargetId, Tracked>> {
+    fn read_memory(&self) -> std::sync::RwLockReadGuard<'_, Memory> {
         self.memory.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_memory(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TargetId, Tracked>> {
+    fn write_memory(&self) -> std::sync::RwLockWriteGuard<'_, Memory> {
         self.memory.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -477,8 +530,8 @@ impl Inner {
         }
     }
 
-    /// Probes `record.pid` and decides whether it is the recorded helper.
-    async fn classify(&self, record: &Record) -> Verdict {
+    /// Probes `record.pid` and decides whether it is the recorded helper of `target`.
+    async fn classify(&self, target: &TargetId, record: &Record) -> Verdict {
         if u32::try_from(record.pid.get()).ok() == Some(std::process::id()) {
             return Verdict::Foreign(format!("PID {} is dms itself", record.pid));
         }
@@ -487,6 +540,20 @@ impl Inner {
             Ok(Probe::Gone | Probe::Zombie(_)) => return Verdict::Stale,
             Err(e) => return Verdict::Unverified(e.to_string()),
         };
+        // A process is the helper of one target only: a second PID file naming the
+        // helper of another target (a copied file) must never let one target's kill
+        // stop the other's helper.
+        let other = self
+            .read_memory()
+            .target_of(&info.identity)
+            .filter(|t| *t != target)
+            .cloned();
+        if let Some(other) = other {
+            return Verdict::Foreign(format!(
+                "PID {} is the helper of target {other}",
+                record.pid
+            ));
+        }
         match (&record.identity, record.written_at) {
             (Some(id), _) => {
                 if id.start_ticks == info.identity.start_ticks
@@ -552,7 +619,7 @@ impl Inner {
             }
         }
         match self.store.get(target).await? {
-            Lookup::Present(r) => match self.classify(&r).await {
+            Lookup::Present(r) => match self.classify(target, &r).await {
                 Verdict::Own(info) => Ok(Some(info.identity)),
                 Verdict::Unverified(reason) => Err(Error::Unverified {
                     target: target.clone(),
@@ -689,7 +756,7 @@ impl Inner {
             Lookup::Present(r) if mem.as_ref().is_some_and(|id| id.pid == r.pid) => {}
             Lookup::Present(r) => {
                 report.pid.get_or_insert(r.pid);
-                match self.classify(r).await {
+                match self.classify(target, r).await {
                     Verdict::Own(info) => victims.push(info.identity),
                     Verdict::Stale => disk_reason = Some(RemovalReason::Stale),
                     Verdict::Foreign(why) => {
@@ -767,9 +834,10 @@ impl Inner {
         let _guard = self.locks.lock(target).await?;
         let other = self
             .read_memory()
-            .iter()
-            .find(|(t, tr)| tr.identity.pid == pid && *t != target)
-            .map(|(t, _)| t.clone());
+            .by_pid
+            .get(&pid)
+            .filter(|t| *t != target)
+            .cloned();
         if let Some(other) = other {
             return Err(Error::AlreadyTracked {
                 target: target.clone(),
@@ -924,7 +992,7 @@ impl Inner {
             }
             (None, Lookup::Present(r)) => {
                 info.pid = Some(r.pid);
-                (self.classify(&r).await, r.meta)
+                (self.classify(target, &r).await, r.meta)
             }
             (None, Lookup::Corrupt(c)) => {
                 info.state = ProcessState::Corrupt;
@@ -1056,7 +1124,7 @@ impl Inner {
                 EntryState::Valid(r) => r,
             };
             let pid = record.pid;
-            match self.classify(&record).await {
+            match self.classify(&target, &record).await {
                 Verdict::Own(info) => {
                     let _guard = self.locks.lock(&target).await?;
                     let unchanged = matches!(self.store.get(&target).await?,
@@ -1137,7 +1205,7 @@ impl Inner {
             let (reason, pid) = match self.store.get(&target).await? {
                 Lookup::Absent => continue,
                 Lookup::Corrupt(_) => (RemovalReason::Corrupt, None),
-                Lookup::Present(r) => match self.classify(&r).await {
+                Lookup::Present(r) => match self.classify(&target, &r).await {
                     Verdict::Own(info) => {
                         self.track(&target, info.identity.clone(), r.meta);
                         info!(target = %target, pid = r.pid.get(), "loaded running helper found on disk");

@@ -490,3 +490,39 @@ async fn bare_pid_file_identity_uses_the_file_time() {
     assert_eq!(report.foreign.len(), 1);
     assert_eq!(report.foreign[0].pid, q.pid);
 }
+
+#[tokio::test]
+async fn a_copied_pid_file_never_lets_one_target_stop_another_targets_helper() {
+    let w = world().await;
+    let pid = w
+        .manager
+        .spawn(&t("a"), helper())
+        .await
+        .unwrap()
+        .pid
+        .unwrap();
+    // An operator copies a.pid to b.pid (same PID; the memory store keeps identity).
+    let Lookup::Present(rec) = w.store.get(&t("a")).await.unwrap() else {
+        panic!()
+    };
+    w.store.put(&t("b"), &rec).await.unwrap();
+    let report = w.manager.reload().await.unwrap();
+    assert_eq!(report.foreign.len(), 1, "{report:?}");
+    assert_eq!(report.foreign[0].target, t("b"));
+    assert!(!w.manager.is_running(&t("b")).await.unwrap());
+    let k = w
+        .manager
+        .kill(&t("b"), Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(!k.was_running);
+    assert!(w.fake.signals().is_empty());
+    assert!(w.manager.is_running(&t("a")).await.unwrap());
+    assert_eq!(w.fake.running_ours()[0].pid, pid);
+}
+
+#[test]
+fn manager_is_send_sync_and_cheap_to_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Manager>();
+}
