@@ -90,6 +90,9 @@ pub(crate) enum Written {
 pub(crate) struct PidDir {
     run_dir: PathBuf,
     pid_dir: PathBuf,
+    /// The PID directory is on a memory file system (tmpfs): see
+    /// [`PidDir::in_memory`].
+    in_memory: bool,
 }
 
 impl PidDir {
@@ -101,12 +104,22 @@ impl PidDir {
         create_dir(run_dir)?;
         crate::safety::check_run_dir(run_dir)?;
         create_dir(&pid_dir)?;
+        let in_memory = on_memory_fs(&pid_dir);
         let dir = PidDir {
             run_dir: run_dir.to_owned(),
             pid_dir,
+            in_memory,
         };
         dir.remove_stale_temps(STALE_TEMP_AGE)?;
         Ok(dir)
+    }
+
+    /// Whether the PID directory is on a memory file system (tmpfs, as production's
+    /// `/run` is). There no operation on one PID file waits for a device
+    /// (`fsync` returns at once), so it costs a few microseconds: less than a trip
+    /// through tokio's blocking pool.
+    pub(crate) fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     pub(crate) fn run_dir(&self) -> &Path {
@@ -523,6 +536,12 @@ fn describe(ft: &fs::FileType) -> &'static str {
     }
 }
 
+/// Whether `dir` is on tmpfs (`statfs`); `false` when that cannot be told.
+fn on_memory_fs(dir: &Path) -> bool {
+    use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+    statfs(dir).is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC)
+}
+
 /// Runs blocking `f` on tokio's blocking pool.
 pub(crate) async fn blocking<T, F>(op: &'static str, f: F) -> Result<T>
 where
@@ -558,6 +577,10 @@ where
 ///   create). Then the directory is fsynced.
 /// - Names: files not ending in `.pid` are ignored; a `*.pid` file whose name is not a
 ///   valid target ID is an [`Entry::Stray`].
+/// - Threads: `list` and `remove_stray` run on tokio's blocking pool. So do `put`, `get`
+///   and `remove`, except on a memory file system (tmpfs, like production's `/run`): there they touch one small file and never wait for a device (`fsync`
+///   returns at once), so they run on the calling task, which is cheaper than the trip
+///   through the pool (that trip dominated startup over thousands of PID files).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -603,16 +626,25 @@ impl PidFileStore {
 #[async_trait]
 impl PidStore for PidFileStore {
     async fn put(&self, target: &TargetId, record: &Record) -> Result<()> {
+        if self.dir.in_memory() {
+            return self.dir.write(target, record.pid).map(drop);
+        }
         let (dir, target, pid) = (self.dir.clone(), target.clone(), record.pid);
         blocking("put", move || dir.write(&target, pid).map(drop)).await
     }
 
     async fn get(&self, target: &TargetId) -> Result<Lookup> {
+        if self.dir.in_memory() {
+            return self.dir.read(target).map(|(l, _)| l);
+        }
         let (dir, target) = (self.dir.clone(), target.clone());
         blocking("get", move || dir.read(&target).map(|(l, _)| l)).await
     }
 
     async fn remove(&self, target: &TargetId) -> Result<bool> {
+        if self.dir.in_memory() {
+            return self.dir.remove(target);
+        }
         let (dir, target) = (self.dir.clone(), target.clone());
         blocking("remove", move || dir.remove(&target)).await
     }
@@ -633,5 +665,44 @@ impl PidStore for PidFileStore {
 
     fn backend_name(&self) -> &'static str {
         "pidfile"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{run_all, Capabilities};
+
+    /// On tmpfs the single-file operations run on the calling task; the whole contract
+    /// holds there too, on a current-thread runtime as on a multi-threaded one.
+    #[test]
+    fn in_line_operations_on_tmpfs_conform() {
+        let shm = Path::new("/dev/shm");
+        if !on_memory_fs(shm) {
+            eprintln!("no tmpfs at /dev/shm; skipped");
+            return;
+        }
+        for multi in [false, true] {
+            let run_dir = tempfile::tempdir_in(shm).unwrap();
+            let store = PidFileStore::open(run_dir.path()).unwrap();
+            assert!(store.dir.in_memory());
+            let pid_dir = store.pid_dir().to_owned();
+            let d2 = pid_dir.clone();
+            let corrupt = move |t: &TargetId| fs::write(t.pid_file_in(&pid_dir), b"abc").unwrap();
+            let stray = move |name: &str| fs::write(d2.join(name), b"4242\n").unwrap();
+            let caps = Capabilities {
+                keeps_metadata: false,
+                make_corrupt: &corrupt,
+                make_stray: &stray,
+            };
+            let rt = if multi {
+                tokio::runtime::Builder::new_multi_thread().build().unwrap()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+            };
+            rt.block_on(run_all(&store, &caps));
+        }
     }
 }
