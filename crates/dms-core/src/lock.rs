@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
 
+/// The in-process mutexes, by target: an entry exists only while its mutex is held or
+/// awaited, so the table does not grow with every target ever locked.
+type Table = Arc<Mutex<HashMap<TargetId, Arc<tokio::sync::Mutex<()>>>>>;
+
 /// Hands out [`TargetGuard`]s.
 #[derive(Debug)]
 pub(crate) struct TargetLocks {
     dir: PathBuf,
-    mutexes: Mutex<HashMap<TargetId, Arc<tokio::sync::Mutex<()>>>>,
+    mutexes: Table,
 }
 
 /// Held while a target is being changed. Dropping it releases the `flock` and then the
@@ -25,14 +29,38 @@ pub(crate) struct TargetLocks {
 #[derive(Debug)]
 pub(crate) struct TargetGuard {
     _flock: Flock<File>,
-    _mutex: OwnedMutexGuard<()>,
+    _mutex: MemoryGuard,
+}
+
+/// A target's in-process mutex, held. Dropping it releases the mutex, and removes the
+/// table entry when nobody else holds or awaits it.
+#[derive(Debug)]
+pub(crate) struct MemoryGuard {
+    guard: Option<OwnedMutexGuard<()>>,
+    table: Table,
+    target: TargetId,
+}
+
+impl Drop for MemoryGuard {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let mut map = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        // One reference in the table, one in this guard: no other holder or waiter, and
+        // none can appear while the table is locked (clones are made under its lock).
+        if Arc::strong_count(OwnedMutexGuard::mutex(&guard)) == 2 {
+            map.remove(&self.target);
+        }
+        drop(guard);
+    }
 }
 
 impl TargetLocks {
     pub(crate) fn new(dir: PathBuf) -> TargetLocks {
         TargetLocks {
             dir,
-            mutexes: Mutex::new(HashMap::new()),
+            mutexes: Arc::default(),
         }
     }
 
@@ -42,8 +70,19 @@ impl TargetLocks {
     }
 
     /// Takes the target's in-process mutex only (for changes to memory alone).
-    pub(crate) async fn lock_memory(&self, target: &TargetId) -> OwnedMutexGuard<()> {
-        self.mutex(target).lock_owned().await
+    pub(crate) async fn lock_memory(&self, target: &TargetId) -> MemoryGuard {
+        let guard = self.mutex(target).lock_owned().await;
+        MemoryGuard {
+            guard: Some(guard),
+            table: self.mutexes.clone(),
+            target: target.clone(),
+        }
+    }
+
+    /// How many targets have an entry in the in-process table (held or awaited).
+    #[cfg(test)]
+    fn table_len(&self) -> usize {
+        self.mutexes.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Takes the target's mutex, then its `flock`. The `flock` is first tried without
@@ -51,7 +90,7 @@ impl TargetLocks {
     /// not a trip through the blocking pool); only when another process holds it does
     /// the wait run on the blocking pool, never on the executor.
     pub(crate) async fn lock(&self, target: &TargetId) -> Result<TargetGuard> {
-        let mutex = self.mutex(target).lock_owned().await;
+        let mutex = self.lock_memory(target).await;
         let path = target.lock_file_in(&self.dir);
         match try_flock_file(&path) {
             Ok(Some(flock)) => {
@@ -117,4 +156,43 @@ fn try_flock_file(path: &Path) -> std::io::Result<Option<Flock<File>>> {
 
 fn libc_o_nofollow() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_table_holds_only_targets_being_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = Arc::new(TargetLocks::new(dir.path().to_owned()));
+        let a: TargetId = "a".parse().unwrap();
+        let b: TargetId = "b".parse().unwrap();
+        {
+            let _ga = locks.lock(&a).await.unwrap();
+            let _gb = locks.lock_memory(&b).await;
+            assert_eq!(locks.table_len(), 2);
+        }
+        assert_eq!(locks.table_len(), 0, "released: no entry left");
+
+        // A waiter keeps the entry (and gets the same mutex) after the holder leaves.
+        let held = locks.lock(&a).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = {
+            let (locks, a) = (locks.clone(), a.clone());
+            tokio::spawn(async move {
+                let _g = locks.lock(&a).await.unwrap();
+                rx.await.unwrap();
+            })
+        };
+        // Let the waiter queue up on the mutex.
+        while Arc::strong_count(&locks.mutex(&a)) < 4 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        assert_eq!(locks.table_len(), 1, "the waiter still needs the entry");
+        tx.send(()).unwrap();
+        waiter.await.unwrap();
+        assert_eq!(locks.table_len(), 0);
+    }
 }
