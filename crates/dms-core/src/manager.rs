@@ -1088,6 +1088,7 @@ impl Inner {
 
         let entries = self.store.list().await?;
         let mut on_disk = BTreeSet::new();
+        let mut found: Vec<(TargetId, Record, Verdict)> = Vec::new();
         for entry in entries {
             let (target, state) = match entry {
                 Entry::Stray { file_name, reason } => {
@@ -1123,8 +1124,49 @@ impl Inner {
                 }
                 EntryState::Valid(r) => r,
             };
+            let verdict = self.classify(&target, &record).await;
+            found.push((target, record, verdict));
+        }
+
+        // A process is the helper of one target only. When several PID files name the
+        // same live process (a copied file), the strongest claim wins: a recorded
+        // identity over a bare PID file, then the file written first; the others are
+        // foreign (cleanup removes them).
+        let claim = |r: &Record| (r.identity.is_none(), r.written_at.is_none(), r.written_at);
+        let mut winners: HashMap<ProcIdentity, usize> = HashMap::new();
+        for (i, (_, record, verdict)) in found.iter().enumerate() {
+            if let Verdict::Own(info) = verdict {
+                let w = winners.entry(info.identity.clone()).or_insert(i);
+                if claim(record) < claim(&found[*w].1) {
+                    *w = i;
+                }
+            }
+        }
+        let losers: Vec<(usize, String)> = found
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, _, verdict))| match verdict {
+                Verdict::Own(info) => {
+                    let w = winners[&info.identity];
+                    (w != i).then(|| {
+                        let why = format!(
+                            "PID {} is the helper of target {}, whose PID file makes the \
+                             stronger claim",
+                            info.identity.pid, found[w].0
+                        );
+                        (i, why)
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        for (i, why) in losers {
+            found[i].2 = Verdict::Foreign(why);
+        }
+
+        for (target, record, verdict) in found {
             let pid = record.pid;
-            match self.classify(&target, &record).await {
+            match verdict {
                 Verdict::Own(info) => {
                     let _guard = self.locks.lock(&target).await?;
                     let unchanged = matches!(self.store.get(&target).await?,

@@ -247,6 +247,30 @@ impl TestStore {
         self.stamp_write(target).await;
     }
 
+    /// Copies `from`'s entry over `to`'s, as `cp from.pid to.pid` would.
+    async fn hand_copy(&self, from: &TargetId, to: &TargetId) -> bool {
+        match self.kind {
+            Kind::Memory => {
+                let m = self.memory.as_ref().unwrap();
+                let Lookup::Present(r) = m.get(from).await.unwrap() else {
+                    return false;
+                };
+                m.put(to, &r).await.unwrap();
+            }
+            Kind::PidFile | Kind::Sqlite => {
+                let dir = self.backend.pid_dir();
+                let (src, dst) = (from.pid_file_in(dir), to.pid_file_in(dir));
+                if !std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
+                    return false;
+                }
+                remove_any(&dst);
+                std::fs::copy(&src, &dst).unwrap();
+            }
+        }
+        self.stamp_write(to).await;
+        true
+    }
+
     async fn hand_delete(&self, target: &TargetId) {
         match self.kind {
             Kind::Memory => {
@@ -368,6 +392,8 @@ enum Tamper {
     HandExistingBefore {
         newline: bool,
     },
+    /// Another target's PID file copied over this one's (both name one process).
+    CopyOf(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +446,7 @@ fn tamper() -> impl Strategy<Value = Tamper> {
         Just(Tamper::HandDead),
         Just(Tamper::HandForeignAfter),
         any::<bool>().prop_map(|newline| Tamper::HandExistingBefore { newline }),
+        (0..TARGETS.len()).prop_map(Tamper::CopyOf),
     ]
 }
 
@@ -469,6 +496,10 @@ struct Harness {
     handed_over: HashSet<ProcIdentity>,
     /// Live helpers whose PID file was tampered with and not yet rewritten.
     at_risk: HashSet<ProcIdentity>,
+    /// Live helpers whose PID file was copied under another target's name: with bare
+    /// PID files both claims are equally good after a restart, so the helper may come
+    /// back under either target (but under one only).
+    ambiguous: HashMap<ProcIdentity, HashSet<TargetId>>,
     /// Restarts done, for the failure message.
     restarts: usize,
 }
@@ -503,6 +534,7 @@ impl Harness {
             must_track: HashMap::new(),
             handed_over: HashSet::new(),
             at_risk: HashSet::new(),
+            ambiguous: HashMap::new(),
             restarts: 0,
         };
         h.open().await.expect("first open");
@@ -553,10 +585,10 @@ impl Harness {
             if p.state != FakeState::Running {
                 continue;
             }
-            let owner = if p.ours {
-                Self::spawned_for(&p)
-            } else {
-                self.must_track.get(&p.identity).cloned()
+            let owner = match self.must_track.get(&p.identity) {
+                Some(t) => Some(t.clone()),
+                None if p.ours => Self::spawned_for(&p),
+                None => None,
             };
             if let Some(t) = owner {
                 out.entry(t).or_default().push(p.identity.clone());
@@ -607,7 +639,14 @@ impl Harness {
         for (t, id) in &mem {
             if self.alive(id) {
                 if let Some(prev) = self.must_track.insert(id.clone(), t.clone()) {
-                    ensure!(prev == *t, "{id:?} moved from target {prev} to {t}");
+                    let either = self
+                        .ambiguous
+                        .get(id)
+                        .is_some_and(|ts| ts.contains(&prev) && ts.contains(t));
+                    ensure!(
+                        prev == *t || either,
+                        "{id:?} moved from target {prev} to {t}"
+                    );
                 }
             }
         }
@@ -637,6 +676,13 @@ impl Harness {
         }
         // I3: memory and disk agree.
         let disk = self.disk().await;
+        // An ambiguity ends once at most one PID file names the helper.
+        self.ambiguous.retain(|id, _| {
+            disk.values()
+                .filter(|s| matches!(s, EntryState::Valid(r) if r.pid == id.pid))
+                .count()
+                > 1
+        });
         for (t, id) in &mem {
             match disk.get(t) {
                 Some(EntryState::Valid(r)) => {
@@ -655,15 +701,16 @@ impl Harness {
                 other => return Err(format!("I3: memory has {t} -> {id:?}, disk has {other:?}")),
             }
         }
-        let helper_pids: HashSet<Pid> = helpers.values().flatten().map(|id| id.pid).collect();
         for (t, state) in &disk {
             if mem.iter().any(|(mt, _)| mt == t) {
                 continue;
             }
             if let EntryState::Valid(r) = state {
                 ensure!(
-                    !helper_pids.contains(&r.pid),
-                    "I3: disk names live helper PID {} for {t} but memory does not track it",
+                    !helpers
+                        .get(t)
+                        .is_some_and(|ids| ids.iter().any(|id| id.pid == r.pid)),
+                    "I3: disk names live helper PID {} of {t} but memory does not track it",
                     r.pid
                 );
             }
@@ -736,11 +783,18 @@ impl Harness {
             }
         }
         // The operator kills helpers orphaned by tampering + crash (see module docs).
+        // (Named by the PID file of its own target, that is: a copy under another
+        // target's name would hand it to that target.)
         let disk = self.disk().await;
+        let owners: HashMap<ProcIdentity, TargetId> = self
+            .helpers()
+            .into_iter()
+            .flat_map(|(t, ids)| ids.into_iter().map(move |id| (id, t.clone())))
+            .collect();
         for id in std::mem::take(&mut self.at_risk) {
-            let named = disk
-                .values()
-                .any(|s| matches!(s, EntryState::Valid(r) if r.pid == id.pid));
+            let named = owners.get(&id).is_some_and(
+                |t| matches!(disk.get(t), Some(EntryState::Valid(r)) if r.pid == id.pid),
+            );
             if self.alive(&id) && !named {
                 self.fake.exit(id.pid, 0);
             }
@@ -984,8 +1038,48 @@ impl Harness {
                     self.at_risk.insert(h.clone());
                 }
                 let mut expect_adopted = None;
+                let mut expect_foreign_copy = false;
                 let expect_pid;
                 match how {
+                    Tamper::CopyOf(from) => {
+                        let from = target(*from);
+                        let source_live = self.helper_of(&from);
+                        // A copy is a new file: it re-dates the claim. If it names a
+                        // running stranger, the copy hands that process over exactly
+                        // like a PID file written by hand (the bare-file rule cannot
+                        // tell them apart).
+                        let mut copied_pid = None;
+                        if let Ok(Lookup::Present(r)) = self.store.get(&from).await {
+                            copied_pid = Some(r.pid);
+                            let helpers: HashSet<ProcIdentity> =
+                                self.helpers().into_values().flatten().collect();
+                            if let Some(p) = self.procs().into_iter().find(|p| {
+                                p.identity.pid == r.pid
+                                    && p.state == FakeState::Running
+                                    && !helpers.contains(&p.identity)
+                            }) {
+                                self.handed_over.insert(p.identity);
+                            }
+                        }
+                        if from == t || !self.store.hand_copy(&from, &t).await {
+                            // Nothing was changed.
+                            self.at_risk.clear();
+                            return Ok(());
+                        }
+                        expect_foreign_copy = source_live.is_some();
+                        let source_live_pid = source_live.as_ref().map(|h| h.pid);
+                        if let Some(h) = &source_live {
+                            self.ambiguous
+                                .entry(h.clone())
+                                .or_default()
+                                .extend([from.clone(), t.clone()]);
+                        }
+                        expect_pid = if expect_foreign_copy {
+                            source_live_pid
+                        } else {
+                            copied_pid
+                        };
+                    }
                     Tamper::Delete => {
                         self.store.hand_delete(&t).await;
                         expect_pid = None;
@@ -1024,9 +1118,11 @@ impl Harness {
                 let report = res.map_err(|e| format!("reload after tamper: {e}"))?;
                 self.at_risk.clear();
                 let has = |v: &[TargetPid]| v.iter().any(|p| p.target == t);
-                if live.is_some() {
+                if let Some(h) = &live {
+                    // (A copy that names the helper it already names changes nothing.)
+                    let unchanged = expect_pid == Some(h.pid);
                     ensure!(
-                        has(&report.repaired),
+                        unchanged || has(&report.repaired),
                         "tampered PID file of live helper of {t} not repaired: {report:?}"
                     );
                 } else {
@@ -1049,6 +1145,14 @@ impl Harness {
                                 .iter()
                                 .any(|p| p.target == t && Some(p.pid) == expect_pid),
                             "foreign hand-written {t} not reported: {report:?}"
+                        ),
+                        Tamper::CopyOf(_) => ensure!(
+                            !expect_foreign_copy
+                                || report
+                                    .foreign
+                                    .iter()
+                                    .any(|p| p.target == t && Some(p.pid) == expect_pid),
+                            "copy of a live helper's PID file to {t} not reported foreign: {report:?}"
                         ),
                         Tamper::HandExistingBefore { .. } => ensure!(
                             report
