@@ -75,9 +75,11 @@ fn zombie_children() -> Vec<i32> {
     out
 }
 
-/// Checks that the process limits allow `n` more processes and about `2 n` more open
-/// files; prints them.
+/// Checks that the process limits allow `n` more processes and `8 n` open files
+/// (raising the soft limit on files when the hard limit allows); prints them.
 fn check_limits(n: usize) {
+    // Each spawn in flight holds a few fds (socketpair, pipes, log, lock, pidfd).
+    raise_nofile((10 * n + 512) as u64);
     let pid_max: usize = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .unwrap()
         .trim()
@@ -106,9 +108,26 @@ fn check_limits(n: usize) {
     }
     if let Some(nofile) = nofile {
         assert!(
-            nofile as usize > 2 * n + 256,
-            "ulimit -n {nofile} is too small: raise it (ulimit -n 8192) to run {n} helpers"
+            nofile as usize >= 8 * n,
+            "ulimit -n {nofile} is too small: raise it (ulimit -n {}) to run {n} helpers",
+            10 * n + 512
         );
+    }
+}
+
+/// Raises the soft limit on open files to at least `want` when the hard limit allows
+/// (many systems default to a soft limit of 1024; the manager holds a pidfd per helper).
+fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 
