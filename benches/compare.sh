@@ -62,10 +62,12 @@ echo "== work directory (tmpfs): $WORK"
 
 # median (seconds) of the row of hyperfine CSV $1 whose command name is $2
 median() { awk -F, -v name="$2" 'NR > 1 && $1 == name { print $4; exit }' "$1"; }
-# median (seconds) in status.csv of the command containing $1 (and not $3) for n = $2
+# median wall time (seconds) in status.csv of the command containing $1 (and not $3)
+# for n = $2; with $4 = cpu, the mean CPU time (user + system) instead
 status_median() {
-    awk -F, -v pat="$1" -v n="$2" -v not="${3:-}" \
-        'NR > 1 && index($1, pat) && !(not != "" && index($1, not)) && $NF == n { print $4; exit }' \
+    awk -F, -v pat="$1" -v n="$2" -v not="${3:-}" -v cpu="${4:-}" \
+        'NR > 1 && index($1, pat) && !(not != "" && index($1, not)) && $NF == n {
+            if (cpu == "cpu") print $5 + $6; else print $4; exit }' \
         "$WORK/status.csv"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -164,10 +166,16 @@ for n in "${SIZES[@]}"; do
     d=$(status_median "$DMS --run-dir" "$n")
     f=$(status_median "$FLOOR $WORK/run/s3" "$n" --clear)
     c=$(status_median "--clear" "$n")
+    dc=$(status_median "$DMS --run-dir" "$n" "" cpu)
+    fc=$(status_median "$FLOOR $WORK/run/s3" "$n" --clear cpu)
+    cc=$(status_median "--clear" "$n" "" cpu)
     printf '%-62s %sx floor, %sx floor_clear (dms %s, floor %s, floor_clear %s; %s per 1,000 files)\n' \
         "dms status over $n files (5 % alive) <= 1.3x floor, linear" \
         "$(ratio "$d" "$f")" "$(ratio "$d" "$c")" "$(ms "$d")" "$(ms "$f")" "$(ms "$c")" \
         "$(awk -v s="$d" -v n="$n" 'BEGIN { printf "%.2f ms", s * 1e6 / n }')"
+    printf '%-62s %sx floor, %sx floor_clear (dms %s, floor %s, floor_clear %s)\n' \
+        "  the same in CPU time (user + system)" \
+        "$(ratio "$dc" "$fc")" "$(ratio "$dc" "$cc")" "$(ms "$dc")" "$(ms "$fc")" "$(ms "$cc")"
 done
 printf '%-62s %s KiB = %.1f MiB (floor_scan: %s KiB)\n' "peak RSS of dms status over 10,000 files <= 16 MiB" \
     "$RSS_KB" "$(awk -v k="$RSS_KB" 'BEGIN { print k / 1024 }')" "$RSS_FLOOR_KB"

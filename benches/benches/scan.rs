@@ -14,17 +14,20 @@
 //!   The copy is made outside the measured time (hard links, so SQLite rows still match).
 //!
 //! The run directories are on tmpfs (`/dev/shm`), like production's `/run/dms`. At the
-//! end the `ratios` step prints every figure of this run as a ratio to its floor (from
-//! criterion's `estimates.json`).
+//! end every figure of this run is printed as a ratio to its floor (from criterion's
+//! `estimates.json`). With `DMS_BENCH_CPU=1` the group is `scan_cpu` and measures this
+//! process's CPU time (all threads) instead of wall time: on a loaded machine wall
+//! times include other processes' turns, CPU times do not.
 //!
 //! Run: `cargo bench -p dms-benches --bench scan` (a few minutes; needs `ulimit -u` above
 //! 1,600 for the 1,500 helpers of the 30,000 case). In test mode (`cargo test --bench
 //! scan`) only the 1,000 case runs, once.
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use criterion::measurement::Measurement;
+use criterion::{BatchSize, BenchmarkId, Criterion};
 use dms_benches::fixture::{self, Helpers, Planned};
 use dms_benches::floor::{floor_scan, floor_scan_and_clear};
-use dms_benches::{cli_options, test_mode};
+use dms_benches::{cli_options, test_mode, ProcessCpuTime};
 use dms_core::{Manager, ProcessState};
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::Spawner;
@@ -84,14 +87,14 @@ fn template(rt: &Runtime, backend: &str, plan: &[Planned]) -> tempfile::TempDir 
     dir
 }
 
-fn scan(c: &mut Criterion) {
+fn scan<M: Measurement + 'static>(c: &mut Criterion<M>, group_name: &str) {
     let rt = runtime();
     let spawner: Arc<dyn Spawner> = {
         let _entered = rt.enter();
         Arc::new(LinuxSpawner::new().expect("LinuxSpawner"))
     };
     let sizes: &[usize] = if test_mode() { &SIZES[..1] } else { &SIZES };
-    let mut group = c.benchmark_group("scan");
+    let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
     group.warm_up_time(Duration::from_millis(500));
     for &n in sizes {
@@ -192,7 +195,7 @@ fn scan(c: &mut Criterion) {
 }
 
 /// Prints every figure of this run as a ratio to the floor of the same size.
-fn ratios(_c: &mut Criterion) {
+fn ratios(group_name: &str) {
     if test_mode() {
         return;
     }
@@ -201,11 +204,11 @@ fn ratios(_c: &mut Criterion) {
         return;
     };
     let median = |name: &str, n: usize| -> Option<f64> {
-        let path = dir.join(format!("scan/{name}/{n}/new/estimates.json"));
+        let path = dir.join(format!("{group_name}/{name}/{n}/new/estimates.json"));
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
         json["median"]["point_estimate"].as_f64()
     };
-    println!("\nscan figures of this run (median), as ratios to the floor:");
+    println!("\n{group_name} figures of this run (median), as ratios to the floor:");
     for n in SIZES {
         let (Some(floor), Some(floor_clear)) = (median("floor", n), median("floor_clear", n))
         else {
@@ -248,5 +251,18 @@ fn criterion_dir() -> Option<PathBuf> {
     Some(exe.ancestors().nth(3)?.join("criterion"))
 }
 
-criterion_group!(benches, scan, ratios);
-criterion_main!(benches);
+fn main() {
+    if std::env::var_os("DMS_BENCH_CPU").is_some_and(|v| v != "0") {
+        let mut c = Criterion::default()
+            .with_measurement(ProcessCpuTime)
+            .configure_from_args();
+        scan(&mut c, "scan_cpu");
+        ratios("scan_cpu");
+        c.final_summary();
+    } else {
+        let mut c = Criterion::default().configure_from_args();
+        scan(&mut c, "scan");
+        ratios("scan");
+        c.final_summary();
+    }
+}
