@@ -202,7 +202,11 @@ fn secrets_stay_out_of_logs_output_files_and_command_lines(backend: Backend) {
         "logging was not verbose: {stderr}"
     );
     // The keys are logged (they may be), so the values had every chance to be.
-    for key in ["AWS_SECRET_ACCESS_KEY", "VAULT_FILE_SECRET", "VAULT_INHERITED_TOKEN"] {
+    for key in [
+        "AWS_SECRET_ACCESS_KEY",
+        "VAULT_FILE_SECRET",
+        "VAULT_INHERITED_TOKEN",
+    ] {
         assert!(stderr.contains(key), "{key} not logged: {stderr}");
     }
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
