@@ -326,6 +326,8 @@ SQLITE_ROW = {
          hand_row(None, [v_file_pid, v_int(1)] + GOOD_ROW[2:])]),
     "loose-missing-column": sqlite_input(
         file_pid(12345), db_loose(1, True, 2), None, [hand_row(None, GOOD_ROW)]),
+    "put-into-table-missing-column": sqlite_input(
+        file_none, db_loose(1, True, 2), put_record(4242, identity=(7, "b")), []),
     "loose-newer-schema": sqlite_input(
         file_pid(12345), db_loose(9, True), None, [hand_row(None, GOOD_ROW)]),
     "loose-negative-schema": sqlite_input(file_pid(12345), db_loose(-3, True), None, []),

@@ -29,7 +29,8 @@
 //! # What "ours" means here
 //!
 //! - *spawned*: created by `Spawner::spawn` (`FakeSpawner::is_ours`);
-//! - *adopted*: a process `Manager::adopt` accepted;
+//! - *adopted*: a process `Manager::adopt` accepted, or that the manager tracked in
+//!   memory at some point (recovery adopts live helpers named by PID files);
 //! - *hand-claimed*: a live process named by a bare PID file written by hand. By the
 //!   design's rule such a file makes that process the target's helper, so the manager
 //!   may signal it; a process that later takes the same PID is not claimed.
@@ -44,7 +45,8 @@
 //!
 //! - **I1**: every live spawned or adopted helper that is not lost is in the manager's
 //!   memory. At a restart, each of them must be recoverable from disk unless its target
-//!   was tampered.
+//!   was tampered. A helper belongs to the target memory tracks it under (a process is
+//!   the helper of one target only: a second PID file naming it is foreign).
 //! - **I2**: after a successful cleanup, no entry names a dead or foreign process and no
 //!   corrupt entry is left.
 //! - **I3**: for every untampered target, memory and disk agree: a memory entry has a PID
@@ -204,9 +206,11 @@ enum Op {
 // ---------------------------------------------------------------------------------------
 // Process-wide state: the runtime, the run directory, the fake's boot time.
 
+mod scratch;
+
 struct Global {
     rt: tokio::runtime::Runtime,
-    run_dir: tempfile::TempDir,
+    run_dir: &'static Path,
     first_pid: i32,
     /// Wall-clock time of tick 0 of the fake table.
     boot: SystemTime,
@@ -215,11 +219,7 @@ struct Global {
 fn global() -> &'static Global {
     static G: OnceLock<Global> = OnceLock::new();
     G.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        let run_dir = tempfile::Builder::new()
-            .prefix("dms-fuzz-manager-")
-            .tempdir_in(if shm.is_dir() { shm } else { Path::new("/tmp") })
-            .expect("create temp run dir");
+        let run_dir = scratch::dir("dms-fuzz-manager-");
         // The manager refuses its own PID; keep the fuzzer's PID out of the range.
         let me = std::process::id() as i32;
         let mut first_pid = 300;
@@ -494,6 +494,9 @@ struct World {
     tampered: Vec<bool>,
     /// Spawned or adopted helpers that no manager could recover (see module docs).
     lost: HashSet<ProcIdentity>,
+    /// The target each process was last tracked under in the manager's memory. A
+    /// process the manager ever tracked is one of its helpers from then on (I1, I5).
+    tracked_as: HashMap<ProcIdentity, usize>,
     /// Set after a successful cleanup: I2 is checked.
     cleaned: bool,
     step: usize,
@@ -501,7 +504,7 @@ struct World {
 }
 
 fn opts() -> ManagerOptions {
-    let mut o = ManagerOptions::new(global().run_dir.path());
+    let mut o = ManagerOptions::new(global().run_dir);
     o.kill_grace = Duration::ZERO;
     o.usage_interval = None;
     o.start_time_slack = Duration::ZERO;
@@ -509,13 +512,15 @@ fn opts() -> ManagerOptions {
 }
 
 fn helper(target: &TargetId, replace: bool) -> HelperSpec {
+    // No mount point: the fake helpers never mount anything, and mount readiness is
+    // not part of these invariants.
     HelperSpec {
         program: "/usr/bin/s3vaultfuse.py".into(),
         args: vec!["--target".into(), target.as_str().into()],
         env: vec![("AWS_SECRET_ACCESS_KEY".into(), "fuzz-secret".into())],
         log: Some(PathBuf::from("/nonexistent/fuzz.log")),
-        mount: Some(PathBuf::from("/mnt/fuzz").join(target.as_str())),
         replace,
+        ..HelperSpec::default()
     }
 }
 
@@ -538,7 +543,7 @@ impl World {
         });
         let clock = Arc::new(Clock::default());
         let store = Arc::new(ModelStore {
-            inner: Arc::new(MemoryStore::new(g.run_dir.path().join("s3"))),
+            inner: Arc::new(MemoryStore::new(g.run_dir.join("s3"))),
             clock: clock.clone(),
             times: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -558,6 +563,7 @@ impl World {
             hand_claimed: HashSet::new(),
             tampered: vec![false; TARGETS.len()],
             lost: HashSet::new(),
+            tracked_as: HashMap::new(),
             cleaned: false,
             step: 0,
             trace: Vec::new(),
@@ -651,23 +657,57 @@ impl World {
         ok.then(|| p.clone())
     }
 
-    /// The target index a spawned or adopted helper belongs to now.
-    fn owner(&self, id: &ProcIdentity, p: &dms_proc::fake::FakeProcess) -> Option<usize> {
-        if let Some(t) = self.adopted.get(id) {
+    /// The live process `target`'s record proves: by the identity rule, and provided
+    /// that process is not the helper of another target in memory (a process is the
+    /// helper of one target only; another PID file naming it is foreign).
+    fn proves_for(
+        &self,
+        target: &TargetId,
+        r: &Record,
+        live: &HashMap<ProcIdentity, dms_proc::fake::FakeProcess>,
+        memory: &[(TargetId, ProcIdentity)],
+    ) -> Option<ProcIdentity> {
+        let p = self.proves(r, live)?;
+        let elsewhere = memory.iter().any(|(t, id)| *id == p && t != target);
+        (!elsewhere).then_some(p)
+    }
+
+    /// The target a helper belongs to now: where memory tracks it, else where it was
+    /// last tracked, else where it was adopted, else what it was spawned for.
+    fn owner(
+        &self,
+        id: &ProcIdentity,
+        p: &dms_proc::fake::FakeProcess,
+        memory: &[(TargetId, ProcIdentity)],
+    ) -> Option<usize> {
+        if let Some((t, _)) = memory.iter().find(|(_, m)| m == id) {
+            return self.targets.iter().position(|x| x == t);
+        }
+        if let Some(t) = self.tracked_as.get(id).or_else(|| self.adopted.get(id)) {
             return Some(*t);
         }
         let name = spawned_for(&p.spec)?;
         TARGETS.iter().position(|t| *t == name)
     }
 
-    /// Spawned or adopted live helpers that are not lost, with their target.
+    fn memory(&self) -> Vec<(TargetId, ProcIdentity)> {
+        self.manager
+            .as_ref()
+            .map(Manager::memory_snapshot)
+            .unwrap_or_default()
+    }
+
+    /// Live helpers (spawned, adopted, or ever tracked) that are not lost, with their
+    /// target.
     fn helpers(&self) -> Vec<(ProcIdentity, usize)> {
         let live = self.live();
+        let memory = self.memory();
         live.iter()
             .filter(|(id, p)| {
-                (p.ours || self.adopted.contains_key(*id)) && !self.lost.contains(*id)
+                (p.ours || self.adopted.contains_key(*id) || self.tracked_as.contains_key(*id))
+                    && !self.lost.contains(*id)
             })
-            .filter_map(|(id, p)| self.owner(id, p).map(|t| (id.clone(), t)))
+            .filter_map(|(id, p)| self.owner(id, p, &memory).map(|t| (id.clone(), t)))
             .collect()
     }
 
@@ -687,24 +727,13 @@ impl World {
         let live = self.live();
         let entries = self.store.snapshot();
         for (id, t) in self.helpers() {
-            let recovering: Vec<usize> = entries
-                .iter()
-                .filter_map(|e| match e {
-                    Entry::Target {
-                        target,
-                        state: EntryState::Valid(r),
-                    } if self.proves(r, &live).as_ref() == Some(&id) => {
-                        self.targets.iter().position(|t| t == target)
-                    }
-                    _ => None,
-                })
-                .collect();
-            if !recovering.is_empty() && !recovering.contains(&t) {
-                // Only an entry of another target (written by hand) names it: after the
-                // restart it is that target's helper.
-                self.adopted.insert(id.clone(), recovering[0]);
-            }
-            if recovering.is_empty() {
+            // With no memory, any entry proving it recovers it (the strongest claim
+            // wins when several do; where it lands is followed through `tracked_as`).
+            let recoverable = entries.iter().any(|e| {
+                matches!(e, Entry::Target { state: EntryState::Valid(r), .. }
+                    if self.proves(r, &live).as_ref() == Some(&id))
+            });
+            if !recoverable {
                 if self.tampered[t] {
                     self.lost.insert(id);
                 } else {
@@ -760,14 +789,19 @@ impl World {
         }
     }
 
+    /// Records where memory tracks each helper now.
+    fn follow(&mut self) {
+        for (t, id) in self.memory() {
+            if let Some(i) = self.targets.iter().position(|x| *x == t) {
+                self.tracked_as.insert(id, i);
+            }
+        }
+    }
+
     fn check(&self, signals_before: usize, silent: bool) {
         let live = self.live();
         let up = self.manager.is_some();
-        let memory = self
-            .manager
-            .as_ref()
-            .map(Manager::memory_snapshot)
-            .unwrap_or_default();
+        let memory = self.memory();
         let entries = self.store.snapshot();
         let mem_ids: HashSet<&ProcIdentity> = memory.iter().map(|(_, id)| id).collect();
 
@@ -850,7 +884,7 @@ impl World {
                 }
             }
             if let Some(EntryState::Valid(r)) = on_disk {
-                if let Some(p) = self.proves(r, &live) {
+                if let Some(p) = self.proves_for(target, r, &live, &memory) {
                     if mem != Some(&p) {
                         self.fail(format!(
                             "I3: disk proves live {p:?} for {target}, memory has {mem:?}"
@@ -860,12 +894,19 @@ impl World {
             }
         }
 
-        // I2: after a cleanup, no entry names a dead or foreign process, none is corrupt.
+        // I2: after a cleanup, no entry names a dead or foreign process (nor the helper
+        // of another target), none is corrupt: every entry is its target's helper.
         if self.cleaned {
             for (target, state) in &disk {
+                let mem = memory.iter().find(|(t, _)| t == *target).map(|(_, id)| id);
                 match state {
-                    EntryState::Valid(r) if self.proves(r, &live).is_some() => {}
-                    other => self.fail(format!("I2: after cleanup, {target} still has {other:?}")),
+                    EntryState::Valid(r)
+                        if self
+                            .proves_for(target, r, &live, &memory)
+                            .is_some_and(|p| mem == Some(&p)) => {}
+                    other => self.fail(format!(
+                        "I2: after cleanup, {target} still has {other:?} (memory {mem:?})"
+                    )),
                 }
             }
         }
@@ -885,8 +926,9 @@ impl World {
             Entry::Target { target: t, state } if t == *target => Some(state),
             _ => None,
         });
+        let memory = m.memory_snapshot();
         let proven_on_disk = match &disk {
-            Some(EntryState::Valid(r)) => self.proves(r, &live),
+            Some(EntryState::Valid(r)) => self.proves_for(target, r, &live, &memory),
             _ => None,
         };
         let expect_running =
@@ -1161,6 +1203,7 @@ impl World {
         }
         self.settle();
         self.check(signals_before, silent);
+        self.follow();
     }
 
     /// Runs `what` for at most `polls` polls; if it has not finished, drops it and the
@@ -1264,6 +1307,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut w = World::new();
     w.settle();
     w.check(0, true);
+    w.follow();
     for op in ops {
         w.step += 1;
         w.trace.push(format!("{op:?}"));

@@ -51,9 +51,10 @@ fn expected(data: &[u8]) -> Option<i32> {
         .then(|| i32::try_from(value).expect("below pid_max, so fits in i32"))
 }
 
+mod scratch;
+
 struct Disk {
     rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
     store: PidFileStore,
     target: TargetId,
 }
@@ -61,22 +62,13 @@ struct Disk {
 fn disk() -> &'static Disk {
     static DISK: OnceLock<Disk> = OnceLock::new();
     DISK.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            "/dev/shm"
-        } else {
-            "/tmp"
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("dms-fuzz-pid-file-")
-            .tempdir_in(base)
-            .expect("create temp run dir");
-        let store = PidFileStore::open(dir.path()).expect("open PidFileStore in temp run dir");
+        let run_dir = scratch::dir("dms-fuzz-pid-file-");
+        let store = PidFileStore::open(run_dir).expect("open PidFileStore in scratch run dir");
         Disk {
             rt: tokio::runtime::Builder::new_current_thread()
                 .build()
                 .expect("tokio runtime"),
             store,
-            _dir: dir,
             target: TargetId::new("fuzz-target").expect("valid target"),
         }
     })
