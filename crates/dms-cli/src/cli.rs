@@ -185,9 +185,16 @@ pub struct SpawnArgs {
     #[arg(value_parser = parse_target)]
     pub target: TargetId,
 
-    /// The mount point the helper serves (recorded and reported in status).
+    /// The mount point the helper serves: created if missing, recorded, reported in
+    /// status; the helper counts as started only once DIR is a mount point.
     #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
+
+    /// With --mount: seconds to wait for DIR to become a mount point before the spawn
+    /// fails (the helper is then stopped and nothing is kept).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30",
+          requires = "mount")]
+    pub ready_timeout: Duration,
 
     /// Add KEY=VALUE to the helper's environment, or KEY with its value from dms's own
     /// environment (keeps secrets off the command line). Repeatable.
@@ -243,6 +250,11 @@ pub struct CleanupArgs {
     /// With --all: seconds to wait after SIGTERM before SIGKILL, per helper.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     pub grace: Duration,
+
+    /// Also detach FUSE mounts under the recorded mount paths that are stale or whose
+    /// helper is gone.
+    #[arg(long)]
+    pub mounts: bool,
 }
 
 /// Arguments of `dms adopt`.

@@ -167,6 +167,10 @@ pub fn kill_line(report: &Value) -> String {
     let was_running = bool_of(report, "was_running").unwrap_or(false);
     let stopped = bool_of(report, "stopped").unwrap_or(false);
     let signal = str_of(report, "signal");
+    let unmounted = report
+        .get("steps")
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.iter().any(|x| x == "unmount"));
     match (was_running, stopped, pid) {
         (false, _, Some(pid)) => {
             format!(
@@ -177,7 +181,7 @@ pub fn kill_line(report: &Value) -> String {
         (true, true, pid) => format!(
             "stopped {target} (PID {}) with {}",
             or_dash(pid.map(|p| p.to_string())),
-            signal.unwrap_or("no signal")
+            signal.unwrap_or(if unmounted { "an unmount" } else { "no signal" })
         ),
         (true, false, pid) => format!(
             "{target} (PID {}) did not stop after {}",
@@ -252,6 +256,26 @@ pub fn cleanup_line(report: &Value) -> String {
             plural(n),
             stopped.join(", ")
         );
+    }
+    let mounts: Vec<String> = report
+        .get("mounts")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    format!(
+                        "{} ({}, {})",
+                        str_of(m, "path").unwrap_or("?"),
+                        str_of(m, "state").unwrap_or("?"),
+                        str_of(m, "action").unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !mounts.is_empty() {
+        let n = mounts.len();
+        let _ = write!(line, "; mounts {n}: {}", mounts.join(", "));
     }
     line
 }

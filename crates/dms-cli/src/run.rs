@@ -167,6 +167,7 @@ fn prepare_spawn(args: SpawnArgs, run_dir: &Path) -> Result<PreparedSpawn, CliEr
         env: helper_env,
         log,
         mount,
+        ready_timeout: Some(args.ready_timeout),
         replace: args.replace,
     };
     Ok(PreparedSpawn {
@@ -438,6 +439,10 @@ async fn cleanup(session: &Session, a: CleanupArgs, out: &Out) -> Result<u8, Cli
         manager.cleanup_dead().await
     }
     .map_err(manager_error)?;
+    let mut report = report;
+    if a.mounts {
+        report.mounts = manager.cleanup_mounts().await.map_err(manager_error)?;
+    }
     let mut v = to_value(&report)?;
     if let Some(removed) = v.get_mut("removed").and_then(Value::as_array_mut) {
         for target in session.cleared.keys() {

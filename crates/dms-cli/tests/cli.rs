@@ -51,7 +51,7 @@ fn usage_errors_exit_2_with_one_line_and_create_nothing(backend: Backend) {
         &["spawn", "t", "--"],
         &["spawn", "t", "sleep", "300"],
         &["spawn", "t", "--replace=yes", "--", "sleep", "300"],
-        &["cleanup", "--mounts"],
+        &["cleanup", "--mounts", "--frob"],
         &["kill"],
         &["kill", "t", "--grace", "abc"],
         &["kill", "t", "--grace", "-1"],

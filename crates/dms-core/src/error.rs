@@ -70,6 +70,51 @@ pub enum Error {
         /// The PID.
         pid: Pid,
     },
+    /// The mount directory is already a mount point.
+    #[error(
+        "mount point {} of target {target} is already a mount point; run `dms cleanup \
+         --mounts` (if it is stale) or unmount it, then spawn again",
+        path.display()
+    )]
+    AlreadyMounted {
+        /// The target.
+        target: TargetId,
+        /// The mount directory.
+        path: PathBuf,
+    },
+    /// The helper did not mount its directory: it exited first or the ready timeout
+    /// passed. It was stopped and its record removed.
+    #[error(
+        "helper of target {target} (PID {pid}) did not mount {}: {why}; nothing was kept \
+         (no helper, no PID file); fix the helper's settings (see {}), then spawn again. \
+         Last lines of its log: {log_tail}",
+        path.display(), log.display()
+    )]
+    NotMounted {
+        /// The target.
+        target: TargetId,
+        /// The helper's PID.
+        pid: Pid,
+        /// The mount directory.
+        path: PathBuf,
+        /// What happened (exit status, or the timeout).
+        why: String,
+        /// The helper's log file.
+        log: PathBuf,
+        /// Its last lines, joined with ` | `.
+        log_tail: String,
+    },
+    /// A mount operation failed.
+    #[error("cannot {op} {}: {source}; check the path and that dms runs as root", path.display())]
+    Mount {
+        /// The path.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store (PID files, SQLite metadata) failed.
     #[error("store: {0}")]
     Store(#[from] dms_store::Error),

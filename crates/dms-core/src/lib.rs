@@ -33,13 +33,14 @@
 mod error;
 mod lock;
 mod manager;
+pub mod mount;
 mod options;
 mod report;
 
 pub use error::{Error, Result};
-pub use manager::Manager;
+pub use manager::{Manager, DEFAULT_READY_TIMEOUT};
 pub use options::{HelperSpec, ManagerOptions};
 pub use report::{
-    CleanupReport, Event, KillReport, MountState, ProcessInfo, ProcessState, RecoveryReport,
-    RemovalReason, Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
+    CleanupReport, Event, KillReport, MountAction, MountState, ProcessInfo, ProcessState,
+    RecoveryReport, RemovalReason, Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
 };

@@ -22,6 +22,9 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+mod mount_ops;
+pub use mount_ops::DEFAULT_READY_TIMEOUT;
+
 /// Tracks one helper process per target, in memory and in a [`PidStore`], and starts,
 /// stops and watches helpers through a [`Spawner`].
 ///
@@ -384,6 +387,7 @@ impl Manager {
     /// Totals: tracked in memory, files on disk, and targets per state.
     pub async fn stats(&self) -> Result<Stats> {
         let (targets, entries) = self.inner.all_targets().await?;
+        let stale_mounts = self.inner.count_stale_mounts().await;
         let mut stats = Stats {
             total_tracked: self.inner.read_memory().len(),
             pid_files_on_disk: entries.len(),
@@ -396,7 +400,7 @@ impl Manager {
                 .iter()
                 .filter(|e| matches!(e, Entry::Stray { .. }))
                 .count(),
-            stale_mounts: None,
+            stale_mounts: Some(stale_mounts),
             backend: self.inner.store.backend_name().to_owned(),
             run_dir: self.inner.opts.run_dir.clone(),
         };
@@ -676,6 +680,10 @@ impl Inner {
         }
 
         self.clear_corrupt(target).await?;
+        let prepared = match &spec.mount {
+            Some(dir) => Some(self.prepare_mount(target, dir, spec.ready_timeout.is_some())?),
+            None => None,
+        };
         let log = spec
             .log
             .clone()
@@ -702,9 +710,9 @@ impl Inner {
         debug!(target = %target, pid, ?cmdline, ?env_keys, "helper created, held at the start barrier");
         let meta = Metadata {
             cmdline: Some(cmdline),
-            mount: spec.mount,
+            mount: prepared.as_ref().map(|p| p.path.clone()),
             spawned_at: Some(SystemTime::now()),
-            log_path: Some(log),
+            log_path: Some(log.clone()),
         };
         if let Err(e) = self
             .store
@@ -714,6 +722,10 @@ impl Inner {
             // Dropping the gate makes the helper exit without running its program.
             drop(pending.gate);
             warn!(target = %target, pid, error = %e, "cannot record helper; it was not started");
+            if let Some(p) = &prepared {
+                let _ = self.registry().remove(target.as_str());
+                debug!(target = %target, mount = %p.path.display(), "mount record removed");
+            }
             return Err(e.into());
         }
         self.track(target, identity.clone(), meta);
@@ -724,7 +736,15 @@ impl Inner {
                 error!(target = %target, pid, error = %re,
                     "cannot remove the record of a helper that did not start; cleanup will");
             }
+            if prepared.is_some() {
+                let _ = self.registry().remove(target.as_str());
+            }
             return Err(e.into());
+        }
+        if let Some(prepared) = prepared.filter(|p| p.wait) {
+            let timeout = spec.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
+            self.await_mount(target, &identity, prepared, timeout, &log)
+                .await?;
         }
         info!(target = %target, pid, "spawned helper");
         self.emit(Event::Spawned {
@@ -775,8 +795,28 @@ impl Inner {
             Lookup::Corrupt(_) => disk_reason = Some(RemovalReason::Corrupt),
             Lookup::Absent => {}
         }
+        let mut mount = self.kill_mount(target);
         for victim in &victims {
-            let out = self.spawner.terminate(victim, grace).await?;
+            // With a mount: unmount first; a FUSE helper then exits by itself.
+            if let Some(m) = mount.as_mut() {
+                if matches!(self.verify(victim).await, Verdict::Own(_))
+                    && self.kill_unmount_first(m, &mut report.steps)
+                {
+                    if let WaitOutcome::Exited(_) =
+                        self.spawner.wait_exit(victim, Some(grace)).await?
+                    {
+                        report.was_running = true;
+                        report.stopped = true;
+                        info!(target = %target, pid = victim.pid.get(), "helper exited after its mount was unmounted");
+                        self.emit(Event::Killed {
+                            target: target.clone(),
+                            pid: victim.pid,
+                        });
+                        continue;
+                    }
+                }
+            }
+            let mut out = self.spawner.terminate(victim, grace).await?;
             report
                 .steps
                 .extend(out.signals.iter().map(|s| s.name().to_owned()));
@@ -786,6 +826,11 @@ impl Inner {
             if out.mismatch {
                 info!(target = %target, pid = victim.pid.get(), "PID was reused; not signalled");
                 continue;
+            }
+            if !out.stopped {
+                if let Some(m) = &mount {
+                    out.stopped = self.kill_abort_stuck(m, victim, &mut report.steps).await;
+                }
             }
             if !out.stopped {
                 return Err(Error::StillRunning {
@@ -802,6 +847,9 @@ impl Inner {
                     pid: victim.pid,
                 });
             }
+        }
+        if let Some(m) = mount.as_mut() {
+            self.kill_mount_after(target, m, &mut report.steps).await;
         }
         if self.forget(target, None) {
             report.steps.push("forget_memory".to_owned());
@@ -997,11 +1045,17 @@ impl Inner {
             (None, Lookup::Corrupt(c)) => {
                 info.state = ProcessState::Corrupt;
                 info.detail = Some(c.reason);
+                self.fill_mount(target, &mut info).await;
                 return (info, None);
             }
-            (None, Lookup::Absent) => return (info, None),
+            (None, Lookup::Absent) => {
+                // A stale mount can outlive its PID file.
+                self.fill_mount(target, &mut info).await;
+                return (info, None);
+            }
         };
         info.mount = meta.mount;
+        self.fill_mount(target, &mut info).await;
         info.cmdline = meta.cmdline;
         match verdict {
             Verdict::Own(p) => {

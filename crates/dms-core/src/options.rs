@@ -89,8 +89,16 @@ pub struct HelperSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Where stdout and stderr go; `<run-dir>/logs/<target>.log` when `None`.
     pub log: Option<PathBuf>,
-    /// The mount point the helper serves, if any (recorded as metadata).
+    /// The mount point the helper serves, if any. Recorded (as metadata and in
+    /// `<run-dir>/mounts/`), reported in the info object, unmounted by `kill`. With a
+    /// [`HelperSpec::ready_timeout`] it is also created if missing, refused if it already
+    /// is a mount point, and the helper counts as started only once it is one.
     pub mount: Option<PathBuf>,
+    /// With a `mount`: how long `spawn` waits for the helper to mount it (the command
+    /// line always sets it, default [`crate::DEFAULT_READY_TIMEOUT`], 30 s). `None`: the
+    /// mount is only recorded, as given, and the helper counts as started once its
+    /// program runs (for helpers that mount later, and for fake spawners in tests).
+    pub ready_timeout: Option<Duration>,
     /// Stop a running helper of the target first, instead of refusing.
     pub replace: bool,
 }
@@ -104,6 +112,7 @@ impl fmt::Debug for HelperSpec {
             .field("env_keys", &keys)
             .field("log", &self.log)
             .field("mount", &self.mount)
+            .field("ready_timeout", &self.ready_timeout)
             .field("replace", &self.replace)
             .finish()
     }

@@ -45,7 +45,8 @@ pub enum Source {
 pub enum MountState {
     /// Mounted and answering.
     Mounted,
-    /// Mounted, but the FUSE daemon behind it is gone (ENOTCONN).
+    /// Mounted, but the FUSE daemon behind it is gone (ENOTCONN) or does not answer
+    /// `statfs` within 2 s.
     Stale,
     /// Not a mount point.
     Unmounted,
@@ -83,9 +84,10 @@ pub struct ProcessInfo {
     pub cmdline: Option<Vec<String>>,
     /// The recorded mount point.
     pub mount: Option<PathBuf>,
-    /// Whether the mount point is mounted; `None` until mount awareness exists.
+    /// Whether the mount point is in the mount table (true for a stale mount too: a dead
+    /// mount is still a mount); `None` when no mount is recorded.
     pub mounted: Option<bool>,
-    /// The mount point's state; `None` until mount awareness exists.
+    /// The mount point's state (see [`MountState`]); `None` when no mount is recorded.
     pub mount_state: Option<MountState>,
     /// Why the state is what it is, in words (corrupt reason, foreign evidence, ...). Not
     /// part of the JSON shape; for human output and logs.
@@ -121,8 +123,10 @@ pub struct KillReport {
     pub signal: Option<Signal>,
     /// Whether a running helper was stopped by this call.
     pub stopped: bool,
-    /// What was done, in order: `"SIGTERM"`, `"SIGKILL"`, `"remove_pid_file"`,
-    /// `"forget_memory"`, `"clear_stale"`, `"clear_foreign"`, `"clear_corrupt"`.
+    /// What was done, in order: `"unmount"` (or `"unmount_failed"`), `"SIGTERM"`,
+    /// `"SIGKILL"`, `"abort"` (FUSE connection aborted), `"detach"` (lazy unmount of a
+    /// mount left behind, or `"detach_failed"`), `"forget_mount"`, `"forget_memory"`,
+    /// `"remove_pid_file"`, `"clear_stale"`, `"clear_foreign"`, `"clear_corrupt"`.
     pub steps: Vec<String>,
 }
 
@@ -146,7 +150,7 @@ pub struct Stats {
     pub unverified: usize,
     /// `*.pid` files whose name is not a valid target ID (never acted on).
     pub strays: usize,
-    /// Stale mounts; `None` until mount awareness exists.
+    /// Recorded mounts (`<run-dir>/mounts/`) that are stale.
     pub stale_mounts: Option<usize>,
     /// The store backend: `pidfile`, `sqlite` or `memory`.
     pub backend: String,
@@ -183,6 +187,22 @@ pub struct CleanupReport {
     pub removed: Vec<Removed>,
     /// Targets whose running helper was stopped (only `cleanup_all`).
     pub stopped: Vec<TargetId>,
+    /// Mounts detached (only with [`crate::Manager::cleanup_mounts`], `cleanup --mounts`).
+    pub mounts: Vec<MountAction>,
+}
+
+/// One mount handled by [`crate::Manager::cleanup_mounts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountAction {
+    /// The target whose recorded mount path holds it.
+    pub target: TargetId,
+    /// The mount point.
+    pub path: PathBuf,
+    /// Its state before the action.
+    pub state: MountState,
+    /// What was done: `detach` (lazy unmount), `detach+abort` (and its FUSE connection
+    /// aborted), or `detach_failed: <error>`.
+    pub action: String,
 }
 
 /// A target and the PID involved.

@@ -440,7 +440,10 @@ async fn info_serialises_to_the_cli_shape() {
     assert_eq!(json["pid"], info.pid.unwrap().get());
     let started = json["started_at"].as_str().unwrap();
     assert!(started.ends_with('Z') && started.len() == 20, "{started}");
-    assert!(json["mounted"].is_null());
+    // The recorded mount (never mounted by the fake helper) is probed on the real host.
+    assert_eq!(json["mount"], "/mnt/vault/target-1");
+    assert_eq!(json["mounted"], false);
+    assert_eq!(json["mount_state"], "unmounted");
     let absent = w.manager.process_info(&t("nothing")).await.unwrap();
     let json = serde_json::to_value(&absent).unwrap();
     assert_eq!(json["state"], "absent");

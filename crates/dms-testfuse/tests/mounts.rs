@@ -1,0 +1,479 @@
+//! Mount awareness end to end: the `dms` binary with the real FUSE helper
+//! (`dms-testfuse`) mounting in a temp dir.
+//!
+//! Needs root and `/dev/fuse`; where either is missing every test prints why and is
+//! skipped. The `dms` binary is taken from the same target directory (built by
+//! `cargo test --workspace`). Every test detaches whatever is still mounted under its
+//! temp dir and SIGKILLs (and reaps) every helper it started, even when it fails.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+const FUSE_HELPER: &str = env!("CARGO_BIN_EXE_dms-testfuse");
+
+/// Why FUSE tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: mounting FUSE with mount(2) needs root".into());
+    }
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("fuse"))
+    {
+        return Some("the kernel does not list the fuse file system".into());
+    }
+    if dms_bin().is_none() {
+        return Some(
+            "the dms binary is not built next to this test; run `cargo test --workspace`".into(),
+        );
+    }
+    None
+}
+
+macro_rules! require_fuse {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+fn dms_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?;
+    let bin = dir.join("dms");
+    bin.is_file().then_some(bin)
+}
+
+fn subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// A temp run dir and mount root; detaches every mount under it and kills every helper
+/// it recorded on drop.
+struct World {
+    tmp: tempfile::TempDir,
+    helpers: Mutex<Vec<i32>>,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl World {
+    fn new() -> World {
+        subreaper();
+        World {
+            tmp: tempfile::TempDir::new().unwrap(),
+            helpers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.tmp.path().join("run")
+    }
+
+    fn mnt(&self, name: &str) -> PathBuf {
+        self.tmp.path().join("mnt").join(name)
+    }
+
+    fn dms(&self, args: &[&str]) -> Run {
+        let start = Instant::now();
+        let out = Command::new(dms_bin().unwrap())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// `dms --json spawn TARGET --mount DIR [extra dms args] -- dms-testfuse [flags] DIR`.
+    fn spawn(&self, target: &str, dir: &Path, dms_extra: &[&str], flags: &[&str]) -> Run {
+        let d = dir.to_str().unwrap();
+        let mut args = vec!["--json", "spawn", target, "--mount", d];
+        args.extend_from_slice(dms_extra);
+        args.extend_from_slice(&["--", FUSE_HELPER]);
+        args.extend_from_slice(flags);
+        args.push(d);
+        let r = self.dms(&args);
+        if r.code == 0 {
+            if let Some(pid) = r.json()["pid"].as_i64() {
+                self.helpers.lock().unwrap().push(pid as i32);
+            }
+        }
+        r
+    }
+
+    fn log(&self, target: &str) -> String {
+        std::fs::read_to_string(self.run_dir().join("logs").join(format!("{target}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for pid in self.helpers.lock().unwrap().drain(..) {
+            // Only helpers this test started; a reaped PID is skipped (ECHILD).
+            let p = nix::unistd::Pid::from_raw(pid);
+            if is_unreaped_child(pid) {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(p, None);
+            }
+        }
+        let root = self.tmp.path().to_owned();
+        for m in mounts_under(&root).into_iter().rev() {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Whether `pid` is still our (live or zombie) child, without reaping it.
+fn is_unreaped_child(pid: i32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    waitid(
+        Id::Pid(nix::unistd::Pid::from_raw(pid)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    )
+    .is_ok()
+}
+
+/// Mount points at or below `root`, in mount order.
+fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    dms_core::mount::read_mountinfo()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(root))
+        .collect()
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    mounts_under(dir).iter().any(|m| m == dir)
+}
+
+/// Reaps `pid` (our child by subreaping), waiting at most `limit`.
+fn reap(pid: i32, limit: Duration) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + limit;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(WaitStatus::StillAlive) => return false,
+            Ok(_) | Err(_) => return true,
+        }
+    }
+}
+
+fn steps(v: &Value) -> Vec<String> {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn readiness_waits_for_a_slow_mount_without_fixed_sleeps() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("slow");
+    assert!(!dir.exists(), "spawn must create the mount directory");
+    let r = w.spawn("slow", &dir, &[], &["--mount-delay-ms", "500"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Returned only once the mount was there: not before the helper's 500 ms delay, and
+    // not a fixed sleep later (the old code slept 2 s).
+    assert!(
+        is_mount_point(&dir),
+        "spawn returned before the mount appeared"
+    );
+    assert!(r.elapsed >= Duration::from_millis(500), "{:?}", r.elapsed);
+    assert!(r.elapsed < Duration::from_millis(1900), "{:?}", r.elapsed);
+    let v = r.json();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["mount"], dir.to_str().unwrap());
+    assert_eq!(v["mounted"], true);
+    assert_eq!(v["mount_state"], "mounted");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hello.txt")).unwrap(),
+        "hello from dms-testfuse\n"
+    );
+    eprintln!(
+        "spawn with a 500 ms mount delay returned after {:?}",
+        r.elapsed
+    );
+    let k = w.dms(&["--json", "kill", "slow", "--grace", "2"]);
+    assert_eq!(k.code, 0, "{}", k.stderr);
+}
+
+#[test]
+fn relative_mount_dir_is_resolved_and_a_plain_spawn_has_no_mount() {
+    require_fuse!();
+    let w = World::new();
+    std::fs::create_dir_all(w.tmp.path().join("mnt")).unwrap();
+    let out = Command::new(dms_bin().unwrap())
+        .current_dir(w.tmp.path())
+        .arg("--run-dir")
+        .arg(w.run_dir())
+        .args(["--json", "spawn", "rel", "--mount", "mnt/rel", "--"])
+        .arg(FUSE_HELPER)
+        .arg(w.mnt("rel"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    w.helpers
+        .lock()
+        .unwrap()
+        .push(v["pid"].as_i64().unwrap() as i32);
+    assert_eq!(v["mount"], w.mnt("rel").to_str().unwrap());
+    assert_eq!(v["mount_state"], "mounted");
+    // Without --mount: started once the program runs; no mount fields.
+    let r = w.dms(&["--json", "spawn", "plain", "--", "sleep", "300"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let p = r.json();
+    w.helpers
+        .lock()
+        .unwrap()
+        .push(p["pid"].as_i64().unwrap() as i32);
+    assert_eq!(p["mount"], Value::Null);
+    assert_eq!(p["mount_state"], Value::Null);
+    assert_eq!(w.dms(&["kill", "plain", "--grace", "2"]).code, 0);
+    assert_eq!(w.dms(&["kill", "rel", "--grace", "2"]).code, 0);
+    assert!(!is_mount_point(&w.mnt("rel")));
+}
+
+#[test]
+fn kill_of_a_healthy_mount_unmounts_first_and_leaves_no_mount() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("healthy");
+    // SIGTERM is ignored: only the unmount can make it exit this fast without SIGKILL.
+    let r = w.spawn("healthy", &dir, &[], &["--ignore-sigterm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    let k = w.dms(&["--json", "kill", "healthy", "--grace", "5"]);
+    assert_eq!(k.code, 0, "{}", k.stderr);
+    let v = k.json();
+    let s = steps(&v);
+    assert_eq!(s.first().map(String::as_str), Some("unmount"), "{s:?}");
+    assert!(
+        !s.iter().any(|x| x.starts_with("SIG")),
+        "no signal was needed: {s:?}"
+    );
+    assert_eq!(v["stopped"], true);
+    assert_eq!(v["was_running"], true);
+    assert!(
+        !is_mount_point(&dir),
+        "a mount is left at {}",
+        dir.display()
+    );
+    assert!(
+        reap(pid, Duration::from_secs(5)),
+        "helper {pid} did not exit"
+    );
+    assert!(
+        w.log("healthy").contains("unmounted; exiting"),
+        "{}",
+        w.log("healthy")
+    );
+    assert!(!w.run_dir().join("s3/healthy.pid").exists());
+    assert!(!w.run_dir().join("mounts/healthy.mount").exists());
+    let st = w.dms(&["--json", "status", "healthy"]);
+    assert_eq!(st.code, 3);
+    assert_eq!(st.json()["state"], "absent");
+}
+
+#[test]
+fn sigkilled_helper_leaves_a_stale_mount_that_status_reports_and_cleanup_detaches() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("victim");
+    let r = w.spawn("victim", &dir, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(reap(pid, Duration::from_secs(5)));
+    // The kernel leaves the mount, and it answers ENOTCONN.
+    assert!(is_mount_point(&dir));
+    let err = nix::sys::statfs::statfs(&dir).unwrap_err();
+    assert_eq!(err, nix::errno::Errno::ENOTCONN);
+
+    let st = w.dms(&["--json", "status", "victim"]);
+    assert!(
+        st.elapsed < Duration::from_secs(2),
+        "status took {:?}",
+        st.elapsed
+    );
+    let v = st.json();
+    assert_eq!(st.code, 3, "{}", st.stdout);
+    assert_eq!(v["state"], "stale");
+    assert_eq!(v["mount_state"], "stale", "{v}");
+    assert_eq!(v["mounted"], true);
+    eprintln!("status of the stale mount answered in {:?}", st.elapsed);
+    let stats = w.dms(&["--json", "stats"]).json();
+    assert_eq!(stats["stale_mounts"], 1, "{stats}");
+
+    let c = w.dms(&["--json", "cleanup", "--mounts"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let v = c.json();
+    let mounts = v["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1, "{v}");
+    assert_eq!(mounts[0]["target"], "victim");
+    assert_eq!(mounts[0]["path"], dir.to_str().unwrap());
+    assert_eq!(mounts[0]["state"], "stale");
+    assert!(
+        mounts[0]["action"].as_str().unwrap().starts_with("detach"),
+        "{v}"
+    );
+    assert!(!is_mount_point(&dir), "cleanup left the mount");
+    assert!(mounts_under(w.tmp.path()).is_empty());
+    assert_eq!(w.dms(&["--json", "stats"]).json()["stale_mounts"], 0);
+    // Nothing left to do the second time.
+    let again = w.dms(&["--json", "cleanup", "--mounts"]).json();
+    assert_eq!(again["mounts"], serde_json::json!([]));
+}
+
+#[test]
+fn hung_helper_is_stale_within_the_probe_timeout_and_kill_still_cleans_up() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("hung");
+    let r = w.spawn("hung", &dir, &[], &["--hang-statfs", "--ignore-sigterm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    let st = w.dms(&["--json", "status", "hung"]);
+    assert!(
+        st.elapsed >= Duration::from_millis(1900) && st.elapsed < Duration::from_secs(4),
+        "status took {:?}",
+        st.elapsed
+    );
+    assert_eq!(st.json()["mount_state"], "stale", "{}", st.stdout);
+    assert_eq!(st.json()["state"], "running");
+    let k = w.dms(&["--json", "kill", "hung", "--grace", "1"]);
+    assert_eq!(k.code, 0, "{}", k.stderr);
+    let v = k.json();
+    let s = steps(&v);
+    assert!(s.first().is_some_and(|x| x.starts_with("unmount")), "{s:?}");
+    assert!(s.contains(&"SIGKILL".to_owned()), "{s:?}");
+    assert_eq!(v["stopped"], true);
+    assert!(reap(pid, Duration::from_secs(5)));
+    assert!(!is_mount_point(&dir), "a mount is left: {s:?}");
+    assert!(
+        k.elapsed < Duration::from_secs(10),
+        "kill took {:?}",
+        k.elapsed
+    );
+}
+
+#[test]
+fn helper_that_fails_to_mount_fails_the_spawn_with_its_log_tail() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("broken");
+    let r = w.spawn("broken", &dir, &[], &["--fail-mount"]);
+    assert_eq!(r.code, 1, "{r:?}", r = (&r.stdout, &r.stderr));
+    assert!(r.stderr.starts_with("dms: error:"), "{}", r.stderr);
+    assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("exited with code 3"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refusing to mount (--fail-mount)"),
+        "no log tail: {}",
+        r.stderr
+    );
+    assert!(!w.run_dir().join("s3/broken.pid").exists());
+    assert!(!w.run_dir().join("mounts/broken.mount").exists());
+    assert!(!is_mount_point(&dir));
+    assert_eq!(
+        w.dms(&["--json", "status", "broken"]).json()["state"],
+        "absent"
+    );
+}
+
+#[test]
+fn ready_timeout_stops_the_helper_and_keeps_nothing() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("late");
+    let r = w.spawn(
+        "late",
+        &dir,
+        &["--ready-timeout", "0.3"],
+        &["--mount-delay-ms", "1500"],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("not mounted within 0.3 s"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("waiting 1500 ms before mounting"),
+        "{}",
+        r.stderr
+    );
+    let pid: i32 = r
+        .stderr
+        .split("(PID ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .expect("PID in the error");
+    // The helper is gone (dms reaped it) and nothing is mounted or recorded.
+    assert!(!Path::new(&format!("/proc/{pid}")).exists() || reap(pid, Duration::ZERO));
+    assert!(!is_mount_point(&dir));
+    assert!(!w.run_dir().join("s3/late.pid").exists());
+    assert!(!w.run_dir().join("mounts/late.mount").exists());
+}
+
+#[test]
+fn spawn_on_a_directory_that_is_already_a_mount_point_is_refused() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("busy");
+    let r = w.spawn("first", &dir, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r2 = w.spawn("second", &dir, &["--ready-timeout", "1"], &[]);
+    assert_eq!(r2.code, 1);
+    assert!(r2.stderr.contains("already a mount point"), "{}", r2.stderr);
+    assert!(!w.run_dir().join("s3/second.pid").exists());
+    assert_eq!(w.dms(&["kill", "first", "--grace", "2"]).code, 0);
+    assert!(!is_mount_point(&dir));
+}
