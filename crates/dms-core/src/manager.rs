@@ -662,16 +662,43 @@ impl Inner {
                 });
             }
             info!(target = %target, pid = old.pid.get(), "replacing running helper");
-            let out = self.spawner.terminate(&old, self.opts.kill_grace).await?;
+            // With a mount: unmount first, as `kill` does.
+            let mut mount = self.kill_mount(target);
+            let mut steps = Vec::new();
+            let mut unmounted_exit = false;
+            if let Some(m) = mount.as_mut() {
+                if self.kill_unmount_first(m, &mut steps) {
+                    unmounted_exit = matches!(
+                        self.spawner
+                            .wait_exit(&old, Some(self.opts.kill_grace))
+                            .await?,
+                        WaitOutcome::Exited(_)
+                    );
+                }
+            }
+            let out = if unmounted_exit {
+                dms_proc::StopOutcome {
+                    signals: Vec::new(),
+                    stopped: true,
+                    status: None,
+                    mismatch: false,
+                }
+            } else {
+                self.spawner.terminate(&old, self.opts.kill_grace).await?
+            };
             if !out.stopped && !out.mismatch {
                 return Err(Error::StillRunning {
                     target: target.clone(),
                     pid: old.pid,
                 });
             }
+            if let Some(m) = mount.as_mut() {
+                self.kill_mount_after(target, m, &mut steps).await;
+            }
+            debug!(target = %target, ?steps, "old helper stopped");
             self.forget(target, None);
             self.store.remove(target).await?;
-            if !out.signals.is_empty() {
+            if !out.signals.is_empty() || unmounted_exit {
                 self.emit(Event::Killed {
                     target: target.clone(),
                     pid: old.pid,

@@ -189,6 +189,7 @@ fn statfs_in_child(path: &Path, timeout: Duration) -> io::Result<Answer> {
         nix::unistd::ForkResult::Child => {
             // SAFETY: raw system calls only; see above.
             unsafe {
+                libc::prctl(libc::PR_SET_NAME, c"dms-mount-probe".as_ptr());
                 libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
                 let mut buf: libc::statfs = std::mem::zeroed();
                 let code = if libc::statfs(c_path.as_ptr(), &mut buf) == 0 {

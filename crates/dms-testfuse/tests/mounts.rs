@@ -477,3 +477,26 @@ fn spawn_on_a_directory_that_is_already_a_mount_point_is_refused() {
     assert_eq!(w.dms(&["kill", "first", "--grace", "2"]).code, 0);
     assert!(!is_mount_point(&dir));
 }
+
+#[test]
+fn replace_unmounts_the_old_helper_and_mounts_the_new_one() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("rep");
+    let r = w.spawn("rep", &dir, &[], &["--ignore-sigterm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let old = r.json()["pid"].as_i64().unwrap() as i32;
+    // The old helper ignores SIGTERM: only the unmount-first rule stops it quickly.
+    let r2 = w.spawn("rep", &dir, &["--replace"], &[]);
+    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    assert!(r2.elapsed < Duration::from_secs(5), "{:?}", r2.elapsed);
+    let v = r2.json();
+    assert_ne!(v["pid"].as_i64().unwrap() as i32, old);
+    assert_eq!(v["mount_state"], "mounted");
+    assert!(reap(old, Duration::from_secs(5)));
+    assert!(w.log("rep").contains("unmounted; exiting"));
+    // Exactly one mount at the directory: the new helper's.
+    assert_eq!(mounts_under(&dir).len(), 1);
+    assert_eq!(w.dms(&["kill", "rep", "--grace", "2"]).code, 0);
+    assert!(!is_mount_point(&dir));
+}
