@@ -387,7 +387,6 @@ impl Manager {
     /// Totals: tracked in memory, files on disk, and targets per state.
     pub async fn stats(&self) -> Result<Stats> {
         let (targets, entries) = self.inner.all_targets().await?;
-        let stale_mounts = self.inner.count_stale_mounts().await;
         let mut stats = Stats {
             total_tracked: self.inner.read_memory().len(),
             pid_files_on_disk: entries.len(),
@@ -400,14 +399,20 @@ impl Manager {
                 .iter()
                 .filter(|e| matches!(e, Entry::Stray { .. }))
                 .count(),
-            stale_mounts: Some(stale_mounts),
+            stale_mounts: None,
             backend: self.inner.store.backend_name().to_owned(),
             run_dir: self.inner.opts.run_dir.clone(),
         };
         let mut disk = disk_lookups(entries);
+        // Mount states already probed for the info objects (a probe may take 2 s).
+        let mut probed = HashMap::new();
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            match self.inner.info(&target, lookup, None).await.state {
+            let info = self.inner.info(&target, lookup, None).await;
+            if let (Some(path), Some(state)) = (info.mount, info.mount_state) {
+                probed.insert(path, state);
+            }
+            match info.state {
                 ProcessState::Running => stats.running += 1,
                 ProcessState::Stale => stats.stale += 1,
                 ProcessState::Foreign => stats.foreign += 1,
@@ -416,6 +421,7 @@ impl Manager {
                 ProcessState::Absent => {}
             }
         }
+        stats.stale_mounts = Some(self.inner.count_stale_mounts(&probed).await);
         Ok(stats)
     }
 

@@ -387,6 +387,15 @@ fn hung_helper_is_stale_within_the_probe_timeout_and_kill_still_cleans_up() {
     );
     assert_eq!(st.json()["mount_state"], "stale", "{}", st.stdout);
     assert_eq!(st.json()["state"], "running");
+    eprintln!("status of the hung mount answered in {:?}", st.elapsed);
+    // One probe per mount in stats too: about 2 s, not one per view of it.
+    let stats = w.dms(&["--json", "stats"]);
+    assert_eq!(stats.json()["stale_mounts"], 1, "{}", stats.stdout);
+    assert!(
+        stats.elapsed < Duration::from_millis(3500),
+        "stats took {:?}",
+        stats.elapsed
+    );
     let k = w.dms(&["--json", "kill", "hung", "--grace", "1"]);
     assert_eq!(k.code, 0, "{}", k.stderr);
     let v = k.json();

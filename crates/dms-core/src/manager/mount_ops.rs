@@ -225,11 +225,18 @@ impl Inner {
         }
     }
 
-    /// How many recorded mounts are stale.
-    pub(super) async fn count_stale_mounts(&self) -> usize {
+    /// How many recorded mounts are stale; `known` holds states already probed.
+    pub(super) async fn count_stale_mounts(
+        &self,
+        known: &std::collections::HashMap<PathBuf, MountState>,
+    ) -> usize {
         let mut n = 0;
         for (_, path) in self.registry().list() {
-            if mount::probe(&path, PROBE_TIMEOUT).await == MountState::Stale {
+            let state = match known.get(&path) {
+                Some(s) => *s,
+                None => mount::probe(&path, PROBE_TIMEOUT).await,
+            };
+            if state == MountState::Stale {
                 n += 1;
             }
         }
