@@ -13,6 +13,9 @@
 //! - `--mount-delay-ms N`: wait N ms before mounting (a slow helper).
 //! - `--ignore-sigterm`: SIGTERM is ignored (only SIGINT or SIGKILL stop it).
 //! - `--hang-statfs`: never answer `statfs(2)`: the mount looks hung to a prober.
+//! - `--self-statfs`: once mounted, a thread of the helper calls `statfs(2)` on its own
+//!   mount. With `--hang-statfs` that thread waits forever in the kernel, where even
+//!   SIGKILL cannot end the process: only aborting the FUSE connection frees it.
 //!
 //! Not published; test-only.
 
@@ -37,11 +40,12 @@ struct Args {
     mount_delay: Duration,
     ignore_sigterm: bool,
     hang_statfs: bool,
+    self_statfs: bool,
 }
 
 fn usage() -> String {
     "usage: dms-testfuse [--fail-mount] [--mount-delay-ms N] [--ignore-sigterm] \
-     [--hang-statfs] DIR"
+     [--hang-statfs] [--self-statfs] DIR"
         .to_owned()
 }
 
@@ -54,12 +58,14 @@ fn parse_args() -> Result<Args, String> {
         mount_delay: Duration::ZERO,
         ignore_sigterm: false,
         hang_statfs: false,
+        self_statfs: false,
     };
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--fail-mount") => out.fail_mount = true,
             Some("--ignore-sigterm") => out.ignore_sigterm = true,
             Some("--hang-statfs") => out.hang_statfs = true,
+            Some("--self-statfs") => out.self_statfs = true,
             Some("--mount-delay-ms") => {
                 let n = args
                     .next()
@@ -238,6 +244,16 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("dms-testfuse: mounted {}", args.dir.display());
+    if args.self_statfs {
+        let dir = args.dir.clone();
+        std::thread::spawn(move || {
+            let r = nix::sys::statfs::statfs(&dir);
+            eprintln!(
+                "dms-testfuse: statfs of my own mount returned {:?}",
+                r.map(drop)
+            );
+        });
+    }
     let mut unmounter = session.unmount_callable();
     let dir = args.dir.clone();
     std::thread::spawn(move || match stop.wait() {
