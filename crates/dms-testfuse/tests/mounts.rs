@@ -552,3 +552,43 @@ fn replace_unmounts_the_old_helper_and_mounts_the_new_one() {
     assert_eq!(w.dms(&["kill", "rep", "--grace", "2"]).code, 0);
     assert!(!is_mount_point(&dir));
 }
+
+#[test]
+fn cleanup_mounts_detaches_a_mount_whose_helper_is_no_longer_recorded() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("orphan");
+    let keep = w.mnt("kept");
+    let r = w.spawn("orphan", &dir, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    assert_eq!(w.spawn("kept", &keep, &[], &[]).code, 0);
+    // The PID file is lost (as when /run is wiped): the helper is orphaned, its mount
+    // healthy, and only the mount record still names it.
+    std::fs::remove_file(w.run_dir().join("s3/orphan.pid")).unwrap();
+    let c = w.dms(&["--json", "cleanup", "--mounts"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let v = c.json();
+    let mounts = v["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1, "only the orphan's mount: {v}");
+    assert_eq!(mounts[0]["target"], "orphan");
+    assert_eq!(mounts[0]["state"], "mounted");
+    assert!(
+        mounts[0]["action"].as_str().unwrap().starts_with("detach"),
+        "{v}"
+    );
+    assert!(!is_mount_point(&dir));
+    // The orphaned helper sees its mount go and exits by itself.
+    assert!(
+        reap(pid, Duration::from_secs(5)),
+        "orphaned helper {pid} still runs"
+    );
+    // The recorded target's healthy mount is untouched.
+    assert!(is_mount_point(&keep));
+    assert_eq!(
+        w.dms(&["--json", "status", "kept"]).json()["mount_state"],
+        "mounted"
+    );
+    assert_eq!(w.dms(&["kill", "kept", "--grace", "2"]).code, 0);
+    assert!(mounts_under(w.tmp.path()).is_empty());
+}
