@@ -239,9 +239,18 @@ fn statfs_in_child(path: &Path, timeout: Duration) -> io::Result<Answer> {
     };
     if !exited {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        // The path stays "in flight" until the stuck prober is gone, so a hung mount
+        // never collects more than one stuck prober.
+        let p = path.to_owned();
         std::thread::Builder::new()
             .name("dms-probe-reaper".into())
-            .spawn(reap)?;
+            .spawn(move || {
+                let _ = reap();
+                in_flight()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&p);
+            })?;
         return Ok(Answer::Silent);
     }
     Ok(match reap() {
@@ -261,12 +270,18 @@ async fn statfs_with_timeout(path: &Path, timeout: Duration) -> io::Result<Answe
         }
     }
     let p = path.to_owned();
-    let out = tokio::task::spawn_blocking(move || statfs_in_child(&p, timeout)).await;
-    in_flight()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(path);
-    out.map_err(|e| io::Error::other(format!("probe task failed: {e}")))?
+    let out = tokio::task::spawn_blocking(move || statfs_in_child(&p, timeout))
+        .await
+        .map_err(|e| io::Error::other(format!("probe task failed: {e}")))
+        .and_then(|r| r);
+    // A silent prober's reaper clears the path once the prober is gone.
+    if !matches!(out, Ok(Answer::Silent)) {
+        in_flight()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+    }
+    out
 }
 
 /// The state of the mount point `path`: see the module docs. Never blocks longer than

@@ -592,3 +592,64 @@ fn cleanup_mounts_detaches_a_mount_whose_helper_is_no_longer_recorded() {
     assert_eq!(w.dms(&["kill", "kept", "--grace", "2"]).code, 0);
     assert!(mounts_under(w.tmp.path()).is_empty());
 }
+
+/// Children of this process whose name is `dms-mount-probe`.
+fn probers() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                return false;
+            };
+            let comm = &stat[open + 1..close];
+            let ppid = stat[close + 2..].split(' ').nth(1);
+            comm == "dms-mount-probe" && ppid == Some(me.as_str())
+        })
+        .collect()
+}
+
+/// Each probe of a hung mount answers `stale` within its timeout, however the prober
+/// is stuck (a request still queued can be killed; one the daemon read and never
+/// answered cannot, until the connection ends), and no prober outlives the mount.
+#[test]
+fn probes_of_a_hung_mount_are_bounded_by_their_timeout_and_leave_no_prober() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("silent");
+    let r = w.spawn("silent", &dir, &[], &["--hang-statfs"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // dms spawn's own probe is the one the daemon read and never answers; that prober
+    // was orphaned to this (subreaper) process when dms exited.
+    assert_eq!(r.json()["mount_state"], "stale");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let limit = Duration::from_millis(300);
+    rt.block_on(async {
+        use dms_core::{mount::probe, MountState};
+        for _ in 0..3 {
+            let t = Instant::now();
+            assert_eq!(probe(&dir, limit).await, MountState::Stale);
+            let took = t.elapsed();
+            assert!(took < limit * 3, "{took:?}");
+        }
+    });
+    assert_eq!(w.dms(&["kill", "silent", "--grace", "1"]).code, 0);
+    assert!(!is_mount_point(&dir));
+    // With the daemon gone every prober ends: ours are reaped by dms-core's reaper
+    // threads, the orphan by us.
+    for pid in probers() {
+        assert!(
+            reap(pid, Duration::from_secs(5)),
+            "prober {pid} is still stuck"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !probers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(probers().is_empty(), "probers left: {:?}", probers());
+}
