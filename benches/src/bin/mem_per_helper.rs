@@ -73,7 +73,10 @@ async fn run(n: usize) -> Result<(), String> {
             },
             written_at: None,
         };
-        store.put(&target, &record).await.map_err(|e| e.to_string())?;
+        store
+            .put(&target, &record)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let before_raw = dms_benches::rss_bytes().map_err(|e| e.to_string())?;
     let before = trimmed_rss().map_err(|e| e.to_string())?;

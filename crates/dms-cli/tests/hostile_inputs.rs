@@ -316,8 +316,10 @@ fn pid_file_rows() -> Vec<Row> {
         },
     ));
 
-    // The PID of the test process (dms's parent), written before dms starts. `status`
-    // cannot signal anything, so it runs on the host against the real test process.
+    // The PID of the test process (dms's parent), written before dms starts. A bare PID
+    // file older than the process it names passes the identity rule, so dms must refuse
+    // its own ancestors explicitly. `status` cannot signal anything, so it runs on the
+    // host against the real test process.
     rows.push(row(
         "PID file",
         "the test process's PID (dms's caller), status",
@@ -325,19 +327,18 @@ fn pid_file_rows() -> Vec<Row> {
         Launch::Host,
         args(&["status", "x"]),
         Expect {
-            code: 0,
-            json: vec![("state", "\"running\""), ("pid", "{test_pid}")],
+            code: 3,
+            json: vec![("state", "\"foreign\""), ("pid", "{test_pid}")],
+            reason: Some("ancestor of dms"),
             pid_file_after: Some(true),
             ..Expect::default()
         },
     ));
     // `kill` of the caller's PID runs only in a PID namespace, where the caller is a
-    // shell that runs dms as its child. KNOWN HAZARD: a bare PID file naming a process
-    // that started before the file was written is trusted (the existing deployment's
-    // files have no identity), so dms signals its own caller. This row documents it.
+    // shell that runs dms as its child: were dms wrong, only that shell would die.
     rows.push(row(
         "PID file",
-        "the caller's PID, kill (known hazard, see notes)",
+        "the caller's PID, kill",
         mkdirs,
         Launch::PidNs {
             pre: r#"echo $$ > "$DMS_RUN/s3/x.pid""#,
@@ -345,11 +346,10 @@ fn pid_file_rows() -> Vec<Row> {
         },
         args(&["kill", "x", "--grace", "1"]),
         Expect {
-            // The caller is the shell whose exit code the namespace reports.
-            code: 128 + libc::SIGTERM,
-            json: vec![("was_running", "true"), ("signal", "\"SIGTERM\"")],
+            code: 3,
+            json: vec![("signal", "null"), ("steps/0", "\"clear_foreign\"")],
             pid_file_after: Some(false),
-            caller_survives: Some(false),
+            caller_survives: Some(true),
             ..Expect::default()
         },
     ));

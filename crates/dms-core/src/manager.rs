@@ -545,6 +545,9 @@ impl Inner {
         if u32::try_from(record.pid.get()).ok() == Some(std::process::id()) {
             return Verdict::Foreign(format!("PID {} is dms itself", record.pid));
         }
+        if let Some(why) = self.spawner.protected(record.pid) {
+            return Verdict::Foreign(format!("PID {} {why}", record.pid));
+        }
         let info = match self.spawner.probe(record.pid).await {
             Ok(Probe::Alive(info)) => info,
             Ok(Probe::Gone | Probe::Zombie(_)) => return Verdict::Stale,
@@ -911,6 +914,9 @@ impl Inner {
     async fn adopt(self: &Arc<Self>, target: &TargetId, pid: Pid) -> Result<ProcIdentity> {
         if u32::try_from(pid.get()).ok() == Some(std::process::id()) {
             return Err(ProcError::SelfPid(pid).into());
+        }
+        if let Some(why) = self.spawner.protected(pid) {
+            return Err(ProcError::Protected { pid, why }.into());
         }
         let _guard = self.locks.lock(target).await?;
         let other = self

@@ -253,6 +253,15 @@ pub enum ProcError {
     /// Refused: the PID is dms's own.
     #[error("refusing to act on PID {0}: it is dms itself")]
     SelfPid(Pid),
+    /// Refused: the PID belongs to a process dms must never signal (an ancestor of dms,
+    /// such as the shell or service that runs it). See [`Spawner::protected`].
+    #[error("refusing to act on PID {pid}: {why}")]
+    Protected {
+        /// The PID.
+        pid: Pid,
+        /// Why it is protected.
+        why: String,
+    },
     /// Any other OS error.
     #[error("{op} PID {pid}: {source}")]
     Os {
@@ -316,6 +325,16 @@ pub trait Spawner: Debug + Send + Sync {
     /// The current boot ID.
     fn boot_id(&self) -> &str;
 
+    /// Why `pid` must never be signalled or adopted, if it must not: dms itself, or one of
+    /// its ancestors (the shell, service or supervisor that runs it). A PID file written
+    /// by hand can name such a process, and a bare PID file older than the process would
+    /// otherwise pass the identity rule. The default protects nothing beyond what
+    /// [`Spawner::signal`] refuses itself.
+    fn protected(&self, pid: Pid) -> Option<String> {
+        let _ = pid;
+        None
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL and wait for the exit.
     async fn terminate(
         &self,
@@ -378,6 +397,9 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     }
     fn boot_id(&self) -> &str {
         (**self).boot_id()
+    }
+    fn protected(&self, pid: Pid) -> Option<String> {
+        (**self).protected(pid)
     }
     async fn terminate(
         &self,

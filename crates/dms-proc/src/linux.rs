@@ -867,6 +867,9 @@ impl Spawner for LinuxSpawner {
         if u32::try_from(who.pid.get()) == Ok(std::process::id()) {
             return Err(ProcError::SelfPid(who.pid));
         }
+        if let Some(why) = self.protected(who.pid) {
+            return Err(ProcError::Protected { pid: who.pid, why });
+        }
         if *who.boot_id != *self.boot_id {
             tracing::info!(pid = %who.pid, "not signalling: recorded in another boot");
             return Ok(SignalOutcome::Mismatch);
@@ -1011,6 +1014,15 @@ impl Spawner for LinuxSpawner {
             rss_bytes: second.rss.saturating_mul(procfs::page_size()),
             threads: u64::try_from(second.num_threads).unwrap_or(0),
         }))
+    }
+
+    fn protected(&self, pid: Pid) -> Option<String> {
+        if u32::try_from(pid.get()) == Ok(std::process::id()) {
+            return Some("it is dms itself".into());
+        }
+        ancestors()
+            .contains(&pid.get())
+            .then(|| "it is an ancestor of dms (the process that runs dms, or one above it)".into())
     }
 
     fn boot_id(&self) -> &str {
@@ -1202,4 +1214,20 @@ impl StartGate for LinuxGate {
             }
         }
     }
+}
+
+/// The PIDs of dms's ancestors: its parent, the parent's parent, and so on up to (not
+/// including) PID 1, read from `/proc/PID/stat` at the time of the call.
+pub fn ancestors() -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut pid = std::os::unix::process::parent_id() as i32;
+    // A PID chain is short; the bound only guards against a cycle seen through races.
+    while pid > 1 && out.len() < 4096 && !out.contains(&pid) {
+        out.push(pid);
+        match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+            Ok(stat) => pid = stat.ppid,
+            Err(_) => break,
+        }
+    }
+    out
 }
