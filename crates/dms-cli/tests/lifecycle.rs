@@ -70,7 +70,9 @@ fn check_info(w: &World, info: &Value, target: &str, state: &str) {
         let uptime = info["uptime_secs"].as_f64().expect("uptime_secs");
         assert!((0.0..3600.0).contains(&uptime), "{info}");
         assert!(info["cpu_percent"].as_f64().unwrap() >= 0.0, "{info}");
-        assert!(info["rss_bytes"].as_u64().unwrap() > 0, "{info}");
+        // A number, but possibly 0: `spawn` samples its helper right after the exec,
+        // when the kernel may not have mapped a page of the new image yet.
+        assert!(info["rss_bytes"].as_u64().is_some(), "{info}");
         assert!(info["threads"].as_u64().unwrap() >= 1, "{info}");
         assert!(info["cmdline"].is_array(), "{info}");
     } else {
