@@ -44,3 +44,8 @@ pub use report::{
     CleanupReport, Event, KillReport, MountAction, MountState, ProcessInfo, ProcessState,
     RecoveryReport, RemovalReason, Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
 };
+
+/// The README's library example, compiled as a doctest so it stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
