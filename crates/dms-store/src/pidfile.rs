@@ -226,11 +226,15 @@ impl PidDir {
         if stop(WriteStep::TempCreated) {
             return Ok(Written::Stopped);
         }
+        let in_memory = self.in_memory;
         let mut fill = || -> std::io::Result<Stamp> {
             // Explicitly, so the umask cannot make the file unreadable to other tools.
             file.set_permissions(fs::Permissions::from_mode(PID_FILE_MODE))?;
             file.write_all(pid.to_file_content().as_bytes())?;
-            file.sync_all()?;
+            if !in_memory {
+                // (tmpfs has no device: its fsync does nothing, so it is not called.)
+                file.sync_all()?;
+            }
             Ok(Stamp::of(&file.metadata()?))
         };
         let stamp = match fill() {
@@ -271,8 +275,12 @@ impl PidDir {
         Ok(Written::Done(stamp))
     }
 
-    /// fsyncs the PID directory, making renames and unlinks in it durable.
+    /// fsyncs the PID directory, making renames and unlinks in it durable. Not on tmpfs:
+    /// there is no device behind it, and its fsync does nothing.
     fn sync_dir(&self) -> Result<()> {
+        if self.in_memory {
+            return Ok(());
+        }
         File::open(&self.pid_dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| self.dir_error("fsync directory", e, Access::Read))
@@ -318,15 +326,11 @@ impl PidDir {
     /// symlink, FIFO or socket; `rmdir` for a directory, which must be empty (dms never
     /// deletes a directory tree it did not create). Then fsyncs the directory.
     fn remove_path(&self, path: &Path) -> Result<bool> {
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("inspect", path, e, &self.pid_dir, Access::Read)),
-        };
-        let result = if meta.file_type().is_dir() {
-            fs::remove_dir(path)
-        } else {
-            fs::remove_file(path)
+        // `unlink` removes anything but a directory (a symlink itself, never its target);
+        // a directory answers EISDIR and gets `rmdir`.
+        let result = match fs::remove_file(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => fs::remove_dir(path),
+            other => other,
         };
         match result {
             Ok(()) => {}
@@ -483,17 +487,29 @@ pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<S
             meta.len()
         ));
     }
-    let mut buf = Vec::with_capacity(MAX_PID_FILE_LEN as usize + 1);
-    (&mut file)
-        .take(MAX_PID_FILE_LEN + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io("read PID file", path, e, dir, Access::Read))?;
+    // Up to one byte more than a PID file may hold. A read that returns all the bytes
+    // fstat reported ends it (one read instead of a second one to see end of file); a
+    // file that grew meanwhile shows as more bytes, up to the one too many.
+    let mut buf = [0u8; MAX_PID_FILE_LEN as usize + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read PID file", path, e, dir, Access::Read)),
+        }
+        if len as u64 == meta.len() {
+            break;
+        }
+    }
+    let buf = &buf[..len];
     if buf.len() as u64 > MAX_PID_FILE_LEN {
         return corrupt(format!(
             "grew past {MAX_PID_FILE_LEN} bytes while being read; a PID file holds at most that"
         ));
     }
-    match Pid::parse(&buf) {
+    match Pid::parse(buf) {
         Ok(pid) => Ok((
             Lookup::Present(Record {
                 written_at: Some(mtime_of(&meta)),
