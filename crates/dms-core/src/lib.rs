@@ -8,6 +8,12 @@
 //! target across processes, a start barrier so the PID file exists before the helper's
 //! program runs, and exit watching without polling.
 //!
+//! With a mount point ([`HelperSpec::mount`] and [`HelperSpec::ready_timeout`]) a helper
+//! counts as started once its directory is mounted, the info object reports the mount's
+//! state (`mounted`, `stale`, `unmounted`), `kill` unmounts before it signals, and
+//! [`Manager::cleanup_mounts`] detaches orphaned and stale FUSE mounts; the mechanics
+//! are in [`mount`].
+//!
 //! ```no_run
 //! use dms_core::{HelperSpec, Manager, ManagerOptions};
 //! use dms_store::{PidStore, TargetId};
