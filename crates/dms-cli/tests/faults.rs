@@ -508,7 +508,8 @@ fn recover_and_check(w: &World, marks: &[String], tally: &mut Tally, round: u32,
                 assert!(
                     wait_dead(pid, STOP),
                     "round {round} (seed {seed}): entry {e} names a live process that is not \
-                     its helper"
+                     its helper\n{}",
+                    diagnose(pid)
                 );
                 barrier = true;
             }
@@ -542,6 +543,31 @@ fn recover_and_check(w: &World, marks: &[String], tally: &mut Tally, round: u32,
         return;
     }
     panic!("round {round} (seed {seed}): recovery did not settle");
+}
+
+/// What a process that should have exited is doing: its stat, wait channel and open
+/// descriptors (a barrier child that outlives its dms points at whoever holds its gate).
+fn diagnose(pid: i32) -> String {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{what}")).unwrap_or_else(|e| format!("<{e}>"))
+    };
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let target = std::fs::read_link(e.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    format!("{}->{target}", e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "stat: {}wchan: {}\nfds: {fds:?}",
+        read("stat"),
+        read("wchan")
+    )
 }
 
 fn dms_killed_at_random_points_of_spawn_and_kill(backend: Backend) {
