@@ -187,10 +187,15 @@ pub struct LinuxSpawner {
     boot_id: Arc<str>,
     /// Our children, by PID (replaced when the PID is reused by a later child).
     children: Arc<Mutex<HashMap<i32, Child>>>,
+    /// dms's ancestors when the spawner was made, with their start ticks (see
+    /// [`Spawner::protected`]). A process gains no ancestors later (an orphan is
+    /// reparented to an ancestor subreaper, or to init), so only these can be one; each
+    /// is re-checked by its start ticks, since it may have exited and its PID been reused.
+    ancestors: Arc<[(i32, u64)]>,
 }
 
 impl LinuxSpawner {
-    /// A spawner; reads the boot ID once.
+    /// A spawner; reads the boot ID and dms's ancestors once.
     pub fn new() -> Result<LinuxSpawner, ProcError> {
         let boot_id =
             std::fs::read_to_string(BOOT_ID_PATH).map_err(|source| ProcError::ProcFs {
@@ -200,6 +205,7 @@ impl LinuxSpawner {
         Ok(LinuxSpawner {
             boot_id: Arc::from(boot_id.trim()),
             children: Arc::default(),
+            ancestors: ancestors_with_start_ticks().into(),
         })
     }
 
@@ -1020,8 +1026,14 @@ impl Spawner for LinuxSpawner {
         if u32::try_from(pid.get()) == Ok(std::process::id()) {
             return Some("it is dms itself".into());
         }
-        ancestors()
-            .contains(&pid.get())
+        // Only a PID that was an ancestor can be one, if it is still that process: one
+        // read of /proc for such a PID, none for any other (every entry of a scan).
+        let &(_, ticks) = self.ancestors.iter().find(|(p, _)| *p == pid.get())?;
+        // (Start ticks unknown: the ancestor's stat could not be read; as the walk did,
+        // protect the PID itself.)
+        let still = ticks == u64::MAX
+            || matches!(read_stat(pid), Ok(Some(stat)) if stat.starttime == ticks);
+        still
             .then(|| "it is an ancestor of dms (the process that runs dms, or one above it)".into())
     }
 
@@ -1219,14 +1231,28 @@ impl StartGate for LinuxGate {
 /// The PIDs of dms's ancestors: its parent, the parent's parent, and so on up to (not
 /// including) PID 1, read from `/proc/PID/stat` at the time of the call.
 pub fn ancestors() -> Vec<i32> {
-    let mut out = Vec::new();
+    ancestors_with_start_ticks()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// [`ancestors`], each with its start ticks (an ancestor whose stat cannot be read ends
+/// the chain, listed with `u64::MAX`: start ticks unknown).
+fn ancestors_with_start_ticks() -> Vec<(i32, u64)> {
+    let mut out: Vec<(i32, u64)> = Vec::new();
     let mut pid = std::os::unix::process::parent_id() as i32;
     // A PID chain is short; the bound only guards against a cycle seen through races.
-    while pid > 1 && out.len() < 4096 && !out.contains(&pid) {
-        out.push(pid);
+    while pid > 1 && out.len() < 4096 && !out.iter().any(|(p, _)| *p == pid) {
         match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
-            Ok(stat) => pid = stat.ppid,
-            Err(_) => break,
+            Ok(stat) => {
+                out.push((pid, stat.starttime));
+                pid = stat.ppid;
+            }
+            Err(_) => {
+                out.push((pid, u64::MAX));
+                break;
+            }
         }
     }
     out
