@@ -1427,6 +1427,9 @@ async fn watch_exit(
         }
     };
     if let Some(inner) = inner.upgrade() {
-        inner.on_exit(&target, &identity, status).await;
+        // Boxed, so that the exit handling (locks, store calls: a large future) is
+        // allocated when the helper exits, not held inline in every watcher task for the
+        // helper's whole life (about 650 bytes per tracked helper).
+        Box::pin(inner.on_exit(&target, &identity, status)).await;
     }
 }
