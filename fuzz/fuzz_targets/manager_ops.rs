@@ -47,12 +47,15 @@
 //!   memory. At a restart, each of them must be recoverable from disk unless its target
 //!   was tampered. A helper belongs to the target memory tracks it under (a process is
 //!   the helper of one target only: a second PID file naming it is foreign).
-//! - **I2**: after a successful cleanup, no entry names a dead or foreign process and no
-//!   corrupt entry is left.
+//! - **I2**: after a successful cleanup, no entry names a dead or foreign process (or
+//!   the helper of another target) and no corrupt entry is left: every entry names its
+//!   target's helper in memory.
 //! - **I3**: for every untampered target, memory and disk agree: a memory entry has a PID
 //!   file with the same PID (and the same identity, or none); a PID file that proves a
-//!   live process is in memory. Memory never keeps a dead process (exit watching is
-//!   prompt: the check waits at most 5 s for the watchers).
+//!   live process (not another target's helper) has it in memory for that target.
+//!   Memory never keeps a dead process (exit watching is prompt: the check waits at
+//!   most 5 s for the watchers). While the manager is down (`Down`), only I4 and I5
+//!   are checked; I1 is checked when it comes back up.
 //! - **I4**: every signal ever delivered reached a spawned, adopted or hand-claimed
 //!   process; recovery, reload and cleanup deliver none; no helper is left held at the
 //!   start barrier.
