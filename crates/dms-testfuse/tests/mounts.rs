@@ -139,17 +139,33 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        for pid in self.helpers.lock().unwrap().drain(..) {
-            // Only helpers this test started; a reaped PID is skipped (ECHILD).
+        let helpers: Vec<i32> = self.helpers.lock().unwrap().drain(..).collect();
+        // Only helpers this test started; a reaped PID is skipped (ECHILD).
+        let ours: Vec<i32> = helpers
+            .into_iter()
+            .filter(|&p| is_unreaped_child(p))
+            .collect();
+        for &pid in &ours {
             let p = nix::unistd::Pid::from_raw(pid);
-            if is_unreaped_child(pid) {
-                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(p, None);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        }
+        // Detach and abort this test's FUSE mounts before waiting: a helper thread stuck
+        // in its own mount cannot die (and its leader cannot be reaped) until then. A
+        // failed test must not hang the suite here.
+        let root = self.tmp.path().to_owned();
+        let table = dms_core::mount::read_mountinfo().unwrap_or_default();
+        for m in table
+            .iter()
+            .rev()
+            .filter(|m| m.mount_point.starts_with(&root))
+        {
+            let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
+            if m.is_fuse() {
+                let _ = dms_core::mount::abort_connection(m.minor);
             }
         }
-        let root = self.tmp.path().to_owned();
-        for m in mounts_under(&root).into_iter().rev() {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        for pid in ours {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
     }
 }
@@ -194,6 +210,33 @@ fn reap(pid: i32, limit: Duration) -> bool {
             // Not our child (any more): gone only if /proc has no trace of it.
             Err(_) => return !Path::new(&format!("/proc/{pid}")).exists(),
         }
+    }
+}
+
+/// Waits (polling /proc, which has no readiness event for a task state) until a thread
+/// of `pid` waits in the kernel for an answer from its FUSE connection, at most `limit`:
+/// its wait channel is FUSE's `request_wait_answer`, or, where the kernel hides wait
+/// channels, it is inside `statfs(2)` (x86_64 syscall 137) and not running.
+fn await_thread_stuck_in_fuse(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let tasks = format!("/proc/{pid}/task");
+    loop {
+        let stuck = std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+                read("wchan").contains("request_wait_answer")
+                    || (cfg!(target_arch = "x86_64") && read("syscall").starts_with("137 "))
+            });
+        if stuck {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -432,6 +475,13 @@ fn helper_stuck_in_its_own_mount_is_freed_by_detach_and_abort_after_sigkill() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    // The helper's statfs thread starts once the mount is up, so the spawn can return
+    // before that thread is in the kernel: wait for it, or a SIGKILL that lands first
+    // simply works and there is nothing to abort.
+    assert!(
+        await_thread_stuck_in_fuse(pid, Duration::from_secs(10)),
+        "no thread of helper {pid} got stuck in its own mount"
+    );
     let k = w.dms(&["--json", "kill", "stuck", "--grace", "0.5"]);
     assert_eq!(k.code, 0, "{} {}", k.stdout, k.stderr);
     let v = k.json();
