@@ -32,7 +32,9 @@
 //! ticks, 10 ms each) and file mtimes must therefore be comparable. The fake advances
 //! 1000 ticks (10 s) per created process, and every store write is stamped with the
 //! start time of a throw-away process created at that moment: the file's mtime is set to
-//! it (PID-file and SQLite backends) or reported as `written_at` (memory backend). So a
+//! it (PID-file and SQLite backends; SQLite's row key, the file's inode and mtime, is
+//! moved along, so recorded identities stay valid and the identity path is exercised) or
+//! reported as `written_at` (memory backend). So a
 //! process created before a write started at least 10 s before the stamp and one created
 //! after started 10 s after it, well outside the manager's default 1 s slack.
 //!
@@ -185,6 +187,37 @@ impl TestStore {
         }
     }
 
+    /// SQLite backend: after [`TestStore::stamp_write`] re-dated the PID file the store
+    /// just wrote, moves the row's key (the file's inode and mtime) along, as if the
+    /// store had written the file at that moment. Without it every row would look
+    /// outdated and recovery would fall back to the bare-file rule: the identity path
+    /// of the SQLite backend would never be exercised.
+    fn rekey_sqlite_row(&self, target: &TargetId) {
+        use std::os::unix::fs::MetadataExt;
+        if self.kind != Kind::Sqlite {
+            return;
+        }
+        let path = target.pid_file_in(self.backend.pid_dir());
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return;
+        };
+        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        let db = self.backend.pid_dir().parent().unwrap().join("dms.sqlite3");
+        let conn = rusqlite::Connection::open(&db).expect("open the test's database");
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        let rows = conn
+            .execute(
+                "UPDATE records SET file_mtime_ns = ?1 WHERE target = ?2 AND file_ino = ?3",
+                rusqlite::params![mtime_ns, target.as_str(), meta.ino() as i64],
+            )
+            .expect("re-key the row");
+        assert_eq!(
+            rows, 1,
+            "no row of {target} for the file the store just wrote"
+        );
+    }
+
     fn fix_stamp(&self, record: &mut Record, target: &TargetId) {
         if self.kind == Kind::Memory {
             if let Some(s) = self.stamps.lock().unwrap().get(target) {
@@ -321,6 +354,7 @@ impl PidStore for TestStore {
         let crash = self.before_write()?;
         self.backend.put(target, record).await?;
         self.stamp_write(target).await;
+        self.rekey_sqlite_row(target);
         match crash {
             Some(_) => Err(crash_error("crash after write")),
             None => Ok(()),
@@ -1066,18 +1100,30 @@ impl Harness {
                             self.at_risk.clear();
                             return Ok(());
                         }
-                        expect_foreign_copy = source_live.is_some();
-                        let source_live_pid = source_live.as_ref().map(|h| h.pid);
-                        if let Some(h) = &source_live {
+                        // The copy names a live helper: the source's own, or (the source
+                        // being a file that handed a stranger to another target) the
+                        // helper of some other target. Two PID files then name one
+                        // helper and, with bare files, nothing durable says which claim
+                        // is the original once the owner's file is rewritten: after a
+                        // restart either target may own it (still tracked, I1).
+                        let named_helper = match &source_live {
+                            Some(h) => Some((from.clone(), h.clone())),
+                            None => self.helpers().into_iter().find_map(|(owner, ids)| {
+                                ids.into_iter()
+                                    .find(|h| Some(h.pid) == copied_pid)
+                                    .map(|h| (owner, h))
+                            }),
+                        };
+                        expect_foreign_copy = named_helper.is_some();
+                        if let Some((owner, h)) = &named_helper {
                             self.ambiguous
                                 .entry(h.clone())
                                 .or_default()
-                                .extend([from.clone(), t.clone()]);
+                                .extend([owner.clone(), t.clone()]);
                         }
-                        expect_pid = if expect_foreign_copy {
-                            source_live_pid
-                        } else {
-                            copied_pid
+                        expect_pid = match &named_helper {
+                            Some((_, h)) => Some(h.pid),
+                            None => copied_pid,
                         };
                     }
                     Tamper::Delete => {
