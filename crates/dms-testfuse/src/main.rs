@@ -15,7 +15,10 @@
 //! - `--hang-statfs`: never answer `statfs(2)`: the mount looks hung to a prober.
 //! - `--self-statfs`: once mounted, a thread of the helper calls `statfs(2)` on its own
 //!   mount. With `--hang-statfs` that thread waits forever in the kernel, where even
-//!   SIGKILL cannot end the process: only aborting the FUSE connection frees it.
+//!   SIGKILL cannot end the process: only aborting the FUSE connection frees it. Then
+//!   the worker does not block on a hung statfs but leaves each one unanswered and
+//!   goes on reading, so the helper's own request is received whoever asked first; it
+//!   logs `statfs from PID N (my own thread: true) left unanswered` when it has it.
 //!
 //! Not published; test-only.
 
@@ -110,6 +113,9 @@ fn attr(ino: u64) -> FileAttr {
 /// One directory holding `hello.txt`.
 struct HelloFs {
     hang_statfs: bool,
+    /// With `--hang-statfs`: leave each statfs unanswered but keep reading requests
+    /// (set by `--self-statfs`), instead of blocking the single worker thread.
+    keep_serving: bool,
 }
 
 impl Filesystem for HelloFs {
@@ -173,7 +179,20 @@ impl Filesystem for HelloFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        if self.hang_statfs && self.keep_serving {
+            // The request stays unanswered (dropping the reply would answer EIO), and
+            // the worker goes on reading: every caller's request is then in the
+            // daemon's hands, where even SIGKILL cannot take it back.
+            let own = std::path::Path::new(&format!("/proc/self/task/{}", req.pid())).exists();
+            eprintln!(
+                "dms-testfuse: statfs from PID {} (my own thread: {own}) left unanswered \
+                 (--hang-statfs --self-statfs)",
+                req.pid()
+            );
+            std::mem::forget(reply);
+            return;
+        }
         if self.hang_statfs {
             // A hung daemon: the single worker thread never comes back.
             eprintln!("dms-testfuse: statfs received; hanging (--hang-statfs)");
@@ -235,6 +254,7 @@ fn main() -> ExitCode {
     config.acl = SessionACL::All;
     let fs = HelloFs {
         hang_statfs: args.hang_statfs,
+        keep_serving: args.self_statfs,
     };
     let mut session = match fuser::Session::new(fs, &args.dir, &config) {
         Ok(s) => s,

@@ -213,31 +213,19 @@ fn reap(pid: i32, limit: Duration) -> bool {
     }
 }
 
-/// Waits (polling /proc, which has no readiness event for a task state) until a thread
-/// of `pid` waits in the kernel for an answer from its FUSE connection, at most `limit`:
-/// its wait channel is FUSE's `request_wait_answer`, or, where the kernel hides wait
-/// channels, it is inside `statfs(2)` (x86_64 syscall 137) and not running.
-fn await_thread_stuck_in_fuse(pid: i32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let tasks = format!("/proc/{pid}/task");
-    loop {
-        let stuck = std::fs::read_dir(&tasks)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|t| {
-                let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
-                read("wchan").contains("request_wait_answer")
-                    || (cfg!(target_arch = "x86_64") && read("syscall").starts_with("137 "))
-            });
-        if stuck {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Whether a thread of `pid` waits in the kernel for an answer from its FUSE
+/// connection: its wait channel is FUSE's `request_wait_answer`, or, where the kernel
+/// hides wait channels, it is inside `statfs(2)` (x86_64 syscall 137).
+fn thread_stuck_in_fuse(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            read("wchan").contains("request_wait_answer")
+                || (cfg!(target_arch = "x86_64") && read("syscall").starts_with("137 "))
+        })
 }
 
 fn steps(v: &Value) -> Vec<String> {
@@ -476,11 +464,23 @@ fn helper_stuck_in_its_own_mount_is_freed_by_detach_and_abort_after_sigkill() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let pid = r.json()["pid"].as_i64().unwrap() as i32;
     // The helper's statfs thread starts once the mount is up, so the spawn can return
-    // before that thread is in the kernel: wait for it, or a SIGKILL that lands first
-    // simply works and there is nothing to abort.
+    // before the daemon holds that thread's request: wait for it (its log says so), or
+    // a SIGKILL that lands first simply works and there is nothing to abort.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w
+        .log("stuck")
+        .contains("(my own thread: true) left unanswered")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the helper never received its own statfs: {}",
+            w.log("stuck")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
-        await_thread_stuck_in_fuse(pid, Duration::from_secs(10)),
-        "no thread of helper {pid} got stuck in its own mount"
+        thread_stuck_in_fuse(pid),
+        "no thread of helper {pid} waits in its own mount"
     );
     let k = w.dms(&["--json", "kill", "stuck", "--grace", "0.5"]);
     assert_eq!(k.code, 0, "{} {}", k.stdout, k.stderr);
