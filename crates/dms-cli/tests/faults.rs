@@ -14,8 +14,8 @@
 mod common;
 
 use common::{
-    alive, files_under, pid_of, processes_with_cmdline, reap_zombies, run, wait_dead, Backend,
-    World,
+    alive, files_under, pid_of, processes_with_cmdline, reap_zombies, run, wait_dead, wait_for,
+    Backend, World,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -475,7 +475,10 @@ struct Tally {
     rounds: u32,
     killed: u32,
     finished: u32,
+    /// Children held at the start barrier of a killed dms, which exited unreleased.
     barrier_children: u32,
+    /// Children released just before their dms was killed, seen before their exec.
+    released_before_exec: u32,
 }
 
 const TARGETS: [&str; 3] = ["k0", "k1", "k2"];
@@ -490,9 +493,10 @@ fn recover_and_check(w: &World, marks: &[String], tally: &mut Tally, round: u32,
         let status = r.json();
         let entries = status.as_array().unwrap();
         reap_zombies();
-        // An entry whose process is not (or not yet) the helper program: a child held at
-        // the start barrier of the dms just killed, exiting with code 125 as its gate
-        // closed. Wait for it to go, then recover again.
+        // An entry whose process is not (or not yet) the helper program: a child of the
+        // dms just killed, between fork and exec. Either its gate closed unopened and it
+        // exits with code 125, or dms released it just before it died and it is about to
+        // exec the helper program. Wait for one or the other, then recover again.
         let mut barrier = false;
         for e in entries {
             let pid = e["pid"]
@@ -505,17 +509,23 @@ fn recover_and_check(w: &World, marks: &[String], tally: &mut Tally, round: u32,
                 .unwrap_or_else(|| panic!("unknown entry {e}"));
             let is_helper = processes_with_cmdline(&["sleep", &marks[k]]).contains(&pid);
             if !is_helper && attempt == 0 {
+                let became_helper = || processes_with_cmdline(&["sleep", &marks[k]]).contains(&pid);
                 assert!(
-                    wait_dead(pid, STOP),
+                    wait_for(STOP, || !alive(pid) || became_helper()),
                     "round {round} (seed {seed}): entry {e} names a live process that is not \
                      its helper\n{}",
                     diagnose(pid)
                 );
+                if became_helper() {
+                    tally.released_before_exec += 1;
+                } else {
+                    wait_dead(pid, STOP);
+                    tally.barrier_children += 1;
+                }
                 barrier = true;
             }
         }
         if barrier {
-            tally.barrier_children += 1;
             continue;
         }
         for (k, target) in TARGETS.iter().enumerate() {
