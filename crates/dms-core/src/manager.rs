@@ -8,7 +8,8 @@ use crate::report::{
     Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
 };
 use dms_proc::{
-    ExitStatus, Pid, Probe, ProcError, ProcIdentity, ProcInfo, SpawnSpec, Spawner, WaitOutcome,
+    ExitStatus, ExitWatch, Pid, Probe, ProcError, ProcIdentity, ProcInfo, SpawnSpec, Spawner,
+    WaitOutcome,
 };
 use dms_store::{Entry, EntryState, Identity, Lookup, Metadata, PidStore, Record, TargetId};
 use std::collections::{BTreeSet, HashMap};
@@ -16,13 +17,15 @@ use std::fmt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+mod memory;
 mod mount_ops;
+use memory::Memory;
 pub use mount_ops::DEFAULT_READY_TIMEOUT;
 
 /// Tracks one helper process per target, in memory and in a [`PidStore`], and starts,
@@ -57,68 +60,13 @@ struct Inner {
     memory: RwLock<Memory>,
     locks: TargetLocks,
     events: broadcast::Sender<Event>,
-}
-
-/// The in-memory table: helpers by target, and the target of each helper's PID.
-#[derive(Default)]
-struct Memory {
-    by_target: HashMap<TargetId, Tracked>,
-    by_pid: HashMap<Pid, TargetId>,
-}
-
-impl Memory {
-    fn get(&self, target: &TargetId) -> Option<&Tracked> {
-        self.by_target.get(target)
-    }
-
-    fn insert(&mut self, target: TargetId, tracked: Tracked) -> Option<Tracked> {
-        let pid = tracked.identity.pid;
-        let old = self.by_target.insert(target.clone(), tracked);
-        if let Some(old) = &old {
-            self.by_pid.remove(&old.identity.pid);
-        }
-        self.by_pid.insert(pid, target);
-        old
-    }
-
-    fn remove(&mut self, target: &TargetId) -> Option<Tracked> {
-        let old = self.by_target.remove(target)?;
-        if self.by_pid.get(&old.identity.pid) == Some(target) {
-            self.by_pid.remove(&old.identity.pid);
-        }
-        Some(old)
-    }
-
-    /// The target whose helper has this exact identity.
-    fn target_of(&self, id: &ProcIdentity) -> Option<&TargetId> {
-        let target = self.by_pid.get(&id.pid)?;
-        (self.by_target.get(target)?.identity == *id).then_some(target)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&TargetId, &Tracked)> {
-        self.by_target.iter()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &TargetId> {
-        self.by_target.keys()
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Tracked> {
-        self.by_target.values()
-    }
-
-    fn len(&self) -> usize {
-        self.by_target.len()
-    }
-}
-
-/// A helper in memory.
-struct Tracked {
-    identity: ProcIdentity,
-    meta: Metadata,
-    /// False when the exit watcher could not watch: memory hits then probe.
-    watched: Arc<AtomicBool>,
-    watcher: Option<AbortHandle>,
+    /// The shared watcher of the tracked helpers' exits; `None` in one-shot mode or when
+    /// the spawner has none (memory hits then probe).
+    exit_watch: Option<Box<dyn ExitWatch>>,
+    /// False once the exit watcher stopped reporting: memory hits then probe.
+    watch_ok: AtomicBool,
+    /// The task that handles the exits the watcher reports.
+    exit_task: Mutex<Option<AbortHandle>>,
 }
 
 /// What a probe says about a recorded PID.
@@ -147,11 +95,9 @@ impl fmt::Debug for Manager {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let memory = self.memory.get_mut().unwrap_or_else(|p| p.into_inner());
-        for tracked in memory.values() {
-            if let Some(h) = &tracked.watcher {
-                h.abort();
-            }
+        let task = self.exit_task.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = task.take() {
+            h.abort();
         }
     }
 }
@@ -188,7 +134,10 @@ impl Manager {
     /// (`locks/`, `logs/`) and runs startup recovery ([`Manager::reload`]), which never
     /// signals anything.
     ///
-    /// Must be called inside a tokio runtime (exit watchers are tokio tasks).
+    /// In one-shot mode ([`ManagerOptions::one_shot`]) it runs no recovery (the report
+    /// is empty) and watches no exits.
+    ///
+    /// Must be called inside a tokio runtime (the exit watcher is a tokio task).
     pub async fn open(
         store: Arc<dyn PidStore>,
         spawner: Arc<dyn Spawner>,
@@ -198,6 +147,12 @@ impl Manager {
         create_dir(&opts.locks_dir())?;
         create_dir(&opts.logs_dir())?;
         let (events, _) = broadcast::channel(opts.event_capacity.max(1));
+        let (exited_tx, exited_rx) = tokio::sync::mpsc::unbounded_channel();
+        let exit_watch = if opts.one_shot {
+            None
+        } else {
+            spawner.exit_watch(exited_tx)?
+        };
         let inner = Arc::new(Inner {
             locks: TargetLocks::new(opts.locks_dir()),
             store,
@@ -205,7 +160,17 @@ impl Manager {
             opts,
             memory: RwLock::new(Memory::default()),
             events,
+            watch_ok: AtomicBool::new(exit_watch.is_some()),
+            exit_watch,
+            exit_task: Mutex::new(None),
         });
+        if inner.exit_watch.is_some() {
+            let task = tokio::spawn(handle_exits(Arc::downgrade(&inner), exited_rx));
+            *inner.exit_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        }
+        if inner.opts.one_shot {
+            return Ok((Manager { inner }, RecoveryReport::default()));
+        }
         let report = inner.reload().await?;
         info!(
             run_dir = %inner.opts.run_dir.display(),
@@ -246,7 +211,7 @@ impl Manager {
             .inner
             .read_memory()
             .iter()
-            .map(|(t, tr)| (t.clone(), tr.identity.clone()))
+            .map(|(t, tr)| (t.clone(), tr.identity()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -296,8 +261,10 @@ impl Manager {
         let unwatched = {
             let memory = self.inner.read_memory();
             match memory.get(target) {
-                Some(t) if t.watched.load(Ordering::Acquire) => return Ok(true),
-                Some(t) => Some(t.identity.clone()),
+                Some(t) if t.watched && self.inner.watch_ok.load(Ordering::Acquire) => {
+                    return Ok(true)
+                }
+                Some(t) => Some(t.identity()),
                 None => None,
             }
         };
@@ -477,13 +444,14 @@ impl Inner {
     }
 
     fn memory_identity(&self, target: &TargetId) -> Option<ProcIdentity> {
-        self.read_memory().get(target).map(|t| t.identity.clone())
+        self.read_memory().get(target).map(|t| t.identity())
     }
 
     fn memory_entry(&self, target: &TargetId) -> Option<(ProcIdentity, Metadata)> {
+        let logs_dir = self.opts.logs_dir();
         self.read_memory()
             .get(target)
-            .map(|t| (t.identity.clone(), t.meta.clone()))
+            .map(|t| (t.identity(), t.meta(target, &logs_dir)))
     }
 
     fn emit(&self, event: Event) {
@@ -492,47 +460,46 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
-    /// Puts `identity` in memory for `target` and starts its exit watcher. Call with
-    /// the target's lock (or its memory mutex) held.
-    fn track(self: &Arc<Self>, target: &TargetId, identity: ProcIdentity, meta: Metadata) {
-        let watched = Arc::new(AtomicBool::new(true));
-        let handle = tokio::spawn(watch_exit(
-            Arc::downgrade(self),
-            self.spawner.clone(),
-            target.clone(),
-            identity.clone(),
-            watched.clone(),
-        ));
+    /// Puts `identity` in memory for `target` and watches its exit. Call with the
+    /// target's lock (or its memory mutex) held.
+    fn track(&self, target: &TargetId, identity: ProcIdentity, meta: Metadata) {
+        let watched = self.exit_watch.is_some();
         let old = self.write_memory().insert(
             target.clone(),
-            Tracked {
-                identity,
-                meta,
-                watched,
-                watcher: Some(handle.abort_handle()),
-            },
+            &identity,
+            meta,
+            watched,
+            &self.opts.logs_dir(),
         );
-        if let Some(old) = old {
-            if let Some(h) = old.watcher {
-                h.abort();
+        if let Some(watch) = &self.exit_watch {
+            if let Some(old) = old.filter(|old| *old != identity) {
+                watch.unwatch(&old);
+            }
+            // In memory first: an exit reported at once finds its target.
+            if let Err(e) = watch.watch(&identity) {
+                warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot watch helper exit; is_running will probe");
+                let mut memory = self.write_memory();
+                if let Some(t) = memory.get_mut(target).filter(|t| t.is(&identity)) {
+                    t.watched = false;
+                }
             }
         }
     }
 
     /// Removes the memory entry of `target` (only if it names `identity`, when given)
-    /// and stops its watcher.
+    /// and stops watching its exit.
     fn forget(&self, target: &TargetId, identity: Option<&ProcIdentity>) -> bool {
         let removed = {
             let mut memory = self.write_memory();
             match memory.get(target) {
-                Some(t) if identity.is_none_or(|id| *id == t.identity) => memory.remove(target),
+                Some(t) if identity.is_none_or(|id| t.is(id)) => memory.remove(target),
                 _ => None,
             }
         };
         match removed {
             Some(t) => {
-                if let Some(h) = t.watcher {
-                    h.abort();
+                if let Some(watch) = &self.exit_watch {
+                    watch.unwatch(&t.identity());
                 }
                 true
             }
@@ -921,8 +888,7 @@ impl Inner {
         let _guard = self.locks.lock(target).await?;
         let other = self
             .read_memory()
-            .by_pid
-            .get(&pid)
+            .target_of_pid(pid)
             .filter(|t| *t != target)
             .cloned();
         if let Some(other) = other {
@@ -968,7 +934,7 @@ impl Inner {
         Ok(info.identity)
     }
 
-    /// Called by the exit watcher of `identity`.
+    /// Called when the exit watcher reports `identity`.
     async fn on_exit(
         self: &Arc<Self>,
         target: &TargetId,
@@ -977,11 +943,11 @@ impl Inner {
     ) {
         let pid = identity.pid.get();
         let guard = self.locks.lock(target).await;
-        // Not `forget`: that would abort this very task.
+        // The watcher no longer watches it: `forget` would only unwatch.
         let taken = {
             let mut memory = self.write_memory();
             match memory.get(target) {
-                Some(t) if t.identity == *identity => memory.remove(target).is_some(),
+                Some(t) if t.is(identity) => memory.remove(target).is_some(),
                 _ => false,
             }
         };
@@ -1158,7 +1124,7 @@ impl Inner {
         let snapshot: Vec<(TargetId, ProcIdentity)> = self
             .read_memory()
             .iter()
-            .map(|(t, tr)| (t.clone(), tr.identity.clone()))
+            .map(|(t, tr)| (t.clone(), tr.identity()))
             .collect();
         for (target, id) in snapshot {
             let pid = id.pid;
@@ -1404,32 +1370,38 @@ fn apply_usage(
     }
 }
 
-/// The exit watcher of one tracked helper: waits for its exit without polling, then
-/// removes it from memory and disk if they still name it.
-async fn watch_exit(
+/// How long the handling of a reported exit waits for the exit status.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+
+/// Handles the exits the shared exit watcher reports, each in a task of its own (it
+/// waits for the target's lock, which a `kill` may hold for its whole grace period):
+/// removes the helper from memory and disk if they still name it. When the watcher
+/// stops, memory hits fall back to probing.
+async fn handle_exits(
     inner: Weak<Inner>,
-    spawner: Arc<dyn Spawner>,
-    target: TargetId,
-    identity: ProcIdentity,
-    watched: Arc<AtomicBool>,
+    mut exited: tokio::sync::mpsc::UnboundedReceiver<ProcIdentity>,
 ) {
-    let status = match spawner.wait_exit(&identity, None).await {
-        Ok(WaitOutcome::Exited(status)) => status,
-        Ok(WaitOutcome::TimedOut) => {
-            watched.store(false, Ordering::Release);
-            warn!(target = %target, pid = identity.pid.get(), "exit watcher timed out without a timeout; is_running will probe");
-            return;
-        }
-        Err(e) => {
-            watched.store(false, Ordering::Release);
-            warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot watch helper exit; is_running will probe");
-            return;
-        }
-    };
+    while let Some(identity) = exited.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(target) = inner.read_memory().target_of(&identity).cloned() else {
+            continue;
+        };
+        tokio::spawn(async move {
+            // The process has exited: this returns as soon as a child of ours is reaped
+            // (with its status), at once for any other process.
+            let status = match inner
+                .spawner
+                .wait_exit(&identity, Some(EXIT_STATUS_WAIT))
+                .await
+            {
+                Ok(WaitOutcome::Exited(status)) => status,
+                Ok(WaitOutcome::TimedOut) | Err(_) => ExitStatus::Unknown,
+            };
+            inner.on_exit(&target, &identity, status).await;
+        });
+    }
     if let Some(inner) = inner.upgrade() {
-        // Boxed, so that the exit handling (locks, store calls: a large future) is
-        // allocated when the helper exits, not held inline in every watcher task for the
-        // helper's whole life (about 650 bytes per tracked helper).
-        Box::pin(inner.on_exit(&target, &identity, status)).await;
+        inner.watch_ok.store(false, Ordering::Release);
+        warn!("the exit watcher stopped; is_running will probe");
     }
 }

@@ -148,6 +148,8 @@ use tokio::io::unix::{AsyncFd, AsyncFdRegisterError};
 use tokio::io::Interest;
 use tokio::sync::watch;
 
+mod exit_watch;
+
 /// Where the boot ID is read from.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// The search path used when the given environment has no `PATH`.
@@ -1020,6 +1022,16 @@ impl Spawner for LinuxSpawner {
             rss_bytes: second.rss.saturating_mul(procfs::page_size()),
             threads: u64::try_from(second.num_threads).unwrap_or(0),
         }))
+    }
+
+    fn exit_watch(
+        &self,
+        exited: crate::ExitSender,
+    ) -> Result<Option<Box<dyn crate::ExitWatch>>, ProcError> {
+        Ok(Some(Box::new(exit_watch::LinuxExitWatch::start(
+            self.clone(),
+            exited,
+        )?)))
     }
 
     fn protected(&self, pid: Pid) -> Option<String> {
