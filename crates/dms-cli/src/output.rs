@@ -142,6 +142,56 @@ pub fn render_status_table(rows: &[StatusRow]) -> String {
     out
 }
 
+/// The `status` table built one row at a time, each row kept as one string (cells
+/// separated by NUL, which no cell holds), so that a table of many targets costs about
+/// its text; written out as [`render_status_table`] renders it.
+#[derive(Debug, Default)]
+pub struct StatusTable {
+    widths: [usize; 10],
+    rows: Vec<Box<str>>,
+}
+
+impl StatusTable {
+    /// Adds a row ([`status_row`]).
+    pub fn push(&mut self, row: &StatusRow) {
+        for (w, cell) in self.widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+        self.rows.push(row.join("\0").into_boxed_str());
+    }
+
+    /// Whether no row was added.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Writes the header and the rows, columns aligned.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut widths = STATUS_HEADER.map(str::len);
+        for (w, own) in widths.iter_mut().zip(self.widths) {
+            *w = (*w).max(own);
+        }
+        let mut line = String::new();
+        let header = STATUS_HEADER.join("\0");
+        for row in std::iter::once(header.as_str()).chain(self.rows.iter().map(|r| &**r)) {
+            line.clear();
+            let mut cells = row.split('\0').peekable();
+            let mut i = 0;
+            while let Some(cell) = cells.next() {
+                if cells.peek().is_none() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+                }
+                i += 1;
+            }
+            w.write_all(line.trim_end().as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
 /// `started target-1: PID 1234, log /run/dms/logs/target-1.log`.
 pub fn spawn_line(info: &Value, log: &str) -> String {
     let target = str_of(info, "target").unwrap_or("?");
@@ -303,6 +353,28 @@ mod tests {
         assert_eq!(bytes(1024), "1.0K");
         assert_eq!(bytes(1_048_576), "1.0M");
         assert_eq!(bytes(12_900_000), "12.3M");
+    }
+
+    #[test]
+    fn streamed_table_is_the_rendered_table() {
+        let infos = [
+            json!({"target": "a", "pid": 12, "state": "running", "source": "disk",
+                   "uptime_secs": 75.0, "cpu_percent": 0.5, "rss_bytes": 2048, "threads": 1,
+                   "cmdline": ["sleep", "300"]}),
+            json!({"target": "long-target-name", "pid": 99999, "state": "stale",
+                   "source": "disk"}),
+        ];
+        let rows: Vec<StatusRow> = infos
+            .iter()
+            .zip([None, Some("PID 99999 is dead")])
+            .map(|(i, d)| status_row(i, d))
+            .collect();
+        let mut table = StatusTable::default();
+        assert!(table.is_empty());
+        rows.iter().for_each(|r| table.push(r));
+        let mut out = Vec::new();
+        table.write_to(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), render_status_table(&rows));
     }
 
     #[test]

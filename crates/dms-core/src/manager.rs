@@ -169,6 +169,12 @@ impl Manager {
             *inner.exit_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
         }
         if inner.opts.one_shot {
+            info!(
+                run_dir = %inner.opts.run_dir.display(),
+                backend = inner.store.backend_name(),
+                one_shot = true,
+                "manager started"
+            );
             return Ok((Manager { inner }, RecoveryReport::default()));
         }
         let report = inner.reload().await?;
@@ -349,6 +355,32 @@ impl Manager {
             }
         }
         Ok(infos)
+    }
+
+    /// The info of every target in memory or on disk, sorted by target, handed to
+    /// `each` one at a time instead of collected: the memory of a listing then does not
+    /// grow with the info objects (the command line's `status` streams its rows).
+    ///
+    /// With a zero (or no) [`ManagerOptions::usage_interval`] each info object is
+    /// complete when handed over; with a longer interval the usage of every running
+    /// helper is sampled concurrently first, as [`Manager::list`] does.
+    pub async fn list_with(&self, mut each: impl FnMut(ProcessInfo)) -> Result<()> {
+        if self.inner.opts.usage_interval.is_some_and(|i| !i.is_zero()) {
+            self.list().await?.into_iter().for_each(each);
+            return Ok(());
+        }
+        let (targets, entries) = self.inner.all_targets().await?;
+        let mut disk = disk_lookups(entries);
+        for target in targets {
+            let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
+            let (mut info, live) = self.inner.info_without_usage(&target, lookup).await;
+            if let (Some(interval), Some(id)) = (self.inner.opts.usage_interval, live) {
+                let usage = self.inner.spawner.usage(&id, interval).await;
+                apply_usage(&mut info, &id, usage);
+            }
+            each(info);
+        }
+        Ok(())
     }
 
     /// Totals: tracked in memory, files on disk, and targets per state.
