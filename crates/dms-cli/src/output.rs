@@ -1,6 +1,9 @@
 //! Human output. Every line is rendered from the same JSON documents that `--json`
-//! prints (the shapes of cli.md), so the two outputs cannot disagree.
+//! prints (the shapes of cli.md), so the two outputs cannot disagree; the rows of a
+//! full `status` are rendered from the info objects directly ([`status_row_of`], held
+//! identical to [`status_row`] by a test), to spare a JSON document per target.
 
+use dms_core::{MountState, ProcessInfo};
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -113,6 +116,53 @@ pub fn status_row(i: &Value, detail: Option<&str>) -> StatusRow {
         or_dash(int_of(i, "rss_bytes").map(bytes)),
         or_dash(int_of(i, "threads").map(|t| t.to_string())),
         mount_cell(i),
+        command,
+    ]
+}
+
+/// The name an enum value has in the JSON shapes (`"running"`, `"disk"`, ...).
+fn json_name(v: &impl serde::Serialize) -> Option<String> {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// [`status_row`] of the info object `i` itself, without making its JSON document
+/// first (a `status` over many targets makes one row per target). Renders exactly what
+/// [`status_row`] renders from `i`'s JSON document (a unit test holds them together).
+pub fn status_row_of(i: &ProcessInfo, detail: Option<&str>) -> StatusRow {
+    let mut command = match &i.cmdline {
+        Some(parts) => parts.join(" "),
+        None => "-".to_owned(),
+    };
+    if let Some(detail) = detail {
+        command = if command == "-" {
+            format!("({detail})")
+        } else {
+            format!("{command} ({detail})")
+        };
+    }
+    let mount = match &i.mount {
+        None => "-".to_owned(),
+        Some(m) => {
+            let m = m.to_string_lossy();
+            match i.mount_state {
+                Some(MountState::Mounted) | None => m.into_owned(),
+                Some(state) => format!("{m} ({})", or_dash(json_name(&state))),
+            }
+        }
+    };
+    [
+        i.target.as_str().to_owned(),
+        or_dash(i.pid.map(|p| p.get().to_string())),
+        or_dash(json_name(&i.state)),
+        or_dash(i.source.as_ref().and_then(json_name)),
+        or_dash(i.uptime_secs.map(duration)),
+        or_dash(i.cpu_percent.map(|c| format!("{c:.1}%"))),
+        or_dash(i.rss_bytes.map(bytes)),
+        or_dash(i.threads.map(|t| t.to_string())),
+        mount,
         command,
     ]
 }
@@ -353,6 +403,46 @@ mod tests {
         assert_eq!(bytes(1024), "1.0K");
         assert_eq!(bytes(1_048_576), "1.0M");
         assert_eq!(bytes(12_900_000), "12.3M");
+    }
+
+    #[test]
+    fn rows_of_info_objects_are_the_rows_of_their_json() {
+        let running = ProcessInfo {
+            target: "t1".parse().unwrap(),
+            pid: Some(dms_store::Pid::new(4242).unwrap()),
+            state: dms_core::ProcessState::Running,
+            running: true,
+            pid_file: "/run/dms/s3/t1.pid".into(),
+            pid_file_exists: true,
+            source: Some(dms_core::Source::Both),
+            started_at: Some(std::time::SystemTime::UNIX_EPOCH),
+            uptime_secs: Some(7500.4),
+            cpu_percent: Some(12.345),
+            rss_bytes: Some(3 * 1024 * 1024 + 5),
+            threads: Some(4),
+            cmdline: Some(vec!["s3vaultfuse".into(), "--bucket".into(), "b".into()]),
+            mount: Some("/mnt/t1".into()),
+            mounted: Some(true),
+            mount_state: Some(MountState::Stale),
+            detail: None,
+        };
+        let mut stale = running.clone();
+        stale.state = dms_core::ProcessState::Stale;
+        stale.running = false;
+        stale.source = Some(dms_core::Source::Disk);
+        (stale.started_at, stale.uptime_secs, stale.cpu_percent) = (None, None, None);
+        (stale.rss_bytes, stale.threads, stale.cmdline) = (None, None, None);
+        (stale.mount, stale.mounted, stale.mount_state) = (None, None, None);
+        let mut absent = stale.clone();
+        (absent.pid, absent.source, absent.state) = (None, None, dms_core::ProcessState::Absent);
+        let mut unmounted = running.clone();
+        unmounted.mount_state = Some(MountState::Mounted);
+        for info in [&running, &stale, &absent, &unmounted] {
+            for detail in [None, Some("why")] {
+                let v = serde_json::to_value(info).unwrap();
+                assert_eq!(status_row_of(info, detail), status_row(&v, detail), "{v}");
+            }
+        }
     }
 
     #[test]

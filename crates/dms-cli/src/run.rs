@@ -345,7 +345,6 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
     }
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     let mut failure: Option<std::io::Error> = None;
-    let mut encode: Option<CliError> = None;
     let written = if out.json {
         let mut first = true;
         manager
@@ -372,13 +371,7 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
         let mut table = output::StatusTable::default();
         manager
             .list_with(|info| {
-                if encode.is_some() {
-                    return;
-                }
-                match to_value(&info) {
-                    Ok(v) => table.push(&output::status_row(&v, detail_of(&info).as_deref())),
-                    Err(e) => encode = Some(e),
-                }
+                table.push(&output::status_row_of(&info, detail_of(&info).as_deref()));
             })
             .await
             .map_err(manager_error)?;
@@ -388,9 +381,6 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
             table.write_to(&mut w)
         }
     };
-    if let Some(e) = encode {
-        return Err(e);
-    }
     if let Err(e) = failure.map_or(written, Err).and_then(|()| w.flush()) {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             tracing::error!(error = %e, "cannot write to stdout");

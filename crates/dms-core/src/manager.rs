@@ -319,11 +319,12 @@ impl Manager {
     pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
         let (targets, entries) = self.inner.all_targets().await?;
         let mut disk = disk_lookups(entries);
+        let mounts = self.inner.mounts();
         let mut infos = Vec::with_capacity(targets.len());
         let mut running = Vec::new();
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let (info, live) = self.inner.info_without_usage(&target, lookup).await;
+            let (info, live) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
             if let Some(id) = live {
                 running.push((infos.len(), id));
             }
@@ -371,9 +372,10 @@ impl Manager {
         }
         let (targets, entries) = self.inner.all_targets().await?;
         let mut disk = disk_lookups(entries);
+        let mounts = self.inner.mounts();
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let (mut info, live) = self.inner.info_without_usage(&target, lookup).await;
+            let (mut info, live) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
             if let (Some(interval), Some(id)) = (self.inner.opts.usage_interval, live) {
                 let usage = self.inner.spawner.usage(&id, interval).await;
                 apply_usage(&mut info, &id, usage);
@@ -403,11 +405,12 @@ impl Manager {
             run_dir: self.inner.opts.run_dir.clone(),
         };
         let mut disk = disk_lookups(entries);
+        let mounts = self.inner.mounts();
         // Mount states already probed for the info objects (a probe may take 2 s).
         let mut probed = HashMap::new();
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let info = self.inner.info(&target, lookup, None).await;
+            let (info, _) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
             if let (Some(path), Some(state)) = (info.mount, info.mount_state) {
                 probed.insert(path, state);
             }
@@ -541,13 +544,19 @@ impl Inner {
 
     /// Probes `record.pid` and decides whether it is the recorded helper of `target`.
     async fn classify(&self, target: &TargetId, record: &Record) -> Verdict {
+        // Probed first: a free PID (most entries of a scan over stale files) is neither
+        // dms nor one of its ancestors, and needs no further check.
+        let probe = self.spawner.probe(record.pid).await;
+        if matches!(probe, Ok(Probe::Gone)) {
+            return Verdict::Stale;
+        }
         if u32::try_from(record.pid.get()).ok() == Some(std::process::id()) {
             return Verdict::Foreign(format!("PID {} is dms itself", record.pid));
         }
         if let Some(why) = self.spawner.protected(record.pid) {
             return Verdict::Foreign(format!("PID {} {why}", record.pid));
         }
-        let info = match self.spawner.probe(record.pid).await {
+        let info = match probe {
             Ok(Probe::Alive(info)) => info,
             Ok(Probe::Gone | Probe::Zombie(_)) => return Verdict::Stale,
             Err(e) => return Verdict::Unverified(e.to_string()),
@@ -1044,6 +1053,17 @@ impl Inner {
         target: &TargetId,
         disk: Lookup,
     ) -> (ProcessInfo, Option<ProcIdentity>) {
+        self.info_listed(target, disk, None).await
+    }
+
+    /// [`Inner::info_without_usage`], with the mount registry read once for a whole
+    /// listing (`mounts`: target -> recorded mount), not once per target.
+    async fn info_listed(
+        &self,
+        target: &TargetId,
+        disk: Lookup,
+        mounts: Option<&Mounts>,
+    ) -> (ProcessInfo, Option<ProcIdentity>) {
         let mem = self.memory_entry(target);
         let pid_file_exists = !matches!(disk, Lookup::Absent);
         let mut info = ProcessInfo {
@@ -1082,17 +1102,17 @@ impl Inner {
             (None, Lookup::Corrupt(c)) => {
                 info.state = ProcessState::Corrupt;
                 info.detail = Some(c.reason);
-                self.fill_mount(target, &mut info).await;
+                self.fill_mount(target, &mut info, mounts).await;
                 return (info, None);
             }
             (None, Lookup::Absent) => {
                 // A stale mount can outlive its PID file.
-                self.fill_mount(target, &mut info).await;
+                self.fill_mount(target, &mut info, mounts).await;
                 return (info, None);
             }
         };
         info.mount = meta.mount;
-        self.fill_mount(target, &mut info).await;
+        self.fill_mount(target, &mut info, mounts).await;
         info.cmdline = meta.cmdline;
         match verdict {
             Verdict::Own(p) => {
@@ -1369,6 +1389,9 @@ impl Inner {
         Ok(report)
     }
 }
+
+/// The mount recorded for each target (read once per listing).
+type Mounts = HashMap<String, std::path::PathBuf>;
 
 /// What the store listed, by target (strays left out).
 fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {

@@ -848,6 +848,13 @@ impl Spawner for LinuxSpawner {
     }
 
     async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
+        // `kill(pid, 0)` settles a free PID in one cheap call (most entries of a scan
+        // over stale PID files); a live PID, or one we may not signal, is read from
+        // /proc. (A zombie passes this test and is told apart by its stat.)
+        let raw = rustix::process::Pid::from_raw(pid.get()).expect("a Pid is positive");
+        if rustix::process::test_kill_process(raw) == Err(Errno::SRCH) {
+            return Ok(Probe::Gone);
+        }
         let proc = match procfs::process::Process::new(pid.get()) {
             Ok(p) => p,
             Err(e) => return map_procfs(pid, e).map(|_: Option<()>| Probe::Gone),

@@ -361,6 +361,16 @@ impl PidDir {
     /// Every entry with the stamp of each valid PID file, sorted like [`Self::list`].
     pub(crate) fn list_stamped(&self) -> Result<Vec<(Entry, Option<Stamp>)>> {
         let mut entries = Vec::new();
+        // Each file is opened relative to the directory (as the floor scan does): the
+        // path is not walked again for every file.
+        let dirfd = rustix::fs::open(
+            &self.pid_dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| self.dir_error("open directory", e.into(), Access::Read))?;
         for dent in self.read_dir()? {
             let dent = dent.map_err(|e| self.dir_error("read directory", e, Access::Read))?;
             match classify(&dent.file_name()) {
@@ -369,7 +379,8 @@ impl PidDir {
                     entries.push((Entry::Stray { file_name, reason }, None))
                 }
                 Name::Target(target) => {
-                    let (lookup, stamp) = read_pid_file(&dent.path(), &self.pid_dir)?;
+                    let (lookup, stamp) =
+                        read_pid_file_at(&dirfd, &dent.file_name(), &dent.path(), &self.pid_dir)?;
                     let state = match lookup {
                         Lookup::Present(r) => EntryState::Valid(r),
                         Lookup::Corrupt(c) => EntryState::Corrupt(c),
@@ -436,6 +447,40 @@ fn create_dir(dir: &Path) -> Result<()> {
 /// and `EACCES`/`EPERM` (unreadable) are corrupt entries; anything else (EIO, EMFILE, ...)
 /// is an error, because it says nothing about the entry.
 pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<Stamp>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    read_opened_pid_file(file, path, dir)
+}
+
+/// [`read_pid_file`] of the entry `name` of the open directory `dirfd` (at `path`):
+/// opened relative to the directory, so a listing does not walk the whole path again
+/// for every file.
+pub(crate) fn read_pid_file_at(
+    dirfd: &std::os::fd::OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    dir: &Path,
+) -> Result<(Lookup, Option<Stamp>)> {
+    use rustix::fs::{Mode, OFlags};
+    let file = rustix::fs::openat(
+        dirfd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(fs::File::from)
+    .map_err(std::io::Error::from);
+    read_opened_pid_file(file, path, dir)
+}
+
+/// The rest of [`read_pid_file`], given the result of opening the file.
+fn read_opened_pid_file(
+    file: std::io::Result<fs::File>,
+    path: &Path,
+    dir: &Path,
+) -> Result<(Lookup, Option<Stamp>)> {
     let corrupt = |reason: String| {
         Ok((
             Lookup::Corrupt(Corrupt {
@@ -445,10 +490,6 @@ pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<S
             None,
         ))
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path);
     let mut file = match file {
         Ok(f) => f,
         Err(e) => {
