@@ -19,6 +19,10 @@ pub(super) struct Memory {
     by_pid: HashMap<Pid, TargetId>,
     /// The boot ID shared by the identities in the table (all of one boot, in practice).
     boot_id: Option<Arc<str>>,
+    /// The command line last put in the table, shared by the next helper that has the
+    /// same one (the helpers of a fleet usually run one program with the same
+    /// arguments, their target passed in the environment).
+    cmdline: Option<Arc<[Box<str>]>>,
 }
 
 impl Memory {
@@ -52,7 +56,7 @@ impl Memory {
             pid: identity.pid,
             start_ticks: identity.start_ticks,
             boot_id,
-            meta: CompactMeta::new(meta, &target, logs_dir),
+            meta: CompactMeta::new(meta, &target, logs_dir, &mut self.cmdline),
             watched,
         };
         let old = self.by_target.insert(target.clone(), tracked);
@@ -139,23 +143,36 @@ enum LogPath {
 
 /// [`Metadata`] in boxed slices (no spare capacity), with the default log path implied.
 struct CompactMeta {
-    cmdline: Option<Box<[Box<str>]>>,
+    cmdline: Option<Arc<[Box<str>]>>,
     mount: Option<Box<Path>>,
     spawned_at: Option<SystemTime>,
     log_path: LogPath,
 }
 
 impl CompactMeta {
-    fn new(meta: Metadata, target: &TargetId, logs_dir: &Path) -> CompactMeta {
+    fn new(
+        meta: Metadata,
+        target: &TargetId,
+        logs_dir: &Path,
+        last_cmdline: &mut Option<Arc<[Box<str>]>>,
+    ) -> CompactMeta {
         let log_path = match meta.log_path {
             None => LogPath::None,
             Some(p) if p == target.log_file_in(logs_dir) => LogPath::Default,
             Some(p) => LogPath::Other(p.into_boxed_path()),
         };
+        let cmdline = meta.cmdline.map(|c| match last_cmdline {
+            Some(last) if last.iter().map(|a| &**a).eq(c.iter().map(String::as_str)) => {
+                last.clone()
+            }
+            _ => {
+                let shared: Arc<[Box<str>]> = c.into_iter().map(String::into_boxed_str).collect();
+                *last_cmdline = Some(shared.clone());
+                shared
+            }
+        });
         CompactMeta {
-            cmdline: meta
-                .cmdline
-                .map(|c| c.into_iter().map(String::into_boxed_str).collect()),
+            cmdline,
             mount: meta.mount.map(PathBuf::into_boxed_path),
             spawned_at: meta.spawned_at,
             log_path,
@@ -210,6 +227,28 @@ mod tests {
             memory.insert(target.clone(), &identity(10, 5), meta.clone(), true, logs);
             assert_eq!(memory.get(&target).unwrap().meta(&target, logs), meta);
         }
+    }
+
+    #[test]
+    fn equal_command_lines_are_kept_once() {
+        let logs = Path::new("/run/dms/logs");
+        let mut memory = Memory::default();
+        let meta = |arg: &str| Metadata {
+            cmdline: Some(vec!["/usr/bin/helper".into(), arg.into()]),
+            ..Metadata::default()
+        };
+        for (i, arg) in ["x", "x", "y"].into_iter().enumerate() {
+            let target: TargetId = format!("t{i}").parse().unwrap();
+            memory.insert(target, &identity(10 + i as i64, 5), meta(arg), true, logs);
+        }
+        let cmd = |t: &str| {
+            let t: TargetId = t.parse().unwrap();
+            memory.get(&t).unwrap().meta.cmdline.clone().unwrap()
+        };
+        assert!(Arc::ptr_eq(&cmd("t0"), &cmd("t1")));
+        assert!(!Arc::ptr_eq(&cmd("t1"), &cmd("t2")));
+        let t2: TargetId = "t2".parse().unwrap();
+        assert_eq!(memory.get(&t2).unwrap().meta(&t2, logs), meta("y"));
     }
 
     #[test]
