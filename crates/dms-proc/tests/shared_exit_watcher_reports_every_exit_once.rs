@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use dms_proc::linux::LinuxSpawner;
-use dms_proc::{ExitWatch, ProcIdentity, Signal, SignalOutcome, Spawner};
+use dms_proc::{ProcIdentity, Signal, SignalOutcome, Spawner};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
