@@ -228,10 +228,11 @@ impl StatusTable {
             let mut cells = row.split('\0').peekable();
             let mut i = 0;
             while let Some(cell) = cells.next() {
-                if cells.peek().is_none() {
-                    line.push_str(cell);
-                } else {
-                    let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+                line.push_str(cell);
+                if cells.peek().is_some() {
+                    // Padded as `{cell:<w$}  ` would, without the formatting machinery.
+                    let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
                 i += 1;
             }

@@ -117,7 +117,8 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     // files of dead helpers): `status` and `stats` only read, as `systemctl status`
     // does, and `spawn`, `kill` and `adopt` need only their own target's entry.
     let one_shot = !matches!(prepared, Prepared::Cleanup(_));
-    let session = open_manager(&run_dir, backend, one_shot).await?;
+    let read_only = matches!(prepared, Prepared::Status(_) | Prepared::Stats);
+    let session = open_manager(&run_dir, backend, one_shot, read_only).await?;
     let out = Out { json: cli.json };
     match prepared {
         Prepared::Spawn(p) => spawn(&session, *p, &out).await,
@@ -190,15 +191,23 @@ struct Session {
 }
 
 /// Opens the manager; `one_shot`: without startup recovery and exit watching
-/// ([`ManagerOptions::one_shot`]), for a command that reads, or acts on one target.
+/// ([`ManagerOptions::one_shot`]), for a command that reads, or acts on one target;
+/// `read_only`: for a command that changes nothing in `s3/`.
 async fn open_manager(
     run_dir: &Path,
     backend: Backend,
     one_shot: bool,
+    read_only: bool,
 ) -> Result<Session, CliError> {
     let store: Arc<dyn dms_store::PidStore> = match backend {
+        Backend::Pidfile if read_only => {
+            Arc::new(dms_store::PidFileStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
+        }
         Backend::Pidfile => {
             Arc::new(dms_store::PidFileStore::open(run_dir).map_err(|e| failed(&e))?)
+        }
+        Backend::Sqlite if read_only => {
+            Arc::new(dms_store::SqliteStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
         }
         Backend::Sqlite => Arc::new(dms_store::SqliteStore::open(run_dir).map_err(|e| failed(&e))?),
     };

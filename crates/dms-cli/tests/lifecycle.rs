@@ -560,6 +560,13 @@ fn status_and_stats_only_read_and_leave_a_stale_pid_file(backend: Backend) {
     let dead = dead_pid();
     w.write_bare_pid_file("dead", &dead.to_string());
     let before = snapshot(&w.pid_file("dead"));
+    // The temporary file of a write interrupted an hour ago: a writer's open removes
+    // it, a reader leaves it.
+    let temp = w.run_dir.join("s3/.dead.pid.12345.tmp");
+    std::fs::File::create(&temp)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
     let names = names_under(&w.run_dir);
 
     let r = w.json(["status"]);
@@ -605,6 +612,7 @@ fn status_and_stats_only_read_and_leave_a_stale_pid_file(backend: Backend) {
         serde_json::json!([{"target": "dead", "reason": "stale"}])
     );
     assert!(!w.pid_file("dead").exists());
+    assert!(!temp.exists(), "cleanup left a stale temporary file");
     w.run(["kill", "alive"]).expect_code(0);
     assert!(wait_dead(pid, STOP));
 }

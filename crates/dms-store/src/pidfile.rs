@@ -100,6 +100,14 @@ impl PidDir {
     /// `locks/` and `logs/` are safe to trust (see [`crate::safety`]), creates `s3/` when
     /// missing and removes stale temporary files.
     pub(crate) fn open(run_dir: &Path) -> Result<PidDir> {
+        let dir = PidDir::open_unswept(run_dir)?;
+        dir.remove_stale_temps(STALE_TEMP_AGE)?;
+        Ok(dir)
+    }
+
+    /// [`PidDir::open`] without removing stale temporary files (for a reader that must
+    /// not write: it lists no temporary file anyway).
+    pub(crate) fn open_unswept(run_dir: &Path) -> Result<PidDir> {
         let pid_dir = run_dir.join(PID_SUBDIR);
         create_dir(run_dir)?;
         crate::safety::check_run_dir(run_dir)?;
@@ -110,7 +118,6 @@ impl PidDir {
             pid_dir,
             in_memory,
         };
-        dir.remove_stale_temps(STALE_TEMP_AGE)?;
         Ok(dir)
     }
 
@@ -671,6 +678,15 @@ impl PidFileStore {
     pub fn open(run_dir: &Path) -> Result<PidFileStore> {
         Ok(PidFileStore {
             dir: Arc::new(PidDir::open(run_dir)?),
+        })
+    }
+
+    /// [`PidFileStore::open`] for a reader that changes nothing in `s3/` (`dms status`):
+    /// the same checks, but stale temporary files of interrupted writes are left for the
+    /// next [`PidFileStore::open`] to remove (a listing never shows them).
+    pub fn open_for_reading(run_dir: &Path) -> Result<PidFileStore> {
+        Ok(PidFileStore {
+            dir: Arc::new(PidDir::open_unswept(run_dir)?),
         })
     }
 
