@@ -31,10 +31,12 @@ pub use mount_ops::DEFAULT_READY_TIMEOUT;
 /// Tracks one helper process per target, in memory and in a [`PidStore`], and starts,
 /// stops and watches helpers through a [`Spawner`].
 ///
-/// - **Memory** holds every helper this manager spawned, adopted or recovered, each
-///   watched by a task that awaits its exit ([`Spawner::wait_exit`], a pidfd on Linux):
-///   when a helper exits, its memory entry and its PID file are removed promptly, so a
-///   memory hit needs no system call.
+/// - **Memory** holds every helper this manager spawned, adopted or recovered, compactly
+///   (a few hundred bytes each), all watched by one shared exit watcher
+///   ([`Spawner::exit_watch`]; on Linux an epoll set of pidfds polled by one task): when a
+///   helper exits, its memory entry and its PID file are removed promptly, so a memory
+///   hit needs no system call. In one-shot mode ([`ManagerOptions::one_shot`]) nothing
+///   is watched and a memory hit is probed.
 /// - **Disk** (the store) is what survives a restart. [`Manager::open`] runs
 ///   [`Manager::reload`], which loads live helpers proven ours back into memory.
 /// - **Identity**: a PID is acted on only after proving it is still the recorded
@@ -47,7 +49,7 @@ pub use mount_ops::DEFAULT_READY_TIMEOUT;
 ///   two, start exactly one helper. No other lock is held while waiting on a process.
 ///
 /// `Manager` is cheap to clone (an `Arc` inside) and `Send + Sync`. Dropping the last
-/// clone stops the exit watchers but never touches a helper.
+/// clone stops the exit watcher but never touches a helper.
 #[derive(Clone)]
 pub struct Manager {
     inner: Arc<Inner>,
