@@ -1,7 +1,7 @@
 //! Human output. Every line is rendered from the same JSON documents that `--json`
 //! prints (the shapes of cli.md), so the two outputs cannot disagree; the rows of a
-//! full `status` are rendered from the info objects directly ([`status_row_of`], held
-//! identical to [`status_row`] by a test), to spare a JSON document per target.
+//! full `status` are rendered from the info objects directly ([`StatusTable::push_info`],
+//! held identical to [`status_row`] by a test), to spare a JSON document per target.
 
 use dms_core::{MountState, ProcessInfo};
 use serde_json::Value;
@@ -128,45 +128,6 @@ fn json_name(v: &impl serde::Serialize) -> Option<String> {
     }
 }
 
-/// [`status_row`] of the info object `i` itself, without making its JSON document
-/// first (a `status` over many targets makes one row per target). Renders exactly what
-/// [`status_row`] renders from `i`'s JSON document (a unit test holds them together).
-pub fn status_row_of(i: &ProcessInfo, detail: Option<&str>) -> StatusRow {
-    let mut command = match &i.cmdline {
-        Some(parts) => parts.join(" "),
-        None => "-".to_owned(),
-    };
-    if let Some(detail) = detail {
-        command = if command == "-" {
-            format!("({detail})")
-        } else {
-            format!("{command} ({detail})")
-        };
-    }
-    let mount = match &i.mount {
-        None => "-".to_owned(),
-        Some(m) => {
-            let m = m.to_string_lossy();
-            match i.mount_state {
-                Some(MountState::Mounted) | None => m.into_owned(),
-                Some(state) => format!("{m} ({})", or_dash(json_name(&state))),
-            }
-        }
-    };
-    [
-        i.target.as_str().to_owned(),
-        or_dash(i.pid.map(|p| p.get().to_string())),
-        or_dash(json_name(&i.state)),
-        or_dash(i.source.as_ref().and_then(json_name)),
-        or_dash(i.uptime_secs.map(duration)),
-        or_dash(i.cpu_percent.map(|c| format!("{c:.1}%"))),
-        or_dash(i.rss_bytes.map(bytes)),
-        or_dash(i.threads.map(|t| t.to_string())),
-        mount,
-        command,
-    ]
-}
-
 /// The `status` table of `rows` ([`status_row`]), under its header, columns aligned.
 pub fn render_status_table(rows: &[StatusRow]) -> String {
     let mut widths = STATUS_HEADER.map(str::len);
@@ -203,11 +164,110 @@ pub struct StatusTable {
 
 impl StatusTable {
     /// Adds a row ([`status_row`]).
+    #[cfg(test)]
     pub fn push(&mut self, row: &StatusRow) {
         for (w, cell) in self.widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
         self.rows.push(row.join("\0").into_boxed_str());
+    }
+
+    /// Adds the row of the info object `i`: what [`status_row`] renders from its JSON
+    /// document, written straight into the row's one string.
+    pub fn push_info(&mut self, i: &ProcessInfo, detail: Option<&str>) {
+        let mut row = String::with_capacity(128);
+        let mut col = 0;
+        let mut end_cell = |row: &mut String, start: usize| {
+            let w = row[start..].chars().count();
+            self.widths[col] = self.widths[col].max(w);
+            col += 1;
+        };
+        let dash = |row: &mut String, some: bool| {
+            if !some {
+                row.push('-');
+            }
+        };
+        let mut start = row.len();
+        row.push_str(i.target.as_str());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(p) = i.pid {
+            let _ = write!(row, "{p}");
+        }
+        dash(&mut row, i.pid.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        row.push_str(&or_dash(json_name(&i.state)));
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        row.push_str(&or_dash(i.source.as_ref().and_then(json_name)));
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(u) = i.uptime_secs {
+            row.push_str(&duration(u));
+        }
+        dash(&mut row, i.uptime_secs.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(c) = i.cpu_percent {
+            let _ = write!(row, "{c:.1}%");
+        }
+        dash(&mut row, i.cpu_percent.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(b) = i.rss_bytes {
+            row.push_str(&bytes(b));
+        }
+        dash(&mut row, i.rss_bytes.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(t) = i.threads {
+            let _ = write!(row, "{t}");
+        }
+        dash(&mut row, i.threads.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        match &i.mount {
+            None => row.push('-'),
+            Some(m) => {
+                row.push_str(&m.to_string_lossy());
+                if let Some(state) = i.mount_state.filter(|s| *s != MountState::Mounted) {
+                    let _ = write!(row, " ({})", or_dash(json_name(&state)));
+                }
+            }
+        }
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        match &i.cmdline {
+            Some(parts) => {
+                for (n, part) in parts.iter().enumerate() {
+                    if n > 0 {
+                        row.push(' ');
+                    }
+                    row.push_str(part);
+                }
+                if let Some(d) = detail {
+                    let _ = write!(row, " ({d})");
+                }
+            }
+            None => match detail {
+                Some(d) => {
+                    let _ = write!(row, "({d})");
+                }
+                None => row.push('-'),
+            },
+        }
+        end_cell(&mut row, start);
+        self.rows.push(row.into_boxed_str());
     }
 
     /// Whether no row was added.
@@ -407,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_of_info_objects_are_the_rows_of_their_json() {
+    fn rows_pushed_from_info_objects_are_the_rows_of_their_json() {
         let running = ProcessInfo {
             target: "t1".parse().unwrap(),
             pid: Some(dms_store::Pid::new(4242).unwrap()),
@@ -438,12 +498,20 @@ mod tests {
         (absent.pid, absent.source, absent.state) = (None, None, dms_core::ProcessState::Absent);
         let mut unmounted = running.clone();
         unmounted.mount_state = Some(MountState::Mounted);
+        let (mut pushed, mut rendered) = (StatusTable::default(), Vec::new());
         for info in [&running, &stale, &absent, &unmounted] {
             for detail in [None, Some("why")] {
                 let v = serde_json::to_value(info).unwrap();
-                assert_eq!(status_row_of(info, detail), status_row(&v, detail), "{v}");
+                pushed.push_info(info, detail);
+                rendered.push(status_row(&v, detail));
             }
         }
+        let mut out = Vec::new();
+        pushed.write_to(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            render_status_table(&rendered)
+        );
     }
 
     #[test]

@@ -380,7 +380,7 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
         let mut table = output::StatusTable::default();
         manager
             .list_with(|info| {
-                table.push(&output::status_row_of(&info, detail_of(&info).as_deref()));
+                table.push_info(&info, detail_of(&info).as_deref());
             })
             .await
             .map_err(manager_error)?;

@@ -372,11 +372,11 @@ impl Manager {
             self.list().await?.into_iter().for_each(each);
             return Ok(());
         }
-        let (targets, entries) = self.inner.all_targets().await?;
-        let mut disk = disk_lookups(entries);
+        let entries = self.inner.store.list().await?;
+        let mut memory: Vec<TargetId> = self.inner.read_memory().keys().cloned().collect();
+        memory.sort();
         let mounts = self.inner.mounts();
-        for target in targets {
-            let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
+        for (target, lookup) in merge_sorted(entries, memory) {
             let (mut info, live) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
             if let (Some(interval), Some(id)) = (self.inner.opts.usage_interval, live) {
                 let usage = self.inner.spawner.usage(&id, interval).await;
@@ -1395,6 +1395,44 @@ impl Inner {
 /// The mount recorded for each target (read once per listing).
 type Mounts = HashMap<String, std::path::PathBuf>;
 
+/// Every target of the store's listing (strays left out) and of `memory` (sorted), once
+/// each, sorted, with what the store holds for it: a merge of two sorted lists, where a
+/// listing of many files would otherwise cost a set and a hash table of all targets.
+fn merge_sorted(entries: Vec<Entry>, memory: Vec<TargetId>) -> Vec<(TargetId, Lookup)> {
+    let mut disk: Vec<(TargetId, Lookup)> = entries
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::Target { target, state } => Some((
+                target,
+                match state {
+                    EntryState::Valid(r) => Lookup::Present(r),
+                    EntryState::Corrupt(c) => Lookup::Corrupt(c),
+                },
+            )),
+            Entry::Stray { .. } => None,
+        })
+        .collect();
+    // The store lists by target already; a store that did not is sorted here.
+    if !disk.is_sorted_by(|a, b| a.0 < b.0) {
+        disk.sort_by(|a, b| a.0.cmp(&b.0));
+        disk.dedup_by(|a, b| a.0 == b.0);
+    }
+    if memory.is_empty() {
+        return disk;
+    }
+    let mut out = Vec::with_capacity(disk.len() + memory.len());
+    let mut memory = memory.into_iter().peekable();
+    for (target, lookup) in disk {
+        while let Some(m) = memory.next_if(|m| *m < target) {
+            out.push((m, Lookup::Absent));
+        }
+        memory.next_if(|m| *m == target);
+        out.push((target, lookup));
+    }
+    out.extend(memory.map(|m| (m, Lookup::Absent)));
+    out
+}
+
 /// What the store listed, by target (strays left out).
 fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {
     let mut disk = HashMap::with_capacity(entries.len());
@@ -1460,5 +1498,66 @@ async fn handle_exits(
     if let Some(inner) = inner.upgrade() {
         inner.watch_ok.store(false, Ordering::Release);
         warn!("the exit watcher stopped; is_running will probe");
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+    use dms_store::Corrupt;
+
+    fn t(s: &str) -> TargetId {
+        s.parse().unwrap()
+    }
+
+    fn valid(target: &str, pid: i64) -> Entry {
+        Entry::Target {
+            target: t(target),
+            state: EntryState::Valid(Record::bare(Pid::new(pid).unwrap())),
+        }
+    }
+
+    fn names(v: &[(TargetId, Lookup)]) -> Vec<(&str, bool)> {
+        v.iter()
+            .map(|(t, l)| (t.as_str(), matches!(l, Lookup::Absent)))
+            .collect()
+    }
+
+    #[test]
+    fn targets_of_disk_and_memory_come_once_each_sorted() {
+        let entries = vec![
+            valid("b", 10),
+            Entry::Stray {
+                file_name: "c d.pid".into(),
+                reason: "space".into(),
+            },
+            Entry::Target {
+                target: t("d"),
+                state: EntryState::Corrupt(Corrupt {
+                    path: "/run/dms/s3/d.pid".into(),
+                    reason: "empty".into(),
+                }),
+            },
+            valid("f", 11),
+        ];
+        let memory = vec![t("a"), t("b"), t("e"), t("g")];
+        let merged = merge_sorted(entries.clone(), memory);
+        assert_eq!(
+            names(&merged),
+            [
+                ("a", true),
+                ("b", false),
+                ("d", false),
+                ("e", true),
+                ("f", false),
+                ("g", true)
+            ]
+        );
+        assert!(matches!(merged[2].1, Lookup::Corrupt(_)));
+        // Unsorted input (a store that does not sort) comes out sorted too.
+        let mut reversed = entries;
+        reversed.reverse();
+        let merged = merge_sorted(reversed, vec![]);
+        assert_eq!(names(&merged), [("b", false), ("d", false), ("f", false)]);
     }
 }
