@@ -230,8 +230,17 @@ async fn exit_watching_clears_memory_and_disk_promptly() {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         ..HelperSpec::default()
     };
-    // stdin is /dev/null: `read` sees end of file at once and the helper exits 7.
-    let pid = m.spawn(&target, spec).await.unwrap().pid.unwrap();
+    // stdin is /dev/null: `read` sees end of file at once and the helper exits 7, maybe
+    // before `spawn` reads back its info (then `absent`): its PID comes from the event,
+    // which the target's lock orders before the exit's.
+    let info = m.spawn(&target, spec).await.unwrap();
+    let pid = loop {
+        match events.try_recv() {
+            Ok(Event::Spawned { pid, .. }) => break pid,
+            Ok(_) => {}
+            Err(e) => panic!("no spawned event: {e:?} ({info:?})"),
+        }
+    };
     let started = Instant::now();
     let status = next_exit(&mut events, pid).await;
     let took = started.elapsed();
