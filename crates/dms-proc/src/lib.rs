@@ -308,7 +308,9 @@ pub type ExitSender = tokio::sync::mpsc::UnboundedSender<ProcIdentity>;
 /// [`ExitSender`] given at creation: when it exits, becomes a zombie, or at once when it
 /// was already gone (or is another process now) at [`ExitWatch::watch`]. Reports carry
 /// no exit status: [`Spawner::wait_exit`] of a reported process returns at once with it.
-/// Dropping the watcher stops its task; nothing more is reported.
+/// Dropping the watcher stops its task; nothing more is reported. A watcher that can
+/// no longer watch (its epoll set fails) closes the channel, so the receiver knows to
+/// stop trusting it.
 pub trait ExitWatch: Debug + Send + Sync {
     /// Starts watching `who`. Watching a PID again replaces the earlier watch of it.
     fn watch(&self, who: &ProcIdentity) -> Result<(), ProcError>;

@@ -31,7 +31,9 @@ struct Shared {
     /// watch, so an event of an earlier watch of a PID is never taken for a later one.
     watched: Mutex<HashMap<Pid, Watched>>,
     next_token: AtomicU32,
-    exited: ExitSender,
+    /// Dropped when the task stops on an error, so that the receiver sees the channel
+    /// close and stops trusting the watcher.
+    exited: Mutex<Option<ExitSender>>,
 }
 
 #[derive(Debug)]
@@ -55,8 +57,20 @@ impl Shared {
     }
 
     fn report(&self, pid: Pid, start_ticks: u64) {
-        // A closed receiver means nobody listens any more: nothing to do.
-        let _ = self.exited.send(self.spawner.identity(pid, start_ticks));
+        self.send(self.spawner.identity(pid, start_ticks));
+    }
+
+    fn send(&self, who: ProcIdentity) {
+        let exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = exited.as_ref() {
+            // A closed receiver means nobody listens any more: nothing to do.
+            let _ = tx.send(who);
+        }
+    }
+
+    /// The task stops: close the channel.
+    fn stop(&self) {
+        self.exited.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Takes the ready events and reports their processes. `Ok(true)`: the batch was
@@ -115,7 +129,7 @@ impl LinuxExitWatch {
             epoll,
             watched: Mutex::default(),
             next_token: AtomicU32::new(0),
-            exited,
+            exited: Mutex::new(Some(exited)),
         });
         let task = tokio::spawn({
             let shared = shared.clone();
@@ -125,6 +139,7 @@ impl LinuxExitWatch {
                         Ok(ready) => ready,
                         Err(e) => {
                             tracing::error!(error = %e, "exit watcher: cannot poll its epoll set; it stops (memory hits will probe)");
+                            shared.stop();
                             return;
                         }
                     };
@@ -133,6 +148,7 @@ impl LinuxExitWatch {
                         Ok(false) => ready.clear_ready(),
                         Err(e) => {
                             tracing::error!(error = %e, "exit watcher: epoll_wait failed; it stops (memory hits will probe)");
+                            shared.stop();
                             return;
                         }
                     }
@@ -159,7 +175,7 @@ impl ExitWatch for LinuxExitWatch {
             Some(fd) => fd,
             None => {
                 self.unwatch(who);
-                let _ = shared.exited.send(who.clone());
+                shared.send(who.clone());
                 return Ok(());
             }
         };
@@ -167,7 +183,7 @@ impl ExitWatch for LinuxExitWatch {
             Verified::Alive(_) => {}
             Verified::Gone | Verified::Mismatch => {
                 self.unwatch(who);
-                let _ = shared.exited.send(who.clone());
+                shared.send(who.clone());
                 return Ok(());
             }
         }
