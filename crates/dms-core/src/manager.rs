@@ -361,30 +361,69 @@ impl Manager {
     }
 
     /// The info of every target in memory or on disk, sorted by target, handed to
-    /// `each` one at a time instead of collected: the memory of a listing then does not
-    /// grow with the info objects (the command line's `status` streams its rows).
+    /// `each` one at a time, so that the caller need not hold them all in another form
+    /// (the command line's `status` writes each as it comes).
     ///
-    /// With a zero (or no) [`ManagerOptions::usage_interval`] each info object is
-    /// complete when handed over; with a longer interval the usage of every running
-    /// helper is sampled concurrently first, as [`Manager::list`] does.
-    pub async fn list_with(&self, mut each: impl FnMut(ProcessInfo)) -> Result<()> {
+    /// The entries are classified while the store is still reading the rest
+    /// ([`PidStore::list_batches`]), then sorted. With a zero (or no)
+    /// [`ManagerOptions::usage_interval`] each info object is complete when handed over;
+    /// with a longer interval the usage of every running helper is sampled concurrently
+    /// first, as [`Manager::list`] does.
+    pub async fn list_with(&self, each: impl FnMut(ProcessInfo)) -> Result<()> {
         if self.inner.opts.usage_interval.is_some_and(|i| !i.is_zero()) {
             self.list().await?.into_iter().for_each(each);
             return Ok(());
         }
-        let entries = self.inner.store.list().await?;
-        let mut memory: Vec<TargetId> = self.inner.read_memory().keys().cloned().collect();
-        memory.sort();
+        // The store reads its files (on another thread, for the PID-file backends) while
+        // this task classifies the entries already read; the info objects are sorted
+        // once all are in.
         let mounts = self.inner.mounts();
-        for (target, lookup) in merge_sorted(entries, memory) {
-            let (mut info, live) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
-            if let (Some(interval), Some(id)) = (self.inner.opts.usage_interval, live) {
-                let usage = self.inner.spawner.usage(&id, interval).await;
-                apply_usage(&mut info, &id, usage);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(8);
+        let store = self.inner.store.clone();
+        let classify = async {
+            let mut infos = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                for entry in batch {
+                    let (target, lookup) = match entry {
+                        Entry::Target { target, state } => match state {
+                            EntryState::Valid(r) => (target, Lookup::Present(r)),
+                            EntryState::Corrupt(c) => (target, Lookup::Corrupt(c)),
+                        },
+                        Entry::Stray { .. } => continue,
+                    };
+                    infos.push(self.listed_info(&target, lookup, &mounts).await);
+                }
             }
-            each(info);
+            infos
+        };
+        let (listed, mut infos) = tokio::join!(store.list_batches(tx), classify);
+        listed?;
+        infos.sort_by(|a, b| a.target.cmp(&b.target));
+        // Targets only in memory (their PID file is gone).
+        let memory: Vec<TargetId> = self.inner.read_memory().keys().cloned().collect();
+        let mut added = false;
+        for target in memory {
+            if infos.binary_search_by(|i| i.target.cmp(&target)).is_err() {
+                let info = self.listed_info(&target, Lookup::Absent, &mounts).await;
+                infos.push(info);
+                added = true;
+            }
         }
+        if added {
+            infos.sort_by(|a, b| a.target.cmp(&b.target));
+        }
+        infos.into_iter().for_each(each);
         Ok(())
+    }
+
+    /// The info object of one target of a listing, with its usage read in line.
+    async fn listed_info(&self, target: &TargetId, lookup: Lookup, mounts: &Mounts) -> ProcessInfo {
+        let (mut info, live) = self.inner.info_listed(target, lookup, Some(mounts)).await;
+        if let (Some(interval), Some(id)) = (self.inner.opts.usage_interval, live) {
+            let usage = self.inner.spawner.usage(&id, interval).await;
+            apply_usage(&mut info, &id, usage);
+        }
+        info
     }
 
     /// Totals: tracked in memory, files on disk, and targets per state.
@@ -1395,44 +1434,6 @@ impl Inner {
 /// The mount recorded for each target (read once per listing).
 type Mounts = HashMap<String, std::path::PathBuf>;
 
-/// Every target of the store's listing (strays left out) and of `memory` (sorted), once
-/// each, sorted, with what the store holds for it: a merge of two sorted lists, where a
-/// listing of many files would otherwise cost a set and a hash table of all targets.
-fn merge_sorted(entries: Vec<Entry>, memory: Vec<TargetId>) -> Vec<(TargetId, Lookup)> {
-    let mut disk: Vec<(TargetId, Lookup)> = entries
-        .into_iter()
-        .filter_map(|entry| match entry {
-            Entry::Target { target, state } => Some((
-                target,
-                match state {
-                    EntryState::Valid(r) => Lookup::Present(r),
-                    EntryState::Corrupt(c) => Lookup::Corrupt(c),
-                },
-            )),
-            Entry::Stray { .. } => None,
-        })
-        .collect();
-    // The store lists by target already; a store that did not is sorted here.
-    if !disk.is_sorted_by(|a, b| a.0 < b.0) {
-        disk.sort_by(|a, b| a.0.cmp(&b.0));
-        disk.dedup_by(|a, b| a.0 == b.0);
-    }
-    if memory.is_empty() {
-        return disk;
-    }
-    let mut out = Vec::with_capacity(disk.len() + memory.len());
-    let mut memory = memory.into_iter().peekable();
-    for (target, lookup) in disk {
-        while let Some(m) = memory.next_if(|m| *m < target) {
-            out.push((m, Lookup::Absent));
-        }
-        memory.next_if(|m| *m == target);
-        out.push((target, lookup));
-    }
-    out.extend(memory.map(|m| (m, Lookup::Absent)));
-    out
-}
-
 /// What the store listed, by target (strays left out).
 fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {
     let mut disk = HashMap::with_capacity(entries.len());
@@ -1498,66 +1499,5 @@ async fn handle_exits(
     if let Some(inner) = inner.upgrade() {
         inner.watch_ok.store(false, Ordering::Release);
         warn!("the exit watcher stopped; is_running will probe");
-    }
-}
-
-#[cfg(test)]
-mod merge_tests {
-    use super::*;
-    use dms_store::Corrupt;
-
-    fn t(s: &str) -> TargetId {
-        s.parse().unwrap()
-    }
-
-    fn valid(target: &str, pid: i64) -> Entry {
-        Entry::Target {
-            target: t(target),
-            state: EntryState::Valid(Record::bare(Pid::new(pid).unwrap())),
-        }
-    }
-
-    fn names(v: &[(TargetId, Lookup)]) -> Vec<(&str, bool)> {
-        v.iter()
-            .map(|(t, l)| (t.as_str(), matches!(l, Lookup::Absent)))
-            .collect()
-    }
-
-    #[test]
-    fn targets_of_disk_and_memory_come_once_each_sorted() {
-        let entries = vec![
-            valid("b", 10),
-            Entry::Stray {
-                file_name: "c d.pid".into(),
-                reason: "space".into(),
-            },
-            Entry::Target {
-                target: t("d"),
-                state: EntryState::Corrupt(Corrupt {
-                    path: "/run/dms/s3/d.pid".into(),
-                    reason: "empty".into(),
-                }),
-            },
-            valid("f", 11),
-        ];
-        let memory = vec![t("a"), t("b"), t("e"), t("g")];
-        let merged = merge_sorted(entries.clone(), memory);
-        assert_eq!(
-            names(&merged),
-            [
-                ("a", true),
-                ("b", false),
-                ("d", false),
-                ("e", true),
-                ("f", false),
-                ("g", true)
-            ]
-        );
-        assert!(matches!(merged[2].1, Lookup::Corrupt(_)));
-        // Unsorted input (a store that does not sort) comes out sorted too.
-        let mut reversed = entries;
-        reversed.reverse();
-        let merged = merge_sorted(reversed, vec![]);
-        assert_eq!(names(&merged), [("b", false), ("d", false), ("f", false)]);
     }
 }

@@ -368,6 +368,40 @@ impl PidDir {
     /// Every entry with the stamp of each valid PID file, sorted like [`Self::list`].
     pub(crate) fn list_stamped(&self) -> Result<Vec<(Entry, Option<Stamp>)>> {
         let mut entries = Vec::new();
+        self.scan(|entry, stamp| {
+            entries.push((entry, stamp));
+            true
+        })?;
+        entries.sort_by(|(a, _), (b, _)| entry_key(a).cmp(entry_key(b)));
+        Ok(entries)
+    }
+
+    /// Every entry, in directory order, handed over in batches on `batches` as it is
+    /// read; stops early when the receiver is gone.
+    pub(crate) fn list_batches(
+        &self,
+        batches: &tokio::sync::mpsc::Sender<Vec<Entry>>,
+    ) -> Result<()> {
+        let mut batch = Vec::with_capacity(LIST_BATCH);
+        let mut open = true;
+        self.scan(|entry, _| {
+            batch.push(entry);
+            if batch.len() == LIST_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                open = batches.blocking_send(full).is_ok();
+            }
+            open
+        })?;
+        if open && !batch.is_empty() {
+            // A receiver gone is not an error of the store.
+            let _ = batches.blocking_send(batch);
+        }
+        Ok(())
+    }
+
+    /// Reads every entry in directory order and hands it to `each` (with the stamp of a
+    /// valid PID file) until `each` returns false.
+    fn scan(&self, mut each: impl FnMut(Entry, Option<Stamp>) -> bool) -> Result<()> {
         // Each file is opened relative to the directory (as the floor scan does): the
         // path is not walked again for every file.
         let dirfd = rustix::fs::open(
@@ -380,11 +414,9 @@ impl PidDir {
         .map_err(|e| self.dir_error("open directory", e.into(), Access::Read))?;
         for dent in self.read_dir()? {
             let dent = dent.map_err(|e| self.dir_error("read directory", e, Access::Read))?;
-            match classify(&dent.file_name()) {
-                Name::Ignored => {}
-                Name::Stray { file_name, reason } => {
-                    entries.push((Entry::Stray { file_name, reason }, None))
-                }
+            let go_on = match classify(&dent.file_name()) {
+                Name::Ignored => true,
+                Name::Stray { file_name, reason } => each(Entry::Stray { file_name, reason }, None),
                 Name::Target(target) => {
                     let (lookup, stamp) =
                         read_pid_file_at(&dirfd, &dent.file_name(), &dent.path(), &self.pid_dir)?;
@@ -394,14 +426,19 @@ impl PidDir {
                         // Removed between readdir and open: it is gone, so not listed.
                         Lookup::Absent => continue,
                     };
-                    entries.push((Entry::Target { target, state }, stamp));
+                    each(Entry::Target { target, state }, stamp)
                 }
+            };
+            if !go_on {
+                break;
             }
         }
-        entries.sort_by(|(a, _), (b, _)| entry_key(a).cmp(entry_key(b)));
-        Ok(entries)
+        Ok(())
     }
 }
+
+/// Entries per batch of [`PidDir::list_batches`].
+const LIST_BATCH: usize = 256;
 
 /// The sort key of an entry: its name without `.pid`.
 pub(crate) fn entry_key(e: &Entry) -> &str {
@@ -725,6 +762,11 @@ impl PidStore for PidFileStore {
     async fn list(&self) -> Result<Vec<Entry>> {
         let dir = self.dir.clone();
         blocking("list", move || dir.list()).await
+    }
+
+    async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
+        let dir = self.dir.clone();
+        blocking("list", move || dir.list_batches(&batches)).await
     }
 
     async fn remove_stray(&self, file_name: &str) -> Result<bool> {
