@@ -9,11 +9,10 @@
 #     without `--retry` (send SIGTERM, do not wait) is timed too, for reference.
 #  2. `dms status` over 1,000, 10,000 and 30,000 PID files, 5 % naming live helpers,
 #     against the floor (`floor_scan`: readdir; open, read, close each file;
-#     kill(pid, 0); /proc/PID/stat of the live ones) and against the floor plus what
-#     clearing a stale entry cannot avoid (`floor_scan --clear`), since every dms
-#     invocation applies the startup rule and removes stale PID files. The set is
-#     restored (hard links) before every run. In one PID namespace, whose init is the
-#     shell that starts the helpers.
+#     kill(pid, 0); /proc/PID/stat of the live ones). `dms status` only reads (it
+#     removes no stale file; `dms cleanup` does), so the floor is the whole job; the
+#     set is restored (hard links) before every run all the same. In one PID namespace,
+#     whose init is the shell that starts the helpers.
 #  3. peak RSS of `dms status` over 10,000 PID files (/usr/bin/time -v).
 #  4. memory per tracked helper with 100,000 targets in the Manager (mem_per_helper).
 #
@@ -132,8 +131,7 @@ EOR
 hyperfine --warmup 1 --runs $RUNS --export-csv "$WORK/status.csv" -L n $SIZES_CSV \
     --prepare "bash $WORK/restore.sh {n}" \
     "$DMS --run-dir $WORK/run status" \
-    "$FLOOR $WORK/run/s3" \
-    "$FLOOR $WORK/run/s3 --clear $WORK/run/locks"
+    "$FLOOR $WORK/run/s3"
 bash "$WORK/restore.sh" 10000
 /usr/bin/time -v "$DMS" --run-dir "$WORK/run" status 2>"$WORK/time-dms.txt" >/dev/null
 bash "$WORK/restore.sh" 10000
@@ -164,18 +162,16 @@ printf '%-62s %s (dms %s, start-stop-daemon --retry %s; without --retry %s)\n' \
     "$(ratio "$T_DMS" "$T_SSD")x" "$(ms "$T_DMS")" "$(ms "$T_SSD")" "$(ms "$T_SSD_NOWAIT")"
 for n in "${SIZES[@]}"; do
     d=$(status_median "$DMS --run-dir" "$n")
-    f=$(status_median "$FLOOR $WORK/run/s3" "$n" --clear)
-    c=$(status_median "--clear" "$n")
+    f=$(status_median "$FLOOR $WORK/run/s3" "$n")
     dc=$(status_median "$DMS --run-dir" "$n" "" cpu)
-    fc=$(status_median "$FLOOR $WORK/run/s3" "$n" --clear cpu)
-    cc=$(status_median "--clear" "$n" "" cpu)
-    printf '%-62s %sx floor, %sx floor_clear (dms %s, floor %s, floor_clear %s; %s per 1,000 files)\n' \
+    fc=$(status_median "$FLOOR $WORK/run/s3" "$n" "" cpu)
+    printf '%-62s %sx floor (dms %s, floor %s; %s per 1,000 files)\n' \
         "dms status over $n files (5 % alive) <= 1.3x floor, linear" \
-        "$(ratio "$d" "$f")" "$(ratio "$d" "$c")" "$(ms "$d")" "$(ms "$f")" "$(ms "$c")" \
+        "$(ratio "$d" "$f")" "$(ms "$d")" "$(ms "$f")" \
         "$(awk -v s="$d" -v n="$n" 'BEGIN { printf "%.2f ms", s * 1e6 / n }')"
-    printf '%-62s %sx floor, %sx floor_clear (dms %s, floor %s, floor_clear %s)\n' \
+    printf '%-62s %sx floor (dms %s, floor %s)\n' \
         "  the same in CPU time (user + system)" \
-        "$(ratio "$dc" "$fc")" "$(ratio "$dc" "$cc")" "$(ms "$dc")" "$(ms "$fc")" "$(ms "$cc")"
+        "$(ratio "$dc" "$fc")" "$(ms "$dc")" "$(ms "$fc")"
 done
 printf '%-62s %s KiB = %.1f MiB (floor_scan: %s KiB)\n' "peak RSS of dms status over 10,000 files <= 16 MiB" \
     "$RSS_KB" "$(awk -v k="$RSS_KB" 'BEGIN { print k / 1024 }')" "$RSS_FLOOR_KB"

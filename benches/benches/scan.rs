@@ -9,7 +9,7 @@
 //! - `floor_clear/N`: [`floor_scan_and_clear`] over a fresh copy of the set: the floor
 //!   plus what clearing each dead entry cannot avoid (lock, re-read, unlink).
 //! - `reload_<backend>/N`: opening the store and [`Manager::open`] over a fresh copy of
-//!   the set, i.e. what every `dms` invocation does first: the startup scan, which loads
+//!   the set, i.e. what a long-running manager (and `dms cleanup`) does first: the startup scan, which loads
 //!   the live helpers (proven ours) into memory and removes the 95 % stale PID files.
 //!   The copy is made outside the measured time (hard links, so SQLite rows still match).
 //!

@@ -325,6 +325,12 @@ impl Spawner for TickSpawner {
     fn boot_id(&self) -> &str {
         self.fake.boot_id()
     }
+    fn exit_watch(
+        &self,
+        exited: dms_proc::ExitSender,
+    ) -> Result<Option<Box<dyn dms_proc::ExitWatch>>, ProcError> {
+        self.fake.exit_watch(exited)
+    }
     async fn terminate(
         &self,
         who: &ProcIdentity,

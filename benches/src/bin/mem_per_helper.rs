@@ -22,6 +22,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Bytes of the heap in use (glibc's `mallinfo2`: allocated chunks, headers included).
+fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads glibc's allocator statistics.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
+}
+
 fn trimmed_rss() -> std::io::Result<u64> {
     // SAFETY: malloc_trim only returns free memory of glibc's heaps to the kernel.
     unsafe { libc::malloc_trim(0) };
@@ -78,6 +85,7 @@ async fn run(n: usize) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
+    let heap_before = heap_in_use();
     let before_raw = dms_benches::rss_bytes().map_err(|e| e.to_string())?;
     let before = trimmed_rss().map_err(|e| e.to_string())?;
     let mut opts = ManagerOptions::new(run_dir.path());
@@ -94,16 +102,18 @@ async fn run(n: usize) -> Result<(), String> {
     drop(report);
     // Let every exit watcher run until it waits.
     tokio::task::yield_now().await;
+    let heap_after = heap_in_use();
     let after_raw = dms_benches::rss_bytes().map_err(|e| e.to_string())?;
     let after = trimmed_rss().map_err(|e| e.to_string())?;
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n as f64;
     println!(
         "tracked {n} helpers: RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per tracked helper \
-         (without malloc_trim: {:.0} bytes)",
+         (without malloc_trim: {:.0} bytes; heap in use: {:.0} bytes)",
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         per(after, before),
-        per(after_raw, before_raw)
+        per(after_raw, before_raw),
+        per(heap_after, heap_before)
     );
     drop(manager);
     Ok(())

@@ -1,6 +1,9 @@
 //! Human output. Every line is rendered from the same JSON documents that `--json`
-//! prints (the shapes of cli.md), so the two outputs cannot disagree.
+//! prints (the shapes of cli.md), so the two outputs cannot disagree; the rows of a
+//! full `status` are rendered from the info objects directly ([`StatusTable::push_info`],
+//! held identical to [`status_row`] by a test), to spare a JSON document per target.
 
+use dms_core::{MountState, ProcessInfo};
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -117,6 +120,14 @@ pub fn status_row(i: &Value, detail: Option<&str>) -> StatusRow {
     ]
 }
 
+/// The name an enum value has in the JSON shapes (`"running"`, `"disk"`, ...).
+fn json_name(v: &impl serde::Serialize) -> Option<String> {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
 /// The `status` table of `rows` ([`status_row`]), under its header, columns aligned.
 pub fn render_status_table(rows: &[StatusRow]) -> String {
     let mut widths = STATUS_HEADER.map(str::len);
@@ -140,6 +151,156 @@ pub fn render_status_table(rows: &[StatusRow]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The `status` table built one row at a time, each row kept as one string (cells
+/// separated by NUL, which no cell holds), so that a table of many targets costs about
+/// its text; written out as [`render_status_table`] renders it.
+#[derive(Debug, Default)]
+pub struct StatusTable {
+    widths: [usize; 10],
+    rows: Vec<Box<str>>,
+}
+
+impl StatusTable {
+    /// Adds a row ([`status_row`]).
+    #[cfg(test)]
+    pub fn push(&mut self, row: &StatusRow) {
+        for (w, cell) in self.widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+        self.rows.push(row.join("\0").into_boxed_str());
+    }
+
+    /// Adds the row of the info object `i`: what [`status_row`] renders from its JSON
+    /// document, written straight into the row's one string.
+    pub fn push_info(&mut self, i: &ProcessInfo, detail: Option<&str>) {
+        let mut row = String::with_capacity(128);
+        let mut col = 0;
+        let mut end_cell = |row: &mut String, start: usize| {
+            let w = row[start..].chars().count();
+            self.widths[col] = self.widths[col].max(w);
+            col += 1;
+        };
+        let dash = |row: &mut String, some: bool| {
+            if !some {
+                row.push('-');
+            }
+        };
+        let mut start = row.len();
+        row.push_str(i.target.as_str());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(p) = i.pid {
+            let _ = write!(row, "{p}");
+        }
+        dash(&mut row, i.pid.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        row.push_str(&or_dash(json_name(&i.state)));
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        row.push_str(&or_dash(i.source.as_ref().and_then(json_name)));
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(u) = i.uptime_secs {
+            row.push_str(&duration(u));
+        }
+        dash(&mut row, i.uptime_secs.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(c) = i.cpu_percent {
+            let _ = write!(row, "{c:.1}%");
+        }
+        dash(&mut row, i.cpu_percent.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(b) = i.rss_bytes {
+            row.push_str(&bytes(b));
+        }
+        dash(&mut row, i.rss_bytes.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        if let Some(t) = i.threads {
+            let _ = write!(row, "{t}");
+        }
+        dash(&mut row, i.threads.is_some());
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        match &i.mount {
+            None => row.push('-'),
+            Some(m) => {
+                row.push_str(&m.to_string_lossy());
+                if let Some(state) = i.mount_state.filter(|s| *s != MountState::Mounted) {
+                    let _ = write!(row, " ({})", or_dash(json_name(&state)));
+                }
+            }
+        }
+        end_cell(&mut row, start);
+        row.push('\0');
+        start = row.len();
+        match &i.cmdline {
+            Some(parts) => {
+                for (n, part) in parts.iter().enumerate() {
+                    if n > 0 {
+                        row.push(' ');
+                    }
+                    row.push_str(part);
+                }
+                if let Some(d) = detail {
+                    let _ = write!(row, " ({d})");
+                }
+            }
+            None => match detail {
+                Some(d) => {
+                    let _ = write!(row, "({d})");
+                }
+                None => row.push('-'),
+            },
+        }
+        end_cell(&mut row, start);
+        self.rows.push(row.into_boxed_str());
+    }
+
+    /// Whether no row was added.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Writes the header and the rows, columns aligned.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut widths = STATUS_HEADER.map(str::len);
+        for (w, own) in widths.iter_mut().zip(self.widths) {
+            *w = (*w).max(own);
+        }
+        let mut line = String::new();
+        let header = STATUS_HEADER.join("\0");
+        for row in std::iter::once(header.as_str()).chain(self.rows.iter().map(|r| &**r)) {
+            line.clear();
+            let mut cells = row.split('\0').peekable();
+            let mut i = 0;
+            while let Some(cell) = cells.next() {
+                line.push_str(cell);
+                if cells.peek().is_some() {
+                    // Padded as `{cell:<w$}  ` would, without the formatting machinery.
+                    let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+                i += 1;
+            }
+            w.write_all(line.trim_end().as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
 }
 
 /// `started target-1: PID 1234, log /run/dms/logs/target-1.log`.
@@ -303,6 +464,76 @@ mod tests {
         assert_eq!(bytes(1024), "1.0K");
         assert_eq!(bytes(1_048_576), "1.0M");
         assert_eq!(bytes(12_900_000), "12.3M");
+    }
+
+    #[test]
+    fn rows_pushed_from_info_objects_are_the_rows_of_their_json() {
+        let running = ProcessInfo {
+            target: "t1".parse().unwrap(),
+            pid: Some(dms_store::Pid::new(4242).unwrap()),
+            state: dms_core::ProcessState::Running,
+            running: true,
+            pid_file: "/run/dms/s3/t1.pid".into(),
+            pid_file_exists: true,
+            source: Some(dms_core::Source::Both),
+            started_at: Some(std::time::SystemTime::UNIX_EPOCH),
+            uptime_secs: Some(7500.4),
+            cpu_percent: Some(12.345),
+            rss_bytes: Some(3 * 1024 * 1024 + 5),
+            threads: Some(4),
+            cmdline: Some(vec!["s3vaultfuse".into(), "--bucket".into(), "b".into()]),
+            mount: Some("/mnt/t1".into()),
+            mounted: Some(true),
+            mount_state: Some(MountState::Stale),
+            detail: None,
+        };
+        let mut stale = running.clone();
+        stale.state = dms_core::ProcessState::Stale;
+        stale.running = false;
+        stale.source = Some(dms_core::Source::Disk);
+        (stale.started_at, stale.uptime_secs, stale.cpu_percent) = (None, None, None);
+        (stale.rss_bytes, stale.threads, stale.cmdline) = (None, None, None);
+        (stale.mount, stale.mounted, stale.mount_state) = (None, None, None);
+        let mut absent = stale.clone();
+        (absent.pid, absent.source, absent.state) = (None, None, dms_core::ProcessState::Absent);
+        let mut unmounted = running.clone();
+        unmounted.mount_state = Some(MountState::Mounted);
+        let (mut pushed, mut rendered) = (StatusTable::default(), Vec::new());
+        for info in [&running, &stale, &absent, &unmounted] {
+            for detail in [None, Some("why")] {
+                let v = serde_json::to_value(info).unwrap();
+                pushed.push_info(info, detail);
+                rendered.push(status_row(&v, detail));
+            }
+        }
+        let mut out = Vec::new();
+        pushed.write_to(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            render_status_table(&rendered)
+        );
+    }
+
+    #[test]
+    fn streamed_table_is_the_rendered_table() {
+        let infos = [
+            json!({"target": "a", "pid": 12, "state": "running", "source": "disk",
+                   "uptime_secs": 75.0, "cpu_percent": 0.5, "rss_bytes": 2048, "threads": 1,
+                   "cmdline": ["sleep", "300"]}),
+            json!({"target": "long-target-name", "pid": 99999, "state": "stale",
+                   "source": "disk"}),
+        ];
+        let rows: Vec<StatusRow> = infos
+            .iter()
+            .zip([None, Some("PID 99999 is dead")])
+            .map(|(i, d)| status_row(i, d))
+            .collect();
+        let mut table = StatusTable::default();
+        assert!(table.is_empty());
+        rows.iter().for_each(|r| table.push(r));
+        let mut out = Vec::new();
+        table.write_to(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), render_status_table(&rows));
     }
 
     #[test]

@@ -113,7 +113,12 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     };
     let backend = choose_backend(cli.backend, &run_dir);
     tracing::debug!(run_dir = %run_dir.display(), ?backend, "opening the manager");
-    let session = open_manager(&run_dir, backend).await?;
+    // Only `cleanup` scans every PID file and applies the startup rule (removing the
+    // files of dead helpers): `status` and `stats` only read, as `systemctl status`
+    // does, and `spawn`, `kill` and `adopt` need only their own target's entry.
+    let one_shot = !matches!(prepared, Prepared::Cleanup(_));
+    let read_only = matches!(prepared, Prepared::Status(_) | Prepared::Stats);
+    let session = open_manager(&run_dir, backend, one_shot, read_only).await?;
     let out = Out { json: cli.json };
     match prepared {
         Prepared::Spawn(p) => spawn(&session, *p, &out).await,
@@ -181,14 +186,28 @@ fn prepare_spawn(args: SpawnArgs, run_dir: &Path) -> Result<PreparedSpawn, CliEr
 struct Session {
     manager: Manager,
     /// Entries whose PID was dead, removed by startup recovery (the existing deployment's
-    /// startup rule). `status`, `stats`, `kill` and `cleanup` report them as stale.
+    /// startup rule; only `cleanup` runs it). `cleanup` reports them as removed.
     cleared: BTreeMap<TargetId, Pid>,
 }
 
-async fn open_manager(run_dir: &Path, backend: Backend) -> Result<Session, CliError> {
+/// Opens the manager; `one_shot`: without startup recovery and exit watching
+/// ([`ManagerOptions::one_shot`]), for a command that reads, or acts on one target;
+/// `read_only`: for a command that changes nothing in `s3/`.
+async fn open_manager(
+    run_dir: &Path,
+    backend: Backend,
+    one_shot: bool,
+    read_only: bool,
+) -> Result<Session, CliError> {
     let store: Arc<dyn dms_store::PidStore> = match backend {
+        Backend::Pidfile if read_only => {
+            Arc::new(dms_store::PidFileStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
+        }
         Backend::Pidfile => {
             Arc::new(dms_store::PidFileStore::open(run_dir).map_err(|e| failed(&e))?)
+        }
+        Backend::Sqlite if read_only => {
+            Arc::new(dms_store::SqliteStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
         }
         Backend::Sqlite => Arc::new(dms_store::SqliteStore::open(run_dir).map_err(|e| failed(&e))?),
     };
@@ -198,6 +217,7 @@ async fn open_manager(run_dir: &Path, backend: Backend) -> Result<Session, CliEr
     // without waiting: sampling over an interval would make every spawn and status
     // wait for that interval.
     opts.usage_interval = Some(std::time::Duration::ZERO);
+    opts.one_shot = one_shot;
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
         .map_err(|e| failed(&e))?;
@@ -277,19 +297,6 @@ fn flag(v: &Value, key: &str) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
-/// The info of a target whose dead entry startup recovery removed: the manager's (absent)
-/// info, marked `stale` with the PID that was recorded.
-fn stale_info(mut absent: Value, pid: Pid) -> Value {
-    if let Some(o) = absent.as_object_mut() {
-        if o.get("state").and_then(Value::as_str) == Some("absent") {
-            o.insert("state".into(), "stale".into());
-            o.insert("pid".into(), pid.get().into());
-            o.insert("source".into(), "disk".into());
-        }
-    }
-    absent
-}
-
 async fn spawn(session: &Session, p: PreparedSpawn, out: &Out) -> Result<u8, CliError> {
     let info = session
         .manager
@@ -307,16 +314,7 @@ async fn kill(session: &Session, a: KillArgs, out: &Out) -> Result<u8, CliError>
         .kill(&a.target, a.grace)
         .await
         .map_err(manager_error)?;
-    let mut v = to_value(&report)?;
-    // A dead entry already removed by this invocation's startup recovery.
-    if let (Some(pid), Some(o)) = (session.cleared.get(&a.target), v.as_object_mut()) {
-        if o.get("pid").is_some_and(Value::is_null) {
-            o.insert("pid".into(), pid.get().into());
-            if let Some(steps) = o.get_mut("steps").and_then(Value::as_array_mut) {
-                steps.push("clear_stale".into());
-            }
-        }
-    }
+    let v = to_value(&report)?;
     out.print(&v, output::kill_line);
     Ok(match (flag(&v, "was_running"), flag(&v, "stopped")) {
         (false, _) => EXIT_NOT_RUNNING,
@@ -325,107 +323,89 @@ async fn kill(session: &Session, a: KillArgs, out: &Out) -> Result<u8, CliError>
     })
 }
 
+/// The detail shown for a row: the manager's, or for a dead entry what to do about it.
+fn detail_of(info: &ProcessInfo) -> Option<String> {
+    match (&info.detail, info.state, info.pid) {
+        (Some(d), _, _) => Some(d.clone()),
+        (None, ProcessState::Stale, Some(pid)) => Some(format!(
+            "PID {pid} is dead; `dms cleanup` removes its PID file"
+        )),
+        _ => None,
+    }
+}
+
+/// `status`: read-only. Rows are written as they are made (JSON) or kept as compact
+/// table rows until the column widths are known (text): the memory of the command does
+/// not hold an info object per target.
 async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliError> {
     let manager = &session.manager;
-    let targets = match &a.target {
-        Some(target) => vec![manager.process_info(target).await.map_err(manager_error)?],
-        None => manager.list().await.map_err(manager_error)?,
-    };
-    // target -> (info, the PID whose dead entry this invocation's startup recovery
-    // removed). Rows stay info objects until printed, one at a time: over many targets
-    // a JSON value per row would dominate the memory of the command.
-    let mut rows: BTreeMap<TargetId, (ProcessInfo, Option<Pid>)> = targets
-        .into_iter()
-        .map(|info| (info.target.clone(), (info, None)))
-        .collect();
-    for (target, pid) in &session.cleared {
-        match rows.get_mut(target) {
-            Some(row) => row.1 = Some(*pid),
-            // Not listed: neither memory nor disk holds anything for it any more.
-            None if a.target.is_none() => {
-                let info = absent_info(manager, target);
-                rows.insert(target.clone(), (info, Some(*pid)));
-            }
-            None => {}
-        }
-    }
-    let row_value = |(info, cleared): &(ProcessInfo, Option<Pid>)| {
-        let v = to_value(info)?;
-        Ok::<_, CliError>(match cleared {
-            Some(pid) => (
-                stale_info(v, *pid),
-                Some(format!("PID {pid} was dead; its PID file was removed")),
-            ),
-            None => (v, info.detail.clone()),
-        })
-    };
-    if a.target.is_some() {
-        let Some(row) = rows.values().next() else {
-            return Err(CliError::Failed("no info for the target".into()));
-        };
-        let (v, detail) = row_value(row)?;
-        let (infos, details) = (vec![v], vec![detail]);
-        out.print(&infos[0], |_| output::status_table(&infos, &details));
-        return Ok(if flag(&infos[0], "running") {
+    if let Some(target) = &a.target {
+        let info = manager.process_info(target).await.map_err(manager_error)?;
+        let detail = detail_of(&info);
+        let v = to_value(&info)?;
+        out.print(&v, |v| {
+            output::status_table(std::slice::from_ref(v), &[detail])
+        });
+        return Ok(if flag(&v, "running") {
             0
         } else {
             EXIT_NOT_RUNNING
         });
     }
-    let text = if out.json {
-        let mut text = String::from("[");
-        for (n, row) in rows.values().enumerate() {
-            if n > 0 {
-                text.push(',');
-            }
-            text.push_str(&row_value(row)?.0.to_string());
-        }
-        text.push(']');
-        text
-    } else if rows.is_empty() {
-        "no helpers tracked".to_owned()
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let mut failure: Option<std::io::Error> = None;
+    let written = if out.json {
+        let mut first = true;
+        manager
+            .list_with(|info| {
+                if failure.is_some() {
+                    return;
+                }
+                let sep: &[u8] = if std::mem::take(&mut first) {
+                    b"["
+                } else {
+                    b","
+                };
+                let res = w.write_all(sep).and_then(|()| {
+                    serde_json::to_writer(&mut w, &info).map_err(std::io::Error::from)
+                });
+                if let Err(e) = res {
+                    failure = Some(e);
+                }
+            })
+            .await
+            .map_err(manager_error)?;
+        w.write_all(if first { b"[]\n" } else { b"]\n" })
     } else {
-        let mut table = Vec::with_capacity(rows.len());
-        for row in rows.values() {
-            let (v, detail) = row_value(row)?;
-            table.push(output::status_row(&v, detail.as_deref()));
+        let mut table = output::StatusTable::default();
+        manager
+            .list_with(|info| {
+                table.push_info(&info, detail_of(&info).as_deref());
+            })
+            .await
+            .map_err(manager_error)?;
+        if table.is_empty() {
+            w.write_all(b"no helpers tracked\n")
+        } else {
+            table.write_to(&mut w)
         }
-        output::render_status_table(&table)
     };
-    out.write(text);
-    Ok(0)
-}
-
-/// The info object of a target that neither memory nor disk holds: what
-/// [`Manager::process_info`] returns for it, without reading the disk again.
-fn absent_info(manager: &Manager, target: &TargetId) -> ProcessInfo {
-    ProcessInfo {
-        target: target.clone(),
-        pid: None,
-        state: ProcessState::Absent,
-        running: false,
-        pid_file: target.pid_file_in(manager.store().pid_dir()),
-        pid_file_exists: false,
-        source: None,
-        started_at: None,
-        uptime_secs: None,
-        cpu_percent: None,
-        rss_bytes: None,
-        threads: None,
-        cmdline: None,
-        mount: None,
-        mounted: None,
-        mount_state: None,
-        detail: None,
+    if let Err(e) = failure.map_or(written, Err).and_then(|()| w.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            tracing::error!(error = %e, "cannot write to stdout");
+        }
     }
+    Ok(0)
 }
 
 async fn stats(session: &Session, out: &Out) -> Result<u8, CliError> {
     let stats = session.manager.stats().await.map_err(manager_error)?;
     let mut v = to_value(&stats)?;
-    if let Some(stale) = v.get_mut("stale") {
-        let n = stale.as_u64().unwrap_or(0) + session.cleared.len() as u64;
-        *stale = n.into();
+    // Read-only, nothing is loaded into memory: what a manager on this run directory
+    // tracks is every live helper proven ours, each counted as running.
+    if let Some(o) = v.as_object_mut() {
+        let running = o.get("running").cloned().unwrap_or(Value::Null);
+        o.insert("total_tracked".into(), running);
     }
     out.print(&v, output::stats_line);
     Ok(0)
@@ -475,25 +455,6 @@ async fn adopt(session: &Session, a: AdoptArgs, out: &Out) -> Result<u8, CliErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn absent_info_is_what_process_info_says_of_an_absent_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let store = Arc::new(dms_store::PidFileStore::open(dir.path()).unwrap());
-            let spawner = Arc::new(dms_proc::fake::FakeSpawner::default());
-            let opts = ManagerOptions::new(dir.path());
-            let (manager, _) = Manager::open(store, spawner, opts).await.unwrap();
-            let target: TargetId = "gone".parse().unwrap();
-            let info = manager.process_info(&target).await.unwrap();
-            assert_eq!(info.state, ProcessState::Absent);
-            assert_eq!(absent_info(&manager, &target), info);
-        });
-    }
 
     #[test]
     fn auto_picks_sqlite_only_when_the_database_exists() {

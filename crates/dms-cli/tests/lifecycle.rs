@@ -481,12 +481,10 @@ fn stats_count_every_state(backend: Backend) {
     ] {
         assert!(s.get(key).is_some(), "stats lack {key:?}: {s}");
     }
-    // Every dms run starts a manager whose startup recovery removes the PID files of
-    // dead helpers (as the existing deployment does at startup); the run reports them
-    // as stale. So the stale file is gone by the time the files are counted, and only
-    // the live helper is tracked in memory.
-    assert_eq!(s["pid_files_on_disk"], 2, "{s}");
-    assert!(!w.pid_file("dead").exists());
+    // `stats` only reads (as `systemctl status` does): the stale file is counted and
+    // stays until `cleanup`; only the live helper counts as tracked.
+    assert_eq!(s["pid_files_on_disk"], 3, "{s}");
+    assert!(w.pid_file("dead").exists());
     assert_eq!(s["total_tracked"], 1, "{s}");
     assert_eq!(s["running"], 1, "{s}");
     assert_eq!(s["stale"], 1, "{s}");
@@ -499,7 +497,7 @@ fn stats_count_every_state(backend: Backend) {
     let r = w.run(["stats"]);
     r.expect_code(0);
     assert_eq!(r.stdout.lines().count(), 1, "{r:#?}");
-    assert!(r.stdout.contains("1 running, 0 stale"), "{r:#?}");
+    assert!(r.stdout.contains("1 running, 1 stale"), "{r:#?}");
 
     // status lists them sorted, with their states.
     w.write_bare_pid_file("dead", &dead_pid().to_string());
@@ -525,6 +523,133 @@ fn stats_count_every_state(backend: Backend) {
 
     w.run(["kill", "alive"]).expect_code(0);
     assert!(wait_dead(pid, STOP));
+}
+
+/// The bytes and modification time of a file.
+fn snapshot(path: &std::path::Path) -> (Vec<u8>, std::time::SystemTime) {
+    (
+        std::fs::read(path).unwrap(),
+        std::fs::metadata(path).unwrap().modified().unwrap(),
+    )
+}
+
+/// Every name under `dir` (recursively), sorted.
+fn names_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `status` and `stats` only read (as `systemctl status` does): a stale PID file is
+/// reported as `stale` with its PID and `source` `disk`, and stays, unchanged, with no
+/// lock file made for it, until `cleanup` removes it.
+fn status_and_stats_only_read_and_leave_a_stale_pid_file(backend: Backend) {
+    let w = World::new(backend);
+    let dur = unique_sleep();
+    let pid = pid_of(&w.spawn("alive", &["sleep", &dur]));
+    let dead = dead_pid();
+    w.write_bare_pid_file("dead", &dead.to_string());
+    let before = snapshot(&w.pid_file("dead"));
+    // The temporary file of a write interrupted an hour ago: a writer's open removes
+    // it, a reader leaves it.
+    let temp = w.run_dir.join("s3/.dead.pid.12345.tmp");
+    std::fs::File::create(&temp)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    let names = names_under(&w.run_dir);
+
+    let r = w.json(["status"]);
+    r.expect_code(0);
+    let all = r.json();
+    check_info(&w, &all[0], "alive", "running");
+    let dead_info = &all[1];
+    check_info(&w, dead_info, "dead", "stale");
+    assert_eq!(dead_info["pid"], dead, "{all}");
+    assert_eq!(dead_info["source"], "disk", "{all}");
+    assert_eq!(dead_info["pid_file_exists"], true, "{all}");
+    let r = w.json(["status", "dead"]);
+    r.expect_code(3);
+    assert_eq!(r.json()["state"], "stale");
+    let r = w.run(["status"]);
+    r.expect_code(0);
+    assert!(
+        r.stdout.contains(&format!(
+            "PID {dead} is dead; `dms cleanup` removes its PID file"
+        )),
+        "{r:#?}"
+    );
+    let r = w.json(["stats"]);
+    r.expect_code(0);
+    assert_eq!(r.json()["stale"], 1);
+    assert_eq!(r.json()["running"], 1);
+
+    assert_eq!(
+        snapshot(&w.pid_file("dead")),
+        before,
+        "status changed the stale file"
+    );
+    assert_eq!(
+        names_under(&w.run_dir),
+        names,
+        "status or stats wrote in the run dir"
+    );
+
+    let r = w.json(["cleanup"]);
+    r.expect_code(0);
+    assert_eq!(
+        r.json()["removed"],
+        serde_json::json!([{"target": "dead", "reason": "stale"}])
+    );
+    assert!(!w.pid_file("dead").exists());
+    assert!(!temp.exists(), "cleanup left a stale temporary file");
+    w.run(["kill", "alive"]).expect_code(0);
+    assert!(wait_dead(pid, STOP));
+}
+
+/// `spawn` and `kill` act on their own target's entry only (no scan of the others): a
+/// stale PID file of another target survives both, and each still checks identity and
+/// records the helper before it runs.
+fn spawn_and_kill_touch_only_their_own_target(backend: Backend) {
+    let w = World::new(backend);
+    let dur = unique_sleep();
+    let dead = dead_pid();
+    w.write_bare_pid_file("other", &dead.to_string());
+    let before = snapshot(&w.pid_file("other"));
+
+    let info = w.spawn("mine", &["sleep", &dur]);
+    let pid = pid_of(&info);
+    check_info(&w, &info, "mine", "running");
+    assert_eq!(
+        std::fs::read_to_string(w.pid_file("mine")).unwrap().trim(),
+        pid.to_string()
+    );
+    // A second spawn of the same target is refused: the one-shot manager found the live
+    // helper through its entry alone.
+    let r = w.json(["spawn", "mine", "--", "sleep", &dur]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("already running"), "{r:#?}");
+
+    let r = w.json(["kill", "mine", "--grace", "5"]);
+    r.expect_code(0);
+    check_kill(&r.json(), "mine", true);
+    assert!(wait_dead(pid, STOP));
+    assert!(!w.pid_file("mine").exists());
+    assert_eq!(
+        snapshot(&w.pid_file("other")),
+        before,
+        "spawn or kill touched another target"
+    );
 }
 
 fn cleanup_removes_dead_entries_and_all_stops_helpers(backend: Backend) {
@@ -681,6 +806,8 @@ both_backends!(
     missing_program_leaves_no_pid_file,
     adopt_records_a_running_process_and_refuses_a_dead_one,
     stats_count_every_state,
+    status_and_stats_only_read_and_leave_a_stale_pid_file,
+    spawn_and_kill_touch_only_their_own_target,
     cleanup_removes_dead_entries_and_all_stops_helpers,
     kill_of_a_stale_entry_exits_3_and_removes_the_file,
     output_goes_to_the_log_file,

@@ -8,7 +8,8 @@ use crate::report::{
     Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
 };
 use dms_proc::{
-    ExitStatus, Pid, Probe, ProcError, ProcIdentity, ProcInfo, SpawnSpec, Spawner, WaitOutcome,
+    ExitStatus, ExitWatch, Pid, Probe, ProcError, ProcIdentity, ProcInfo, SpawnSpec, Spawner,
+    WaitOutcome,
 };
 use dms_store::{Entry, EntryState, Identity, Lookup, Metadata, PidStore, Record, TargetId};
 use std::collections::{BTreeSet, HashMap};
@@ -16,22 +17,26 @@ use std::fmt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+mod memory;
 mod mount_ops;
+use memory::Memory;
 pub use mount_ops::DEFAULT_READY_TIMEOUT;
 
 /// Tracks one helper process per target, in memory and in a [`PidStore`], and starts,
 /// stops and watches helpers through a [`Spawner`].
 ///
-/// - **Memory** holds every helper this manager spawned, adopted or recovered, each
-///   watched by a task that awaits its exit ([`Spawner::wait_exit`], a pidfd on Linux):
-///   when a helper exits, its memory entry and its PID file are removed promptly, so a
-///   memory hit needs no system call.
+/// - **Memory** holds every helper this manager spawned, adopted or recovered, compactly
+///   (a few hundred bytes each), all watched by one shared exit watcher
+///   ([`Spawner::exit_watch`]; on Linux an epoll set of pidfds polled by one task): when a
+///   helper exits, its memory entry and its PID file are removed promptly, so a memory
+///   hit needs no system call. In one-shot mode ([`ManagerOptions::one_shot`]) nothing
+///   is watched and a memory hit is probed.
 /// - **Disk** (the store) is what survives a restart. [`Manager::open`] runs
 ///   [`Manager::reload`], which loads live helpers proven ours back into memory.
 /// - **Identity**: a PID is acted on only after proving it is still the recorded
@@ -44,7 +49,7 @@ pub use mount_ops::DEFAULT_READY_TIMEOUT;
 ///   two, start exactly one helper. No other lock is held while waiting on a process.
 ///
 /// `Manager` is cheap to clone (an `Arc` inside) and `Send + Sync`. Dropping the last
-/// clone stops the exit watchers but never touches a helper.
+/// clone stops the exit watcher but never touches a helper.
 #[derive(Clone)]
 pub struct Manager {
     inner: Arc<Inner>,
@@ -57,68 +62,13 @@ struct Inner {
     memory: RwLock<Memory>,
     locks: TargetLocks,
     events: broadcast::Sender<Event>,
-}
-
-/// The in-memory table: helpers by target, and the target of each helper's PID.
-#[derive(Default)]
-struct Memory {
-    by_target: HashMap<TargetId, Tracked>,
-    by_pid: HashMap<Pid, TargetId>,
-}
-
-impl Memory {
-    fn get(&self, target: &TargetId) -> Option<&Tracked> {
-        self.by_target.get(target)
-    }
-
-    fn insert(&mut self, target: TargetId, tracked: Tracked) -> Option<Tracked> {
-        let pid = tracked.identity.pid;
-        let old = self.by_target.insert(target.clone(), tracked);
-        if let Some(old) = &old {
-            self.by_pid.remove(&old.identity.pid);
-        }
-        self.by_pid.insert(pid, target);
-        old
-    }
-
-    fn remove(&mut self, target: &TargetId) -> Option<Tracked> {
-        let old = self.by_target.remove(target)?;
-        if self.by_pid.get(&old.identity.pid) == Some(target) {
-            self.by_pid.remove(&old.identity.pid);
-        }
-        Some(old)
-    }
-
-    /// The target whose helper has this exact identity.
-    fn target_of(&self, id: &ProcIdentity) -> Option<&TargetId> {
-        let target = self.by_pid.get(&id.pid)?;
-        (self.by_target.get(target)?.identity == *id).then_some(target)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&TargetId, &Tracked)> {
-        self.by_target.iter()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &TargetId> {
-        self.by_target.keys()
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Tracked> {
-        self.by_target.values()
-    }
-
-    fn len(&self) -> usize {
-        self.by_target.len()
-    }
-}
-
-/// A helper in memory.
-struct Tracked {
-    identity: ProcIdentity,
-    meta: Metadata,
-    /// False when the exit watcher could not watch: memory hits then probe.
-    watched: Arc<AtomicBool>,
-    watcher: Option<AbortHandle>,
+    /// The shared watcher of the tracked helpers' exits; `None` in one-shot mode or when
+    /// the spawner has none (memory hits then probe).
+    exit_watch: Option<Box<dyn ExitWatch>>,
+    /// False once the exit watcher stopped reporting: memory hits then probe.
+    watch_ok: AtomicBool,
+    /// The task that handles the exits the watcher reports.
+    exit_task: Mutex<Option<AbortHandle>>,
 }
 
 /// What a probe says about a recorded PID.
@@ -147,11 +97,9 @@ impl fmt::Debug for Manager {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let memory = self.memory.get_mut().unwrap_or_else(|p| p.into_inner());
-        for tracked in memory.values() {
-            if let Some(h) = &tracked.watcher {
-                h.abort();
-            }
+        let task = self.exit_task.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = task.take() {
+            h.abort();
         }
     }
 }
@@ -188,7 +136,10 @@ impl Manager {
     /// (`locks/`, `logs/`) and runs startup recovery ([`Manager::reload`]), which never
     /// signals anything.
     ///
-    /// Must be called inside a tokio runtime (exit watchers are tokio tasks).
+    /// In one-shot mode ([`ManagerOptions::one_shot`]) it runs no recovery (the report
+    /// is empty) and watches no exits.
+    ///
+    /// Must be called inside a tokio runtime (the exit watcher is a tokio task).
     pub async fn open(
         store: Arc<dyn PidStore>,
         spawner: Arc<dyn Spawner>,
@@ -198,6 +149,12 @@ impl Manager {
         create_dir(&opts.locks_dir())?;
         create_dir(&opts.logs_dir())?;
         let (events, _) = broadcast::channel(opts.event_capacity.max(1));
+        let (exited_tx, exited_rx) = tokio::sync::mpsc::unbounded_channel();
+        let exit_watch = if opts.one_shot {
+            None
+        } else {
+            spawner.exit_watch(exited_tx)?
+        };
         let inner = Arc::new(Inner {
             locks: TargetLocks::new(opts.locks_dir()),
             store,
@@ -205,7 +162,23 @@ impl Manager {
             opts,
             memory: RwLock::new(Memory::default()),
             events,
+            watch_ok: AtomicBool::new(exit_watch.is_some()),
+            exit_watch,
+            exit_task: Mutex::new(None),
         });
+        if inner.exit_watch.is_some() {
+            let task = tokio::spawn(handle_exits(Arc::downgrade(&inner), exited_rx));
+            *inner.exit_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        }
+        if inner.opts.one_shot {
+            info!(
+                run_dir = %inner.opts.run_dir.display(),
+                backend = inner.store.backend_name(),
+                one_shot = true,
+                "manager started"
+            );
+            return Ok((Manager { inner }, RecoveryReport::default()));
+        }
         let report = inner.reload().await?;
         info!(
             run_dir = %inner.opts.run_dir.display(),
@@ -246,7 +219,7 @@ impl Manager {
             .inner
             .read_memory()
             .iter()
-            .map(|(t, tr)| (t.clone(), tr.identity.clone()))
+            .map(|(t, tr)| (t.clone(), tr.identity()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -296,8 +269,10 @@ impl Manager {
         let unwatched = {
             let memory = self.inner.read_memory();
             match memory.get(target) {
-                Some(t) if t.watched.load(Ordering::Acquire) => return Ok(true),
-                Some(t) => Some(t.identity.clone()),
+                Some(t) if t.watched && self.inner.watch_ok.load(Ordering::Acquire) => {
+                    return Ok(true)
+                }
+                Some(t) => Some(t.identity()),
                 None => None,
             }
         };
@@ -346,11 +321,12 @@ impl Manager {
     pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
         let (targets, entries) = self.inner.all_targets().await?;
         let mut disk = disk_lookups(entries);
+        let mounts = self.inner.mounts();
         let mut infos = Vec::with_capacity(targets.len());
         let mut running = Vec::new();
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let (info, live) = self.inner.info_without_usage(&target, lookup).await;
+            let (info, live) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
             if let Some(id) = live {
                 running.push((infos.len(), id));
             }
@@ -384,6 +360,72 @@ impl Manager {
         Ok(infos)
     }
 
+    /// The info of every target in memory or on disk, sorted by target, handed to
+    /// `each` one at a time, so that the caller need not hold them all in another form
+    /// (the command line's `status` writes each as it comes).
+    ///
+    /// The entries are classified while the store is still reading the rest
+    /// ([`PidStore::list_batches`]), then sorted. With a zero (or no)
+    /// [`ManagerOptions::usage_interval`] each info object is complete when handed over;
+    /// with a longer interval the usage of every running helper is sampled concurrently
+    /// first, as [`Manager::list`] does.
+    pub async fn list_with(&self, each: impl FnMut(ProcessInfo)) -> Result<()> {
+        if self.inner.opts.usage_interval.is_some_and(|i| !i.is_zero()) {
+            self.list().await?.into_iter().for_each(each);
+            return Ok(());
+        }
+        // The store reads its files (on another thread, for the PID-file backends) while
+        // this task classifies the entries already read; the info objects are sorted
+        // once all are in.
+        let mounts = self.inner.mounts();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(8);
+        let store = self.inner.store.clone();
+        let classify = async {
+            let mut infos = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                for entry in batch {
+                    let (target, lookup) = match entry {
+                        Entry::Target { target, state } => match state {
+                            EntryState::Valid(r) => (target, Lookup::Present(r)),
+                            EntryState::Corrupt(c) => (target, Lookup::Corrupt(c)),
+                        },
+                        Entry::Stray { .. } => continue,
+                    };
+                    infos.push(self.listed_info(&target, lookup, &mounts).await);
+                }
+            }
+            infos
+        };
+        let (listed, mut infos) = tokio::join!(store.list_batches(tx), classify);
+        listed?;
+        infos.sort_by(|a, b| a.target.cmp(&b.target));
+        // Targets only in memory (their PID file is gone).
+        let memory: Vec<TargetId> = self.inner.read_memory().keys().cloned().collect();
+        let mut added = false;
+        for target in memory {
+            if infos.binary_search_by(|i| i.target.cmp(&target)).is_err() {
+                let info = self.listed_info(&target, Lookup::Absent, &mounts).await;
+                infos.push(info);
+                added = true;
+            }
+        }
+        if added {
+            infos.sort_by(|a, b| a.target.cmp(&b.target));
+        }
+        infos.into_iter().for_each(each);
+        Ok(())
+    }
+
+    /// The info object of one target of a listing, with its usage read in line.
+    async fn listed_info(&self, target: &TargetId, lookup: Lookup, mounts: &Mounts) -> ProcessInfo {
+        let (mut info, live) = self.inner.info_listed(target, lookup, Some(mounts)).await;
+        if let (Some(interval), Some(id)) = (self.inner.opts.usage_interval, live) {
+            let usage = self.inner.spawner.usage(&id, interval).await;
+            apply_usage(&mut info, &id, usage);
+        }
+        info
+    }
+
     /// Totals: tracked in memory, files on disk, and targets per state.
     pub async fn stats(&self) -> Result<Stats> {
         let (targets, entries) = self.inner.all_targets().await?;
@@ -404,11 +446,12 @@ impl Manager {
             run_dir: self.inner.opts.run_dir.clone(),
         };
         let mut disk = disk_lookups(entries);
+        let mounts = self.inner.mounts();
         // Mount states already probed for the info objects (a probe may take 2 s).
         let mut probed = HashMap::new();
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let info = self.inner.info(&target, lookup, None).await;
+            let (info, _) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
             if let (Some(path), Some(state)) = (info.mount, info.mount_state) {
                 probed.insert(path, state);
             }
@@ -477,13 +520,14 @@ impl Inner {
     }
 
     fn memory_identity(&self, target: &TargetId) -> Option<ProcIdentity> {
-        self.read_memory().get(target).map(|t| t.identity.clone())
+        self.read_memory().get(target).map(|t| t.identity())
     }
 
     fn memory_entry(&self, target: &TargetId) -> Option<(ProcIdentity, Metadata)> {
+        let logs_dir = self.opts.logs_dir();
         self.read_memory()
             .get(target)
-            .map(|t| (t.identity.clone(), t.meta.clone()))
+            .map(|t| (t.identity(), t.meta(target, &logs_dir)))
     }
 
     fn emit(&self, event: Event) {
@@ -492,47 +536,46 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
-    /// Puts `identity` in memory for `target` and starts its exit watcher. Call with
-    /// the target's lock (or its memory mutex) held.
-    fn track(self: &Arc<Self>, target: &TargetId, identity: ProcIdentity, meta: Metadata) {
-        let watched = Arc::new(AtomicBool::new(true));
-        let handle = tokio::spawn(watch_exit(
-            Arc::downgrade(self),
-            self.spawner.clone(),
-            target.clone(),
-            identity.clone(),
-            watched.clone(),
-        ));
+    /// Puts `identity` in memory for `target` and watches its exit. Call with the
+    /// target's lock (or its memory mutex) held.
+    fn track(&self, target: &TargetId, identity: ProcIdentity, meta: Metadata) {
+        let watched = self.exit_watch.is_some();
         let old = self.write_memory().insert(
             target.clone(),
-            Tracked {
-                identity,
-                meta,
-                watched,
-                watcher: Some(handle.abort_handle()),
-            },
+            &identity,
+            meta,
+            watched,
+            &self.opts.logs_dir(),
         );
-        if let Some(old) = old {
-            if let Some(h) = old.watcher {
-                h.abort();
+        if let Some(watch) = &self.exit_watch {
+            if let Some(old) = old.filter(|old| *old != identity) {
+                watch.unwatch(&old);
+            }
+            // In memory first: an exit reported at once finds its target.
+            if let Err(e) = watch.watch(&identity) {
+                warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot watch helper exit; is_running will probe");
+                let mut memory = self.write_memory();
+                if let Some(t) = memory.get_mut(target).filter(|t| t.is(&identity)) {
+                    t.watched = false;
+                }
             }
         }
     }
 
     /// Removes the memory entry of `target` (only if it names `identity`, when given)
-    /// and stops its watcher.
+    /// and stops watching its exit.
     fn forget(&self, target: &TargetId, identity: Option<&ProcIdentity>) -> bool {
         let removed = {
             let mut memory = self.write_memory();
             match memory.get(target) {
-                Some(t) if identity.is_none_or(|id| *id == t.identity) => memory.remove(target),
+                Some(t) if identity.is_none_or(|id| t.is(id)) => memory.remove(target),
                 _ => None,
             }
         };
         match removed {
             Some(t) => {
-                if let Some(h) = t.watcher {
-                    h.abort();
+                if let Some(watch) = &self.exit_watch {
+                    watch.unwatch(&t.identity());
                 }
                 true
             }
@@ -542,13 +585,19 @@ impl Inner {
 
     /// Probes `record.pid` and decides whether it is the recorded helper of `target`.
     async fn classify(&self, target: &TargetId, record: &Record) -> Verdict {
+        // Probed first: a free PID (most entries of a scan over stale files) is neither
+        // dms nor one of its ancestors, and needs no further check.
+        let probe = self.spawner.probe(record.pid).await;
+        if matches!(probe, Ok(Probe::Gone)) {
+            return Verdict::Stale;
+        }
         if u32::try_from(record.pid.get()).ok() == Some(std::process::id()) {
             return Verdict::Foreign(format!("PID {} is dms itself", record.pid));
         }
         if let Some(why) = self.spawner.protected(record.pid) {
             return Verdict::Foreign(format!("PID {} {why}", record.pid));
         }
-        let info = match self.spawner.probe(record.pid).await {
+        let info = match probe {
             Ok(Probe::Alive(info)) => info,
             Ok(Probe::Gone | Probe::Zombie(_)) => return Verdict::Stale,
             Err(e) => return Verdict::Unverified(e.to_string()),
@@ -921,8 +970,7 @@ impl Inner {
         let _guard = self.locks.lock(target).await?;
         let other = self
             .read_memory()
-            .by_pid
-            .get(&pid)
+            .target_of_pid(pid)
             .filter(|t| *t != target)
             .cloned();
         if let Some(other) = other {
@@ -968,7 +1016,7 @@ impl Inner {
         Ok(info.identity)
     }
 
-    /// Called by the exit watcher of `identity`.
+    /// Called when the exit watcher reports `identity`.
     async fn on_exit(
         self: &Arc<Self>,
         target: &TargetId,
@@ -977,11 +1025,11 @@ impl Inner {
     ) {
         let pid = identity.pid.get();
         let guard = self.locks.lock(target).await;
-        // Not `forget`: that would abort this very task.
+        // The watcher no longer watches it: `forget` would only unwatch.
         let taken = {
             let mut memory = self.write_memory();
             match memory.get(target) {
-                Some(t) if t.identity == *identity => memory.remove(target).is_some(),
+                Some(t) if t.is(identity) => memory.remove(target).is_some(),
                 _ => false,
             }
         };
@@ -1046,6 +1094,17 @@ impl Inner {
         target: &TargetId,
         disk: Lookup,
     ) -> (ProcessInfo, Option<ProcIdentity>) {
+        self.info_listed(target, disk, None).await
+    }
+
+    /// [`Inner::info_without_usage`], with the mount registry read once for a whole
+    /// listing (`mounts`: target -> recorded mount), not once per target.
+    async fn info_listed(
+        &self,
+        target: &TargetId,
+        disk: Lookup,
+        mounts: Option<&Mounts>,
+    ) -> (ProcessInfo, Option<ProcIdentity>) {
         let mem = self.memory_entry(target);
         let pid_file_exists = !matches!(disk, Lookup::Absent);
         let mut info = ProcessInfo {
@@ -1084,17 +1143,17 @@ impl Inner {
             (None, Lookup::Corrupt(c)) => {
                 info.state = ProcessState::Corrupt;
                 info.detail = Some(c.reason);
-                self.fill_mount(target, &mut info).await;
+                self.fill_mount(target, &mut info, mounts).await;
                 return (info, None);
             }
             (None, Lookup::Absent) => {
                 // A stale mount can outlive its PID file.
-                self.fill_mount(target, &mut info).await;
+                self.fill_mount(target, &mut info, mounts).await;
                 return (info, None);
             }
         };
         info.mount = meta.mount;
-        self.fill_mount(target, &mut info).await;
+        self.fill_mount(target, &mut info, mounts).await;
         info.cmdline = meta.cmdline;
         match verdict {
             Verdict::Own(p) => {
@@ -1158,7 +1217,7 @@ impl Inner {
         let snapshot: Vec<(TargetId, ProcIdentity)> = self
             .read_memory()
             .iter()
-            .map(|(t, tr)| (t.clone(), tr.identity.clone()))
+            .map(|(t, tr)| (t.clone(), tr.identity()))
             .collect();
         for (target, id) in snapshot {
             let pid = id.pid;
@@ -1372,6 +1431,9 @@ impl Inner {
     }
 }
 
+/// The mount recorded for each target (read once per listing).
+type Mounts = HashMap<String, std::path::PathBuf>;
+
 /// What the store listed, by target (strays left out).
 fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {
     let mut disk = HashMap::with_capacity(entries.len());
@@ -1404,32 +1466,38 @@ fn apply_usage(
     }
 }
 
-/// The exit watcher of one tracked helper: waits for its exit without polling, then
-/// removes it from memory and disk if they still name it.
-async fn watch_exit(
+/// How long the handling of a reported exit waits for the exit status.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+
+/// Handles the exits the shared exit watcher reports, each in a task of its own (it
+/// waits for the target's lock, which a `kill` may hold for its whole grace period):
+/// removes the helper from memory and disk if they still name it. When the watcher
+/// stops, memory hits fall back to probing.
+async fn handle_exits(
     inner: Weak<Inner>,
-    spawner: Arc<dyn Spawner>,
-    target: TargetId,
-    identity: ProcIdentity,
-    watched: Arc<AtomicBool>,
+    mut exited: tokio::sync::mpsc::UnboundedReceiver<ProcIdentity>,
 ) {
-    let status = match spawner.wait_exit(&identity, None).await {
-        Ok(WaitOutcome::Exited(status)) => status,
-        Ok(WaitOutcome::TimedOut) => {
-            watched.store(false, Ordering::Release);
-            warn!(target = %target, pid = identity.pid.get(), "exit watcher timed out without a timeout; is_running will probe");
-            return;
-        }
-        Err(e) => {
-            watched.store(false, Ordering::Release);
-            warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot watch helper exit; is_running will probe");
-            return;
-        }
-    };
+    while let Some(identity) = exited.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(target) = inner.read_memory().target_of(&identity).cloned() else {
+            continue;
+        };
+        tokio::spawn(async move {
+            // The process has exited: this returns as soon as a child of ours is reaped
+            // (with its status), at once for any other process.
+            let status = match inner
+                .spawner
+                .wait_exit(&identity, Some(EXIT_STATUS_WAIT))
+                .await
+            {
+                Ok(WaitOutcome::Exited(status)) => status,
+                Ok(WaitOutcome::TimedOut) | Err(_) => ExitStatus::Unknown,
+            };
+            inner.on_exit(&target, &identity, status).await;
+        });
+    }
     if let Some(inner) = inner.upgrade() {
-        // Boxed, so that the exit handling (locks, store calls: a large future) is
-        // allocated when the helper exits, not held inline in every watcher task for the
-        // helper's whole life (about 650 bytes per tracked helper).
-        Box::pin(inner.on_exit(&target, &identity, status)).await;
+        inner.watch_ok.store(false, Ordering::Release);
+        warn!("the exit watcher stopped; is_running will probe");
     }
 }

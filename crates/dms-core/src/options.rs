@@ -41,6 +41,14 @@ pub struct ManagerOptions {
     /// Capacity of the event channel ([`crate::Manager::subscribe`]); a receiver that
     /// falls further behind loses the oldest events. Default 1024.
     pub event_capacity: usize,
+    /// One-shot mode, for a process that does one thing and exits (the command line's
+    /// `status`, `stats`, `spawn`, `kill` and `adopt`): [`crate::Manager::open`] runs no
+    /// startup recovery (no scan of the PID files, nothing removed) and the manager
+    /// watches no helper's exit, so a memory hit is re-checked with a probe. Every
+    /// operation still takes the target's lock and checks identity before it acts; the
+    /// state of a target is read from its own entry only. Default `false`: full startup
+    /// recovery and exit watching, as a long-running manager needs.
+    pub one_shot: bool,
 }
 
 impl ManagerOptions {
@@ -52,6 +60,7 @@ impl ManagerOptions {
             usage_interval: Some(Duration::from_millis(100)),
             start_time_slack: Duration::from_secs(1),
             event_capacity: 1024,
+            one_shot: false,
         }
     }
 

@@ -230,8 +230,17 @@ async fn exit_watching_clears_memory_and_disk_promptly() {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         ..HelperSpec::default()
     };
-    // stdin is /dev/null: `read` sees end of file at once and the helper exits 7.
-    let pid = m.spawn(&target, spec).await.unwrap().pid.unwrap();
+    // stdin is /dev/null: `read` sees end of file at once and the helper exits 7, maybe
+    // before `spawn` reads back its info (then `absent`): its PID comes from the event,
+    // which the target's lock orders before the exit's.
+    let info = m.spawn(&target, spec).await.unwrap();
+    let pid = loop {
+        match events.try_recv() {
+            Ok(Event::Spawned { pid, .. }) => break pid,
+            Ok(_) => {}
+            Err(e) => panic!("no spawned event: {e:?} ({info:?})"),
+        }
+    };
     let started = Instant::now();
     let status = next_exit(&mut events, pid).await;
     let took = started.elapsed();
@@ -251,6 +260,110 @@ async fn exit_watching_clears_memory_and_disk_promptly() {
     assert!(!pid_file(dir.path(), &target).exists());
     assert!(took < Duration::from_secs(1), "took {took:?}");
     eprintln!("external SIGKILL -> exit event + PID file removed in {took:?}");
+}
+
+/// A one-shot manager (the command line's `spawn`, `kill`, `status`) runs no startup
+/// recovery, so another target's stale PID file stays, and watches no exit, so a memory
+/// hit is probed: a helper killed from outside reads as not running at once. Its own
+/// target's spawn and kill still lock, record before the program runs, and check
+/// identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_manager_scans_nothing_and_probes_memory_hits() {
+    init_tracing();
+    let dir = run_dir();
+    let (store_dir, other) = (dir.path(), t("other"));
+    std::fs::create_dir_all(store_dir.join("s3")).unwrap();
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    std::fs::write(pid_file(store_dir, &other), dead.to_string()).unwrap();
+    let mut o = opts(store_dir);
+    o.one_shot = true;
+    let spawner = Arc::new(LinuxSpawner::new().unwrap());
+    let (m, report) = Manager::open(store(Backend::PidFile, store_dir), spawner, o)
+        .await
+        .unwrap();
+    assert!(report.cleared.is_empty() && report.adopted.is_empty());
+    assert!(
+        pid_file(store_dir, &other).exists(),
+        "a one-shot open removed a file"
+    );
+
+    let target = t("one-shot");
+    let pid = m.spawn(&target, sleeper(7)).await.unwrap().pid.unwrap();
+    assert!(m.is_running(&target).await.unwrap());
+    assert_eq!(
+        std::fs::read_to_string(pid_file(store_dir, &target))
+            .unwrap()
+            .trim(),
+        pid.to_string()
+    );
+    assert!(matches!(
+        m.spawn(&target, sleeper(8)).await,
+        Err(Error::AlreadyRunning { .. })
+    ));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.get()), NixSignal::SIGKILL).unwrap();
+    // No watcher: the memory hit is probed, and the dead helper (a zombie until the
+    // spawner reaps it) reads as not running.
+    assert!(wait_for(Duration::from_secs(5), || !alive(pid)).await);
+    assert!(!m.is_running(&target).await.unwrap());
+    let report = m.kill(&target, Duration::from_secs(1)).await.unwrap();
+    assert!(!report.was_running, "{report:?}");
+    assert!(!pid_file(store_dir, &target).exists());
+    assert!(
+        pid_file(store_dir, &other).exists(),
+        "kill touched another target"
+    );
+}
+
+/// One shared exit watcher serves every tracked helper: 30 helpers killed from outside
+/// dms at once are each reported (an `Exited` event with the signal), forgotten in
+/// memory and their PID files removed, promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_exit_watcher_notices_many_exits_promptly() {
+    const N: u64 = 30;
+    init_tracing();
+    let dir = run_dir();
+    let (m, _) = open(Backend::PidFile, dir.path()).await;
+    let mut events = m.subscribe();
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..N {
+        let info = m
+            .spawn(&t(&format!("many-{i}")), sleeper(10 + i))
+            .await
+            .unwrap();
+        pids.insert(info.pid.unwrap());
+    }
+    assert_eq!(m.memory_snapshot().len(), N as usize);
+    let sent = Instant::now();
+    for pid in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.get()), NixSignal::SIGKILL).unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut exited = std::collections::HashSet::new();
+    while exited.len() < pids.len() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(Event::Exited { pid, status, .. })) => {
+                assert_eq!(status, ExitStatus::Signaled(9));
+                assert!(exited.insert(pid), "PID {pid} reported twice");
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("{} of {N} exits seen: {other:?}", exited.len()),
+        }
+    }
+    let took = sent.elapsed();
+    assert_eq!(exited, pids);
+    assert!(m.memory_snapshot().is_empty());
+    for i in 0..N {
+        let target = t(&format!("many-{i}"));
+        assert!(!pid_file(dir.path(), &target).exists());
+        assert!(!m.is_running(&target).await.unwrap());
+    }
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    eprintln!("{N} external SIGKILLs -> {N} exit events + PID files removed in {took:?}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -282,9 +282,44 @@ pub enum ProcError {
         #[source]
         source: std::io::Error,
     },
+    /// The shared exit watcher ([`Spawner::exit_watch`]) could not be set up.
+    #[error("cannot {op} of the shared exit watcher: {source}; check the limit on open files (ulimit -n)")]
+    ExitWatch {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A scripted failure of the fake spawner.
     #[error("injected failure: {0}")]
     Injected(String),
+}
+
+/// Where a shared exit watcher ([`Spawner::exit_watch`]) reports each watched process
+/// that exited.
+pub type ExitSender = tokio::sync::mpsc::UnboundedSender<ProcIdentity>;
+
+/// One watcher for the exits of many processes (see [`Spawner::exit_watch`]): a process
+/// watched costs a small table entry (on Linux, plus a pidfd in one epoll set), not a
+/// task and a timer of its own.
+///
+/// Each watched process is reported once, with the identity it was watched with, on the
+/// [`ExitSender`] given at creation: when it exits, becomes a zombie, or at once when it
+/// was already gone (or is another process now) at [`ExitWatch::watch`]. Reports carry
+/// no exit status: [`Spawner::wait_exit`] of a reported process returns at once with it.
+/// Dropping the watcher stops its task; nothing more is reported. A watcher that can
+/// no longer watch (its epoll set fails) closes the channel, so the receiver knows to
+/// stop trusting it.
+pub trait ExitWatch: Debug + Send + Sync {
+    /// Starts watching `who`. Watching a PID again replaces the earlier watch of it.
+    fn watch(&self, who: &ProcIdentity) -> Result<(), ProcError>;
+
+    /// Stops watching `who` without a report; nothing if it is not watched.
+    fn unwatch(&self, who: &ProcIdentity);
+
+    /// How many processes are watched now.
+    fn watched(&self) -> usize;
 }
 
 /// The OS seam of the manager: spawn, probe, signal, wait, measure.
@@ -333,6 +368,15 @@ pub trait Spawner: Debug + Send + Sync {
     fn protected(&self, pid: Pid) -> Option<String> {
         let _ = pid;
         None
+    }
+
+    /// A shared watcher of process exits, reporting on `exited` (see [`ExitWatch`]);
+    /// `None` if this spawner has none (the caller then waits for each process with
+    /// [`Spawner::wait_exit`]). Call inside a tokio runtime: the watcher runs as one task
+    /// of it. The default has none.
+    fn exit_watch(&self, exited: ExitSender) -> Result<Option<Box<dyn ExitWatch>>, ProcError> {
+        let _ = exited;
+        Ok(None)
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL and wait for the exit.
@@ -400,6 +444,9 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     }
     fn protected(&self, pid: Pid) -> Option<String> {
         (**self).protected(pid)
+    }
+    fn exit_watch(&self, exited: ExitSender) -> Result<Option<Box<dyn ExitWatch>>, ProcError> {
+        (**self).exit_watch(exited)
     }
     async fn terminate(
         &self,

@@ -148,6 +148,8 @@ use tokio::io::unix::{AsyncFd, AsyncFdRegisterError};
 use tokio::io::Interest;
 use tokio::sync::watch;
 
+mod exit_watch;
+
 /// Where the boot ID is read from.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// The search path used when the given environment has no `PATH`.
@@ -846,6 +848,13 @@ impl Spawner for LinuxSpawner {
     }
 
     async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
+        // `kill(pid, 0)` settles a free PID in one cheap call (most entries of a scan
+        // over stale PID files); a live PID, or one we may not signal, is read from
+        // /proc. (A zombie passes this test and is told apart by its stat.)
+        let raw = rustix::process::Pid::from_raw(pid.get()).expect("a Pid is positive");
+        if rustix::process::test_kill_process(raw) == Err(Errno::SRCH) {
+            return Ok(Probe::Gone);
+        }
         let proc = match procfs::process::Process::new(pid.get()) {
             Ok(p) => p,
             Err(e) => return map_procfs(pid, e).map(|_: Option<()>| Probe::Gone),
@@ -1020,6 +1029,16 @@ impl Spawner for LinuxSpawner {
             rss_bytes: second.rss.saturating_mul(procfs::page_size()),
             threads: u64::try_from(second.num_threads).unwrap_or(0),
         }))
+    }
+
+    fn exit_watch(
+        &self,
+        exited: crate::ExitSender,
+    ) -> Result<Option<Box<dyn crate::ExitWatch>>, ProcError> {
+        Ok(Some(Box::new(exit_watch::LinuxExitWatch::start(
+            self.clone(),
+            exited,
+        )?)))
     }
 
     fn protected(&self, pid: Pid) -> Option<String> {

@@ -105,6 +105,18 @@ pub trait PidStore: Debug + Send + Sync {
     /// Every entry, sorted by name, corrupt ones included.
     async fn list(&self) -> Result<Vec<Entry>>;
 
+    /// The entries of [`PidStore::list`], in no particular order, handed over in batches
+    /// on `batches` as they are read, so that a caller can work on the first ones while
+    /// the rest are read (a backend that reads its files on another thread overlaps the
+    /// two). Stops early, without error, when the receiver is gone. The default sends the
+    /// sorted listing as one batch.
+    async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
+        let entries = self.list().await?;
+        // A receiver gone is not an error of the store.
+        let _ = batches.send(entries).await;
+        Ok(())
+    }
+
     /// Removes an entry whose file name is not a valid target ID (an
     /// [`Entry::Stray`]), by that exact file name. Refuses names that are not a single
     /// path component ending in `.pid`.
@@ -130,6 +142,9 @@ impl<T: PidStore + ?Sized> PidStore for std::sync::Arc<T> {
     }
     async fn list(&self) -> Result<Vec<Entry>> {
         (**self).list().await
+    }
+    async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
+        (**self).list_batches(batches).await
     }
     async fn remove_stray(&self, file_name: &str) -> Result<bool> {
         (**self).remove_stray(file_name).await

@@ -100,6 +100,14 @@ impl PidDir {
     /// `locks/` and `logs/` are safe to trust (see [`crate::safety`]), creates `s3/` when
     /// missing and removes stale temporary files.
     pub(crate) fn open(run_dir: &Path) -> Result<PidDir> {
+        let dir = PidDir::open_unswept(run_dir)?;
+        dir.remove_stale_temps(STALE_TEMP_AGE)?;
+        Ok(dir)
+    }
+
+    /// [`PidDir::open`] without removing stale temporary files (for a reader that must
+    /// not write: it lists no temporary file anyway).
+    pub(crate) fn open_unswept(run_dir: &Path) -> Result<PidDir> {
         let pid_dir = run_dir.join(PID_SUBDIR);
         create_dir(run_dir)?;
         crate::safety::check_run_dir(run_dir)?;
@@ -110,7 +118,6 @@ impl PidDir {
             pid_dir,
             in_memory,
         };
-        dir.remove_stale_temps(STALE_TEMP_AGE)?;
         Ok(dir)
     }
 
@@ -361,29 +368,77 @@ impl PidDir {
     /// Every entry with the stamp of each valid PID file, sorted like [`Self::list`].
     pub(crate) fn list_stamped(&self) -> Result<Vec<(Entry, Option<Stamp>)>> {
         let mut entries = Vec::new();
+        self.scan(|entry, stamp| {
+            entries.push((entry, stamp));
+            true
+        })?;
+        entries.sort_by(|(a, _), (b, _)| entry_key(a).cmp(entry_key(b)));
+        Ok(entries)
+    }
+
+    /// Every entry, in directory order, handed over in batches on `batches` as it is
+    /// read; stops early when the receiver is gone.
+    pub(crate) fn list_batches(
+        &self,
+        batches: &tokio::sync::mpsc::Sender<Vec<Entry>>,
+    ) -> Result<()> {
+        let mut batch = Vec::with_capacity(LIST_BATCH);
+        let mut open = true;
+        self.scan(|entry, _| {
+            batch.push(entry);
+            if batch.len() == LIST_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                open = batches.blocking_send(full).is_ok();
+            }
+            open
+        })?;
+        if open && !batch.is_empty() {
+            // A receiver gone is not an error of the store.
+            let _ = batches.blocking_send(batch);
+        }
+        Ok(())
+    }
+
+    /// Reads every entry in directory order and hands it to `each` (with the stamp of a
+    /// valid PID file) until `each` returns false.
+    fn scan(&self, mut each: impl FnMut(Entry, Option<Stamp>) -> bool) -> Result<()> {
+        // Each file is opened relative to the directory (as the floor scan does): the
+        // path is not walked again for every file.
+        let dirfd = rustix::fs::open(
+            &self.pid_dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| self.dir_error("open directory", e.into(), Access::Read))?;
         for dent in self.read_dir()? {
             let dent = dent.map_err(|e| self.dir_error("read directory", e, Access::Read))?;
-            match classify(&dent.file_name()) {
-                Name::Ignored => {}
-                Name::Stray { file_name, reason } => {
-                    entries.push((Entry::Stray { file_name, reason }, None))
-                }
+            let go_on = match classify(&dent.file_name()) {
+                Name::Ignored => true,
+                Name::Stray { file_name, reason } => each(Entry::Stray { file_name, reason }, None),
                 Name::Target(target) => {
-                    let (lookup, stamp) = read_pid_file(&dent.path(), &self.pid_dir)?;
+                    let (lookup, stamp) =
+                        read_pid_file_at(&dirfd, &dent.file_name(), &dent.path(), &self.pid_dir)?;
                     let state = match lookup {
                         Lookup::Present(r) => EntryState::Valid(r),
                         Lookup::Corrupt(c) => EntryState::Corrupt(c),
                         // Removed between readdir and open: it is gone, so not listed.
                         Lookup::Absent => continue,
                     };
-                    entries.push((Entry::Target { target, state }, stamp));
+                    each(Entry::Target { target, state }, stamp)
                 }
+            };
+            if !go_on {
+                break;
             }
         }
-        entries.sort_by(|(a, _), (b, _)| entry_key(a).cmp(entry_key(b)));
-        Ok(entries)
+        Ok(())
     }
 }
+
+/// Entries per batch of [`PidDir::list_batches`].
+const LIST_BATCH: usize = 256;
 
 /// The sort key of an entry: its name without `.pid`.
 pub(crate) fn entry_key(e: &Entry) -> &str {
@@ -436,6 +491,40 @@ fn create_dir(dir: &Path) -> Result<()> {
 /// and `EACCES`/`EPERM` (unreadable) are corrupt entries; anything else (EIO, EMFILE, ...)
 /// is an error, because it says nothing about the entry.
 pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<Stamp>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    read_opened_pid_file(file, path, dir)
+}
+
+/// [`read_pid_file`] of the entry `name` of the open directory `dirfd` (at `path`):
+/// opened relative to the directory, so a listing does not walk the whole path again
+/// for every file.
+pub(crate) fn read_pid_file_at(
+    dirfd: &std::os::fd::OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    dir: &Path,
+) -> Result<(Lookup, Option<Stamp>)> {
+    use rustix::fs::{Mode, OFlags};
+    let file = rustix::fs::openat(
+        dirfd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(fs::File::from)
+    .map_err(std::io::Error::from);
+    read_opened_pid_file(file, path, dir)
+}
+
+/// The rest of [`read_pid_file`], given the result of opening the file.
+fn read_opened_pid_file(
+    file: std::io::Result<fs::File>,
+    path: &Path,
+    dir: &Path,
+) -> Result<(Lookup, Option<Stamp>)> {
     let corrupt = |reason: String| {
         Ok((
             Lookup::Corrupt(Corrupt {
@@ -445,10 +534,6 @@ pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<S
             None,
         ))
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path);
     let mut file = match file {
         Ok(f) => f,
         Err(e) => {
@@ -633,6 +718,15 @@ impl PidFileStore {
         })
     }
 
+    /// [`PidFileStore::open`] for a reader that changes nothing in `s3/` (`dms status`):
+    /// the same checks, but stale temporary files of interrupted writes are left for the
+    /// next [`PidFileStore::open`] to remove (a listing never shows them).
+    pub fn open_for_reading(run_dir: &Path) -> Result<PidFileStore> {
+        Ok(PidFileStore {
+            dir: Arc::new(PidDir::open_unswept(run_dir)?),
+        })
+    }
+
     /// The run directory this store was opened in.
     pub fn run_dir(&self) -> &Path {
         self.dir.run_dir()
@@ -668,6 +762,11 @@ impl PidStore for PidFileStore {
     async fn list(&self) -> Result<Vec<Entry>> {
         let dir = self.dir.clone();
         blocking("list", move || dir.list()).await
+    }
+
+    async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
+        let dir = self.dir.clone();
+        blocking("list", move || dir.list_batches(&batches)).await
     }
 
     async fn remove_stray(&self, file_name: &str) -> Result<bool> {

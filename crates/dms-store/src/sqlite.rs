@@ -775,7 +775,17 @@ impl SqliteStore {
     /// [`PidFileStore::open`](crate::PidFileStore::open)); a database problem is never an
     /// error here (see the type's documentation).
     pub fn open(run_dir: &Path) -> Result<SqliteStore> {
-        let files = PidDir::open(run_dir)?;
+        SqliteStore::open_with(PidDir::open(run_dir)?, run_dir)
+    }
+
+    /// [`SqliteStore::open`] for a reader (`dms status`): stale temporary files of
+    /// interrupted writes in `s3/` are left for the next [`SqliteStore::open`] to remove
+    /// (a listing never shows them).
+    pub fn open_for_reading(run_dir: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(PidDir::open_unswept(run_dir)?, run_dir)
+    }
+
+    fn open_with(files: PidDir, run_dir: &Path) -> Result<SqliteStore> {
         let db = Db::open(&run_dir.join(DB_FILE_NAME), &files);
         Ok(SqliteStore {
             inner: Arc::new(Inner {

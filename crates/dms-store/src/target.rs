@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The longest target ID accepted, in bytes.
 pub const TARGET_ID_MAX_LEN: usize = 200;
@@ -22,9 +23,17 @@ pub const TARGET_ID_RULE: &str = "1 to 200 bytes of [A-Za-z0-9._-], not starting
 /// assert_eq!(t.as_str(), "target-123");
 /// assert!("../etc".parse::<TargetId>().is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct TargetId(String);
+///
+/// Cloning is cheap (a shared string: no allocation), as a manager keeps each target in
+/// more than one table.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetId(Arc<str>);
+
+impl serde::Serialize for TargetId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 /// Why a string is not a valid [`TargetId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +67,7 @@ impl TargetId {
         {
             return Err(bad(format!("it contains {:?}", c)));
         }
-        Ok(TargetId(s.to_owned()))
+        Ok(TargetId(Arc::from(s)))
     }
 
     /// The ID as a string slice.

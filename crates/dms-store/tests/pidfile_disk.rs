@@ -437,3 +437,61 @@ fn fifo_stays_a_fifo_and_is_not_opened_for_writing() {
     );
     assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
 }
+
+/// `list_batches` hands over exactly the entries `list` returns (valid, corrupt and
+/// stray), over several batches, each once; it stops quietly when the receiver is gone.
+#[test]
+fn batched_listing_holds_what_list_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PidFileStore::open(dir.path()).unwrap();
+    let s3 = dir.path().join("s3");
+    for i in 0..1000 {
+        fs::write(s3.join(format!("t{i:04}.pid")), format!("{}", 100 + i)).unwrap();
+    }
+    fs::write(s3.join("garbage.pid"), "not a pid").unwrap();
+    fs::write(s3.join("a b.pid"), "5").unwrap();
+    fs::write(s3.join("not-an-entry.lock"), "").unwrap();
+    let rt = rt();
+    let listed = rt.block_on(store.list()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let (done, batches) = rt.block_on(async {
+        let collect = async {
+            let mut batches = Vec::new();
+            while let Some(b) = rx.recv().await {
+                batches.push(b);
+            }
+            batches
+        };
+        tokio::join!(store.list_batches(tx), collect)
+    });
+    done.unwrap();
+    assert!(batches.len() > 1, "one batch for {} entries", listed.len());
+    let key = |e: &Entry| format!("{e:?}");
+    let mut batched: Vec<Entry> = batches.into_iter().flatten().collect();
+    batched.sort_by_key(key);
+    let mut want = listed.clone();
+    want.sort_by_key(key);
+    assert_eq!(batched, want);
+    assert_eq!(want.len(), 1002);
+    assert!(want.iter().any(|e| matches!(e, Entry::Stray { .. })));
+    assert!(want.iter().any(|e| matches!(
+        e,
+        Entry::Target {
+            state: EntryState::Corrupt(_),
+            ..
+        }
+    )));
+
+    // The receiver is gone after the first batch: the listing stops without an error.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let done = rt.block_on(async {
+        let first = async {
+            let b = rx.recv().await;
+            drop(rx);
+            b
+        };
+        tokio::join!(store.list_batches(tx), first)
+    });
+    done.0.unwrap();
+    assert!(done.1.is_some());
+}

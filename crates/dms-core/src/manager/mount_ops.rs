@@ -214,15 +214,28 @@ impl Inner {
 
     /// Fills `mount` (from the registry when the store keeps no metadata), `mounted` and
     /// `mount_state` of an info object.
-    pub(super) async fn fill_mount(&self, target: &TargetId, info: &mut ProcessInfo) {
+    pub(super) async fn fill_mount(
+        &self,
+        target: &TargetId,
+        info: &mut ProcessInfo,
+        mounts: Option<&super::Mounts>,
+    ) {
         if info.mount.is_none() {
-            info.mount = self.registry().get(target.as_str());
+            info.mount = match mounts {
+                Some(m) => m.get(target.as_str()).cloned(),
+                None => self.registry().get(target.as_str()),
+            };
         }
         if let Some(path) = &info.mount {
             let state = mount::probe(path, PROBE_TIMEOUT).await;
             info.mount_state = Some(state);
             info.mounted = Some(state != MountState::Unmounted);
         }
+    }
+
+    /// Every recorded mount, by target: one read of the registry for a whole listing.
+    pub(super) fn mounts(&self) -> super::Mounts {
+        self.registry().list().into_iter().collect()
     }
 
     /// How many recorded mounts are stale; `known` holds states already probed.
