@@ -324,22 +324,22 @@ impl Manager {
         let mounts = self.inner.mounts();
         let mut infos = Vec::with_capacity(targets.len());
         let mut running = Vec::new();
+        let inline = self.inner.opts.usage_interval == Some(Duration::ZERO);
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let (info, live) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
+            let (info, live) = self
+                .inner
+                .info_listed(&target, lookup, Some(&mounts), inline)
+                .await;
             if let Some(id) = live {
                 running.push((infos.len(), id));
             }
             infos.push(info);
         }
         match self.inner.opts.usage_interval {
+            // A zero interval: read with each probe, already in the info objects.
             None => {}
-            Some(interval) if interval.is_zero() => {
-                for (i, id) in running {
-                    let usage = self.inner.spawner.usage(&id, interval).await;
-                    apply_usage(&mut infos[i], &id, usage);
-                }
-            }
+            Some(interval) if interval.is_zero() => {}
             Some(interval) => {
                 let mut set = tokio::task::JoinSet::new();
                 for (i, id) in running {
@@ -416,10 +416,16 @@ impl Manager {
         Ok(())
     }
 
-    /// The info object of one target of a listing, with its usage read in line.
+    /// The info object of one target of a listing, with its usage read in line (with a
+    /// zero interval, from the probe's own read).
     async fn listed_info(&self, target: &TargetId, lookup: Lookup, mounts: &Mounts) -> ProcessInfo {
-        let (mut info, live) = self.inner.info_listed(target, lookup, Some(mounts)).await;
-        if let (Some(interval), Some(id)) = (self.inner.opts.usage_interval, live) {
+        let interval = self.inner.opts.usage_interval;
+        let inline = interval == Some(Duration::ZERO);
+        let (mut info, live) = self
+            .inner
+            .info_listed(target, lookup, Some(mounts), inline)
+            .await;
+        if let (Some(interval), Some(id), false) = (interval, live, inline) {
             let usage = self.inner.spawner.usage(&id, interval).await;
             apply_usage(&mut info, &id, usage);
         }
@@ -451,7 +457,10 @@ impl Manager {
         let mut probed = HashMap::new();
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let (info, _) = self.inner.info_listed(&target, lookup, Some(&mounts)).await;
+            let (info, _) = self
+                .inner
+                .info_listed(&target, lookup, Some(&mounts), false)
+                .await;
             if let (Some(path), Some(state)) = (info.mount, info.mount_state) {
                 probed.insert(path, state);
             }
@@ -585,9 +594,19 @@ impl Inner {
 
     /// Probes `record.pid` and decides whether it is the recorded helper of `target`.
     async fn classify(&self, target: &TargetId, record: &Record) -> Verdict {
+        let probe = self.spawner.probe(record.pid).await;
+        self.classify_probed(target, record, probe)
+    }
+
+    /// [`Inner::classify`] given the probe of `record.pid`.
+    fn classify_probed(
+        &self,
+        target: &TargetId,
+        record: &Record,
+        probe: std::result::Result<Probe, ProcError>,
+    ) -> Verdict {
         // Probed first: a free PID (most entries of a scan over stale files) is neither
         // dms nor one of its ancestors, and needs no further check.
-        let probe = self.spawner.probe(record.pid).await;
         if matches!(probe, Ok(Probe::Gone)) {
             return Verdict::Stale;
         }
@@ -657,11 +676,20 @@ impl Inner {
 
     /// Whether the exact process `id` is still alive.
     async fn verify(&self, id: &ProcIdentity) -> Verdict {
-        match self.spawner.probe(id.pid).await {
-            Ok(Probe::Alive(info)) if info.identity == *id => Verdict::Own(Box::new(info)),
-            Ok(Probe::Alive(_)) => Verdict::Foreign(format!("PID {} was reused", id.pid)),
-            Ok(Probe::Gone | Probe::Zombie(_)) => Verdict::Stale,
-            Err(e) => Verdict::Unverified(e.to_string()),
+        verify_probed(id, self.spawner.probe(id.pid).await)
+    }
+
+    /// Probes `pid` and, when it is alive, reads its usage (zero interval) with it.
+    async fn probe_with_usage(
+        &self,
+        pid: Pid,
+    ) -> (
+        std::result::Result<Probe, ProcError>,
+        Option<dms_proc::Usage>,
+    ) {
+        match self.spawner.probe_with_usage(pid).await {
+            Ok((probe, usage)) => (Ok(probe), usage),
+            Err(e) => (Err(e), None),
         }
     }
 
@@ -1079,6 +1107,10 @@ impl Inner {
 
     /// The info object of `target`, given what the store holds for it.
     async fn info(&self, target: &TargetId, disk: Lookup, usage: Option<Duration>) -> ProcessInfo {
+        if usage == Some(Duration::ZERO) {
+            // Read with the probe.
+            return self.info_listed(target, disk, None, true).await.0;
+        }
         let (mut info, live) = self.info_without_usage(target, disk).await;
         if let (Some(interval), Some(id)) = (usage, live) {
             let sampled = self.spawner.usage(&id, interval).await;
@@ -1094,16 +1126,21 @@ impl Inner {
         target: &TargetId,
         disk: Lookup,
     ) -> (ProcessInfo, Option<ProcIdentity>) {
-        self.info_listed(target, disk, None).await
+        self.info_listed(target, disk, None, false).await
     }
 
     /// [`Inner::info_without_usage`], with the mount registry read once for a whole
     /// listing (`mounts`: target -> recorded mount), not once per target.
+    ///
+    /// With `inline_usage`, the usage of a running helper is read with its probe (as
+    /// [`Spawner::usage`] with a zero interval, see [`Spawner::probe_with_usage`]) and
+    /// is already in the info object.
     async fn info_listed(
         &self,
         target: &TargetId,
         disk: Lookup,
         mounts: Option<&Mounts>,
+        inline_usage: bool,
     ) -> (ProcessInfo, Option<ProcIdentity>) {
         let mem = self.memory_entry(target);
         let pid_file_exists = !matches!(disk, Lookup::Absent);
@@ -1131,14 +1168,29 @@ impl Inner {
             mount_state: None,
             detail: None,
         };
+        let mut usage = None;
         let (verdict, meta) = match (mem, disk) {
             (Some((id, meta)), _) => {
                 info.pid = Some(id.pid);
-                (self.verify(&id).await, meta)
+                let verdict = if inline_usage {
+                    let (probe, u) = self.probe_with_usage(id.pid).await;
+                    usage = u;
+                    verify_probed(&id, probe)
+                } else {
+                    self.verify(&id).await
+                };
+                (verdict, meta)
             }
             (None, Lookup::Present(r)) => {
                 info.pid = Some(r.pid);
-                (self.classify(target, &r).await, r.meta)
+                let verdict = if inline_usage {
+                    let (probe, u) = self.probe_with_usage(r.pid).await;
+                    usage = u;
+                    self.classify_probed(target, &r, probe)
+                } else {
+                    self.classify(target, &r).await
+                };
+                (verdict, r.meta)
             }
             (None, Lookup::Corrupt(c)) => {
                 info.state = ProcessState::Corrupt;
@@ -1168,6 +1220,11 @@ impl Inner {
                 );
                 if p.cmdline.is_some() {
                     info.cmdline = p.cmdline.clone();
+                }
+                if let Some(u) = usage {
+                    info.cpu_percent = Some(u.cpu_percent);
+                    info.rss_bytes = Some(u.rss_bytes);
+                    info.threads = Some(u.threads);
                 }
                 return (info, Some(p.identity));
             }
@@ -1447,6 +1504,16 @@ fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {
         }
     }
     disk
+}
+
+/// [`Inner::verify`] given the probe of `id.pid`.
+fn verify_probed(id: &ProcIdentity, probe: std::result::Result<Probe, ProcError>) -> Verdict {
+    match probe {
+        Ok(Probe::Alive(info)) if info.identity == *id => Verdict::Own(Box::new(info)),
+        Ok(Probe::Alive(_)) => Verdict::Foreign(format!("PID {} was reused", id.pid)),
+        Ok(Probe::Gone | Probe::Zombie(_)) => Verdict::Stale,
+        Err(e) => Verdict::Unverified(e.to_string()),
+    }
 }
 
 /// Puts a usage sample of the running helper `id` into its info object.

@@ -11,7 +11,7 @@ mod common;
 use common::{init_tracing, run_dir, t};
 use dms_core::{Error, Event, HelperSpec, Manager, ManagerOptions, ProcessState};
 use dms_proc::linux::LinuxSpawner;
-use dms_proc::{ExitStatus, Pid};
+use dms_proc::{ExitStatus, Pid, Spawner};
 use dms_store::{Lookup, PidFileStore, PidStore, SqliteStore, TargetId};
 use nix::sys::signal::{SigSet, Signal as NixSignal};
 use std::io::{BufRead, BufReader, Write};
@@ -798,4 +798,102 @@ async fn two_processes_race_pid_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_race_sqlite() {
     two_processes_race(Backend::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Status reads usage with the probe.
+
+/// `dms status` (a one-shot manager with a zero usage interval, memory empty, so each
+/// helper is classified from its PID file) takes the usage columns from the probe's own
+/// read of `/proc/PID/stat`: the same RSS, threads and lifetime CPU percent as
+/// `Spawner::usage` with a zero interval read just before and after. `process_info`
+/// agrees too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_live_helper_reports_the_same_usage_fields() {
+    init_tracing();
+    let dir = run_dir();
+    let (m, _) = open(Backend::PidFile, dir.path()).await;
+    let busy = HelperSpec {
+        program: "sh".into(),
+        args: vec!["-c".into(), "while :; do :; done".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        ..HelperSpec::default()
+    };
+    let busy_pid = m.spawn(&t("busy"), busy).await.unwrap().pid.unwrap();
+    let idle_pid = m.spawn(&t("idle"), sleeper(7)).await.unwrap().pid.unwrap();
+    // The loop has used some CPU (awaited on its own counter).
+    let utime = |pid: Pid| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = s
+            .rsplit_once(')')
+            .map_or("", |(_, a)| a)
+            .split_whitespace()
+            .collect();
+        f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+    };
+    assert!(wait_for(Duration::from_secs(20), || utime(busy_pid) >= 5).await);
+
+    let mut o = opts(dir.path());
+    o.usage_interval = Some(Duration::ZERO);
+    o.one_shot = true;
+    let spawner = Arc::new(LinuxSpawner::new().unwrap());
+    let (status, _) = Manager::open(store(Backend::PidFile, dir.path()), spawner.clone(), o)
+        .await
+        .unwrap();
+    assert!(status.memory_snapshot().is_empty());
+    let ids: Vec<_> = m.memory_snapshot();
+    let usage = |who: &str| {
+        let id = ids
+            .iter()
+            .find(|(t, _)| t.as_str() == who)
+            .unwrap()
+            .1
+            .clone();
+        let spawner = spawner.clone();
+        async move { spawner.usage(&id, Duration::ZERO).await.unwrap().unwrap() }
+    };
+    for round in 0..2 {
+        let before = [usage("busy").await, usage("idle").await];
+        let mut infos = Vec::new();
+        if round == 0 {
+            status.list_with(|i| infos.push(i)).await.unwrap();
+        } else {
+            for who in ["busy", "idle"] {
+                infos.push(status.process_info(&t(who)).await.unwrap());
+            }
+        }
+        let after = [usage("busy").await, usage("idle").await];
+        assert_eq!(infos.len(), 2, "{infos:?}");
+        assert_eq!(
+            [infos[0].pid, infos[1].pid],
+            [Some(busy_pid), Some(idle_pid)]
+        );
+        for ((info, b), a) in infos.iter().zip(&before).zip(&after) {
+            assert_eq!(info.state, ProcessState::Running, "{info:?}");
+            eprintln!("before {b:?}\nstatus {info:?}\nafter {a:?}");
+            assert_eq!(info.threads, Some(b.threads));
+            assert_eq!(info.threads, Some(a.threads));
+            let rss = info.rss_bytes.expect("RSS");
+            assert!((b.rss_bytes.min(a.rss_bytes)..=b.rss_bytes.max(a.rss_bytes)).contains(&rss));
+            let cpu = info.cpu_percent.expect("CPU percent");
+            let (lo, hi) = (
+                b.cpu_percent.min(a.cpu_percent),
+                b.cpu_percent.max(a.cpu_percent),
+            );
+            assert!(
+                cpu >= lo - 1.0 && cpu <= hi + 1.0,
+                "CPU {cpu}% outside [{lo}, {hi}] (± 1)"
+            );
+        }
+        assert!(infos[0].cpu_percent.unwrap() > 1.0, "{:?}", infos[0]);
+        assert!(infos[1].cpu_percent.unwrap() < 5.0, "{:?}", infos[1]);
+    }
+    for who in ["busy", "idle"] {
+        assert!(
+            m.kill(&t(who), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .stopped
+        );
+    }
 }

@@ -357,6 +357,27 @@ pub trait Spawner: Debug + Send + Sync {
         interval: Duration,
     ) -> Result<Option<Usage>, ProcError>;
 
+    /// [`Spawner::probe`] of `pid` and, when it is alive, its [`Spawner::usage`] with a
+    /// zero interval (CPU percent the average since the process started), as one call:
+    /// a spawner that reads both from the same source (on Linux, one read of
+    /// `/proc/PID/stat`) reads it once. A listing uses it for every live helper. The
+    /// usage is `None` when the process is not alive, or when it could not be read
+    /// (logged at debug level). The default calls the two methods.
+    async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
+        let probe = self.probe(pid).await?;
+        let usage = match &probe {
+            Probe::Alive(info) => match self.usage(&info.identity, Duration::ZERO).await {
+                Ok(usage) => usage,
+                Err(e) => {
+                    tracing::debug!(pid = pid.get(), error = %e, "no usage");
+                    None
+                }
+            },
+            Probe::Gone | Probe::Zombie(_) => None,
+        };
+        Ok((probe, usage))
+    }
+
     /// The current boot ID.
     fn boot_id(&self) -> &str;
 
@@ -438,6 +459,9 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
         interval: Duration,
     ) -> Result<Option<Usage>, ProcError> {
         (**self).usage(who, interval).await
+    }
+    async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
+        (**self).probe_with_usage(pid).await
     }
     fn boot_id(&self) -> &str {
         (**self).boot_id()

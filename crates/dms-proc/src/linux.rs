@@ -236,6 +236,42 @@ impl LinuxSpawner {
         }
     }
 
+    /// [`Spawner::probe`] of `pid`, with the usage of a live process read from the same
+    /// `/proc/PID/stat` (as [`Spawner::usage`] with a zero interval) when `with_usage`.
+    fn probe_stat(&self, pid: Pid, with_usage: bool) -> Result<(Probe, Option<Usage>), ProcError> {
+        // `kill(pid, 0)` settles a free PID in one cheap call (most entries of a scan
+        // over stale PID files); a live PID, or one we may not signal, is read from
+        // /proc. (A zombie passes this test and is told apart by its stat.)
+        let raw = rustix::process::Pid::from_raw(pid.get()).expect("a Pid is positive");
+        if rustix::process::test_kill_process(raw) == Err(Errno::SRCH) {
+            return Ok((Probe::Gone, None));
+        }
+        let proc = match procfs::process::Process::new(pid.get()) {
+            Ok(p) => p,
+            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| (Probe::Gone, None)),
+        };
+        let stat = match proc.stat() {
+            Ok(stat) => stat,
+            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| (Probe::Gone, None)),
+        };
+        let identity = self.identity(pid, stat.starttime);
+        Ok(match stat.state {
+            'Z' => (Probe::Zombie(identity), None),
+            'X' | 'x' => (Probe::Gone, None),
+            _ => (
+                Probe::Alive(ProcInfo {
+                    identity,
+                    started_at: started_at(stat.starttime),
+                    pgid: stat.pgrp,
+                    sid: stat.session,
+                    exe: proc.exe().ok(),
+                    cmdline: proc.cmdline().ok().filter(|c| !c.is_empty()),
+                }),
+                with_usage.then(|| lifetime_usage(&stat)),
+            ),
+        })
+    }
+
     /// Re-reads `/proc/PID/stat` and classifies it against `who`.
     fn verify(&self, who: &ProcIdentity) -> Result<Verified, ProcError> {
         if *who.boot_id != *self.boot_id {
@@ -341,6 +377,25 @@ fn clock_now(clock: libc::clockid_t) -> Duration {
 /// Time since boot, suspend included: the clock of `/proc/PID/stat`'s start time.
 fn since_boot() -> Duration {
     clock_now(libc::CLOCK_BOOTTIME)
+}
+
+/// The usage of a process from one read of its `/proc/PID/stat`, CPU percent the
+/// average since it started, as ps(1) shows %CPU (both times count from boot).
+fn lifetime_usage(stat: &procfs::process::Stat) -> Usage {
+    let tps = procfs::ticks_per_second().max(1) as f64;
+    let cpu_seconds = (stat.utime + stat.stime) as f64 / tps;
+    let alive = since_boot().as_secs_f64() - stat.starttime as f64 / tps;
+    let cpu_percent = if alive > 0.0 {
+        (cpu_seconds / alive).max(0.0) * 100.0
+    } else {
+        0.0
+    };
+    Usage {
+        cpu_seconds,
+        cpu_percent,
+        rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+        threads: u64::try_from(stat.num_threads).unwrap_or(0),
+    }
 }
 
 /// Wall-clock time of the moment `start_ticks` after boot.
@@ -848,34 +903,12 @@ impl Spawner for LinuxSpawner {
     }
 
     async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
-        // `kill(pid, 0)` settles a free PID in one cheap call (most entries of a scan
-        // over stale PID files); a live PID, or one we may not signal, is read from
-        // /proc. (A zombie passes this test and is told apart by its stat.)
-        let raw = rustix::process::Pid::from_raw(pid.get()).expect("a Pid is positive");
-        if rustix::process::test_kill_process(raw) == Err(Errno::SRCH) {
-            return Ok(Probe::Gone);
-        }
-        let proc = match procfs::process::Process::new(pid.get()) {
-            Ok(p) => p,
-            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| Probe::Gone),
-        };
-        let stat = match proc.stat() {
-            Ok(stat) => stat,
-            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| Probe::Gone),
-        };
-        let identity = self.identity(pid, stat.starttime);
-        Ok(match stat.state {
-            'Z' => Probe::Zombie(identity),
-            'X' | 'x' => Probe::Gone,
-            _ => Probe::Alive(ProcInfo {
-                identity,
-                started_at: started_at(stat.starttime),
-                pgid: stat.pgrp,
-                sid: stat.session,
-                exe: proc.exe().ok(),
-                cmdline: proc.cmdline().ok().filter(|c| !c.is_empty()),
-            }),
-        })
+        self.probe_stat(pid, false).map(|(probe, _)| probe)
+    }
+
+    async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
+        // The usage columns come from the same read of /proc/PID/stat as the identity.
+        self.probe_stat(pid, true)
     }
 
     async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
@@ -998,30 +1031,20 @@ impl Spawner for LinuxSpawner {
         let Some((first, t0)) = sample()? else {
             return Ok(None);
         };
+        if interval.is_zero() {
+            return Ok(Some(lifetime_usage(&first)));
+        }
         let tps = procfs::ticks_per_second().max(1) as f64;
         let cpu = |s: &procfs::process::Stat| (s.utime + s.stime) as f64 / tps;
-        let (second, cpu_percent) = if interval.is_zero() {
-            // No interval: the average since the process started, as ps(1) shows %CPU,
-            // from one read of /proc/PID/stat (both times count from boot).
-            let alive = since_boot().as_secs_f64() - first.starttime as f64 / tps;
-            let percent = if alive > 0.0 {
-                (cpu(&first) / alive).max(0.0) * 100.0
-            } else {
-                0.0
-            };
-            (first, percent)
+        tokio::time::sleep(interval).await;
+        let Some((second, t1)) = sample()? else {
+            return Ok(None);
+        };
+        let wall = t1.duration_since(t0).as_secs_f64();
+        let cpu_percent = if wall > 0.0 {
+            ((cpu(&second) - cpu(&first)).max(0.0) / wall) * 100.0
         } else {
-            tokio::time::sleep(interval).await;
-            let Some((second, t1)) = sample()? else {
-                return Ok(None);
-            };
-            let wall = t1.duration_since(t0).as_secs_f64();
-            let percent = if wall > 0.0 {
-                ((cpu(&second) - cpu(&first)).max(0.0) / wall) * 100.0
-            } else {
-                0.0
-            };
-            (second, percent)
+            0.0
         };
         Ok(Some(Usage {
             cpu_seconds: cpu(&second),
