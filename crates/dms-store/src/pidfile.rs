@@ -64,6 +64,19 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
+    /// The stamp in an fstat(2) result (the same fields as [`Stamp::of`]).
+    // (`st_mtime` is an i64 on 64-bit Linux, narrower on some 32-bit targets.)
+    #[allow(clippy::useless_conversion)]
+    fn of_stat(st: &rustix::fs::Stat) -> Stamp {
+        Stamp {
+            ino: st.st_ino,
+            mtime_ns: i64::try_from(st.st_mtime)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(i64::try_from(st.st_mtime_nsec).unwrap_or(0)),
+        }
+    }
+
     fn of(meta: &fs::Metadata) -> Stamp {
         Stamp {
             ino: meta.ino(),
@@ -559,17 +572,28 @@ fn read_opened_pid_file(
             };
         }
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("fstat PID file", path, e, dir, Access::Read))?;
-    let ft = meta.file_type();
-    if !ft.is_file() {
-        return corrupt(format!("is {}, not a regular file", describe(&ft)));
+    // fstat(2) of the open file (type, size, inode, mtime): on 64-bit Linux one plain
+    // `fstat`, lighter than the `statx` behind `File::metadata`.
+    let meta = rustix::fs::fstat(&file).map_err(|e| {
+        Error::io(
+            "fstat PID file",
+            path,
+            std::io::Error::from(e),
+            dir,
+            Access::Read,
+        )
+    })?;
+    if rustix::fs::FileType::from_raw_mode(meta.st_mode) != rustix::fs::FileType::RegularFile {
+        let kind = file
+            .metadata()
+            .map(|m| describe(&m.file_type()))
+            .unwrap_or("a special file");
+        return corrupt(format!("is {kind}, not a regular file"));
     }
-    if meta.len() > MAX_PID_FILE_LEN {
+    let size = u64::try_from(meta.st_size).unwrap_or(0);
+    if size > MAX_PID_FILE_LEN {
         return corrupt(format!(
-            "is {} bytes long; a PID file holds at most {MAX_PID_FILE_LEN}",
-            meta.len()
+            "is {size} bytes long; a PID file holds at most {MAX_PID_FILE_LEN}"
         ));
     }
     // Up to one byte more than a PID file may hold. A read that returns all the bytes
@@ -584,7 +608,7 @@ fn read_opened_pid_file(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io("read PID file", path, e, dir, Access::Read)),
         }
-        if len as u64 == meta.len() {
+        if len as u64 == size {
             break;
         }
     }
@@ -597,24 +621,26 @@ fn read_opened_pid_file(
     match Pid::parse(buf) {
         Ok(pid) => Ok((
             Lookup::Present(Record {
-                written_at: Some(mtime_of(&meta)),
+                written_at: Some(mtime_of_stat(&meta)),
                 ..Record::bare(pid)
             }),
-            Some(Stamp::of(&meta)),
+            Some(Stamp::of_stat(&meta)),
         )),
         Err(e) => corrupt(e.to_string()),
     }
 }
 
-fn mtime_of(meta: &fs::Metadata) -> SystemTime {
-    meta.modified().unwrap_or_else(|_| {
-        // Linux always has mtime; this is only a fallback for exotic file systems.
-        SystemTime::UNIX_EPOCH
-            + Duration::new(
-                meta.mtime().max(0) as u64,
-                meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-            )
-    })
+/// The mtime in an fstat(2) result.
+fn mtime_of_stat(st: &rustix::fs::Stat) -> SystemTime {
+    let nanos = u32::try_from(st.st_mtime_nsec).map_or(0, |n| n.min(999_999_999));
+    match u64::try_from(st.st_mtime) {
+        Ok(secs) => SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+        // Before 1970 (a file touched by hand): seconds down, nanoseconds up.
+        Err(_) => {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(st.st_mtime.unsigned_abs())
+                + Duration::from_nanos(nanos.into())
+        }
+    }
 }
 
 fn describe(ft: &fs::FileType) -> &'static str {

@@ -495,3 +495,52 @@ fn batched_listing_holds_what_list_holds() {
     done.0.unwrap();
     assert!(done.1.is_some());
 }
+
+/// `written_at` is the file's mtime to the nanosecond (read with fstat from the open
+/// file), for `get` and `list` alike, also for an mtime before 1970 set by hand.
+#[test]
+fn written_at_is_the_exact_mtime_from_get_and_list() {
+    use std::time::{Duration, SystemTime};
+    let run = tempfile::tempdir().unwrap();
+    let store = PidFileStore::open(run.path()).unwrap();
+    let cases = [
+        (
+            "recent",
+            SystemTime::UNIX_EPOCH + Duration::new(1_790_000_000, 123_456_789),
+        ),
+        (
+            "before-1970",
+            SystemTime::UNIX_EPOCH - Duration::new(86_400, 0) + Duration::from_nanos(5),
+        ),
+    ];
+    for (name, mtime) in cases {
+        let path = run.path().join(format!("s3/{name}.pid"));
+        fs::write(&path, b"4242\n").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        let got = rt().block_on(store.get(&t(name))).unwrap();
+        let Lookup::Present(r) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(r.written_at, Some(mtime), "{name}: get");
+    }
+    let listed = rt().block_on(store.list()).unwrap();
+    let mut seen = 0;
+    for entry in listed {
+        if let dms_store::Entry::Target {
+            target,
+            state: dms_store::EntryState::Valid(r),
+        } = entry
+        {
+            let (_, mtime) = cases.iter().find(|(n, _)| *n == target.as_str()).unwrap();
+            assert_eq!(r.written_at, Some(*mtime), "{target}: list");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2);
+}
