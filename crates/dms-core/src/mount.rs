@@ -392,16 +392,7 @@ pub fn abort_connection(minor: u32) -> io::Result<bool> {
     let conns = Path::new(FUSE_CONNECTIONS);
     let dir = conns.join(minor.to_string());
     if !dir.exists() {
-        let table = read_mountinfo()?;
-        if mount_at(&table, conns).is_none() && conns.is_dir() {
-            nix::mount::mount(
-                Some("fusectl"),
-                conns,
-                Some("fusectl"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )?;
-        }
+        ensure_fusectl(conns)?;
         if !dir.exists() {
             return Ok(false);
         }
@@ -414,21 +405,29 @@ pub fn abort_connection(minor: u32) -> io::Result<bool> {
 /// `fusectl` if needed; `None` if that is impossible.
 pub fn connection_exists(minor: u32) -> Option<bool> {
     let conns = Path::new(FUSE_CONNECTIONS);
-    let table = read_mountinfo().ok()?;
-    if mount_at(&table, conns).is_none() {
-        if !conns.is_dir() {
-            return None;
-        }
-        nix::mount::mount(
-            Some("fusectl"),
-            conns,
-            Some("fusectl"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .ok()?;
+    match ensure_fusectl(conns) {
+        Ok(true) => Some(conns.join(minor.to_string()).exists()),
+        Ok(false) | Err(_) => None,
     }
-    Some(conns.join(minor.to_string()).exists())
+}
+
+/// Mounts the `fusectl` file system at `conns` unless it is mounted there already.
+/// `Ok(false)` when it is not mounted and cannot be (`conns` is not a directory).
+fn ensure_fusectl(conns: &Path) -> io::Result<bool> {
+    if mount_at(&read_mountinfo()?, conns).is_some() {
+        return Ok(true);
+    }
+    if !conns.is_dir() {
+        return Ok(false);
+    }
+    nix::mount::mount(
+        Some("fusectl"),
+        conns,
+        Some("fusectl"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )?;
+    Ok(true)
 }
 
 /// The record of each target's mount path: `<run-dir>/mounts/<target>.mount`, holding
