@@ -162,6 +162,36 @@ pub struct StatusTable {
     rows: Vec<Box<str>>,
 }
 
+/// One row of a [`StatusTable`] being written: cells separated by NUL, each cell's width
+/// folded into the table's column widths as it is finished.
+struct RowWriter<'a> {
+    row: String,
+    col: usize,
+    widths: &'a mut [usize; 10],
+}
+
+impl RowWriter<'_> {
+    /// Writes the next cell with `write`.
+    fn cell(&mut self, write: impl FnOnce(&mut String)) {
+        if self.col > 0 {
+            self.row.push('\0');
+        }
+        let start = self.row.len();
+        write(&mut self.row);
+        let w = self.row[start..].chars().count();
+        self.widths[self.col] = self.widths[self.col].max(w);
+        self.col += 1;
+    }
+
+    /// Writes the next cell with `write` from `value`, or `-` without one.
+    fn opt<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut String, T)) {
+        self.cell(|r| match value {
+            Some(v) => write(r, v),
+            None => r.push('-'),
+        });
+    }
+}
+
 impl StatusTable {
     /// Adds a row ([`status_row`]).
     #[cfg(test)]
@@ -175,99 +205,55 @@ impl StatusTable {
     /// Adds the row of the info object `i`: what [`status_row`] renders from its JSON
     /// document, written straight into the row's one string.
     pub fn push_info(&mut self, i: &ProcessInfo, detail: Option<&str>) {
-        let mut row = String::with_capacity(128);
-        let mut col = 0;
-        let mut end_cell = |row: &mut String, start: usize| {
-            let w = row[start..].chars().count();
-            self.widths[col] = self.widths[col].max(w);
-            col += 1;
+        let mut row = RowWriter {
+            row: String::with_capacity(128),
+            col: 0,
+            widths: &mut self.widths,
         };
-        let dash = |row: &mut String, some: bool| {
-            if !some {
-                row.push('-');
-            }
-        };
-        let mut start = row.len();
-        row.push_str(i.target.as_str());
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        if let Some(p) = i.pid {
-            let _ = write!(row, "{p}");
-        }
-        dash(&mut row, i.pid.is_some());
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        row.push_str(&or_dash(json_name(&i.state)));
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        row.push_str(&or_dash(i.source.as_ref().and_then(json_name)));
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        if let Some(u) = i.uptime_secs {
-            row.push_str(&duration(u));
-        }
-        dash(&mut row, i.uptime_secs.is_some());
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        if let Some(c) = i.cpu_percent {
-            let _ = write!(row, "{c:.1}%");
-        }
-        dash(&mut row, i.cpu_percent.is_some());
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        if let Some(b) = i.rss_bytes {
-            row.push_str(&bytes(b));
-        }
-        dash(&mut row, i.rss_bytes.is_some());
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        if let Some(t) = i.threads {
-            let _ = write!(row, "{t}");
-        }
-        dash(&mut row, i.threads.is_some());
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        match &i.mount {
-            None => row.push('-'),
+        row.cell(|r| r.push_str(i.target.as_str()));
+        row.opt(i.pid, |r, p| {
+            let _ = write!(r, "{p}");
+        });
+        row.cell(|r| r.push_str(&or_dash(json_name(&i.state))));
+        row.cell(|r| r.push_str(&or_dash(i.source.as_ref().and_then(json_name))));
+        row.opt(i.uptime_secs, |r, u| r.push_str(&duration(u)));
+        row.opt(i.cpu_percent, |r, c| {
+            let _ = write!(r, "{c:.1}%");
+        });
+        row.opt(i.rss_bytes, |r, b| r.push_str(&bytes(b)));
+        row.opt(i.threads, |r, t| {
+            let _ = write!(r, "{t}");
+        });
+        row.cell(|r| match &i.mount {
+            None => r.push('-'),
             Some(m) => {
-                row.push_str(&m.to_string_lossy());
+                r.push_str(&m.to_string_lossy());
                 if let Some(state) = i.mount_state.filter(|s| *s != MountState::Mounted) {
-                    let _ = write!(row, " ({})", or_dash(json_name(&state)));
+                    let _ = write!(r, " ({})", or_dash(json_name(&state)));
                 }
             }
-        }
-        end_cell(&mut row, start);
-        row.push('\0');
-        start = row.len();
-        match &i.cmdline {
+        });
+        row.cell(|r| match &i.cmdline {
             Some(parts) => {
                 for (n, part) in parts.iter().enumerate() {
                     if n > 0 {
-                        row.push(' ');
+                        r.push(' ');
                     }
-                    row.push_str(part);
+                    r.push_str(part);
                 }
                 if let Some(d) = detail {
-                    let _ = write!(row, " ({d})");
+                    let _ = write!(r, " ({d})");
                 }
             }
             None => match detail {
                 Some(d) => {
-                    let _ = write!(row, "({d})");
+                    let _ = write!(r, "({d})");
                 }
-                None => row.push('-'),
+                None => r.push('-'),
             },
-        }
-        end_cell(&mut row, start);
-        self.rows.push(row.into_boxed_str());
+        });
+        let text = row.row.into_boxed_str();
+        self.rows.push(text);
     }
 
     /// Whether no row was added.
