@@ -429,11 +429,12 @@ fuzz_target!(|input: Input| {
     // An arbitrary put through the store.
     let mut put_ok = None;
     if let Some(rec) = input.put.as_ref().and_then(put_record) {
+        let before = file_state(&pid_path).content;
         let res = env.rt.block_on(store.put(&env.target, &rec));
         match &res {
             Ok(()) => put_ok = Some(rec.clone()),
-            // The only refusal: start ticks above i64::MAX do not fit the column (the
-            // PID file is still written, by contract).
+            // The only refusal: start ticks above i64::MAX do not fit the column. It
+            // comes before anything is written, so the PID file is as it was.
             Err(dms_store::Error::Invalid(msg)) => {
                 assert!(
                     rec.identity
@@ -441,16 +442,19 @@ fuzz_target!(|input: Input| {
                         .is_some_and(|i| i.start_ticks > i64::MAX as u64),
                     "put refused {rec:?}: {msg}"
                 );
+                assert_eq!(
+                    file_state(&pid_path).content,
+                    before,
+                    "a refused put changed the PID file"
+                );
             }
             Err(e) => check_error("put", e, run),
         }
-        // Whatever the row did, the PID file now holds the new PID.
-        let f = file_state(&pid_path);
-        assert_eq!(
-            f.pid,
-            Some(rec.pid),
-            "put {res:?} did not write the PID file"
-        );
+        if !matches!(res, Err(dms_store::Error::Invalid(_))) {
+            // Whatever the row did, the PID file now holds the new PID.
+            let f = file_state(&pid_path);
+            assert_eq!(f.pid, Some(rec.pid), "put did not write the PID file");
+        }
     }
 
     // Rows written by hand, against the file as it is now.

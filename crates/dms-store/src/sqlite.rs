@@ -58,24 +58,42 @@ struct Row {
     stamp: Stamp,
 }
 
+/// A row's columns, encoded from a record before the PID file is written (so a record
+/// the database cannot hold is refused before anything changes), waiting for the stamp
+/// of the file it will belong to.
+struct Unstamped(Row);
+
+impl Unstamped {
+    /// The row naming the PID file written with `stamp`.
+    fn stamped(self, stamp: Stamp) -> Row {
+        Row { stamp, ..self.0 }
+    }
+}
+
 impl Row {
-    fn from_record(record: &Record, stamp: Stamp) -> Result<Row> {
+    fn encode(target: &TargetId, record: &Record) -> Result<Unstamped> {
         let start_ticks = match &record.identity {
             Some(id) => Some(i64::try_from(id.start_ticks).map_err(|_| {
                 Error::Invalid(format!(
-                    "start ticks {} out of range for the database",
-                    id.start_ticks
+                    "cannot record target {target}: start ticks {} do not fit the \
+                     database (at most {}); nothing was written. Start ticks come from \
+                     field 22 of /proc/PID/stat; pass the identity the spawner probed",
+                    id.start_ticks,
+                    i64::MAX
                 ))
             })?),
             None => None,
         };
         let cmdline = match &record.meta.cmdline {
             Some(c) => Some(serde_json::to_string(c).map_err(|e| {
-                Error::Invalid(format!("cannot encode the command line as JSON: {e}"))
+                Error::Invalid(format!(
+                    "cannot record target {target}: its command line cannot be encoded \
+                     as JSON ({e}); nothing was written"
+                ))
             })?),
             None => None,
         };
-        Ok(Row {
+        Ok(Unstamped(Row {
             pid: i64::from(record.pid.get()),
             start_ticks,
             boot_id: record.identity.as_ref().map(|i| i.boot_id.clone()),
@@ -91,8 +109,12 @@ impl Row {
                 .log_path
                 .as_ref()
                 .map(|p| p.as_os_str().as_bytes().to_vec()),
-            stamp,
-        })
+            // Replaced by `stamped` before the row is used.
+            stamp: Stamp {
+                ino: 0,
+                mtime_ns: 0,
+            },
+        }))
     }
 
     fn bare(pid: i64, stamp: Stamp) -> Row {
@@ -556,6 +578,9 @@ impl Inner {
     }
 
     fn put(&self, target: &TargetId, record: &Record, crash_after: CrashAfter) -> Result<()> {
+        // 0. Encode the row first: a record the database cannot hold is refused with
+        // nothing written, rather than leaving a PID file behind a failed put.
+        let unstamped = Row::encode(target, record)?;
         let mut db = self.lock();
         // 1. The PID file: authoritative for existence, so it goes first.
         let stamp = match self.files.write_steps(target, record.pid, crash_after)? {
@@ -567,7 +592,7 @@ impl Inner {
         // full, read-only), the entry is there with identity unknown, exactly as after a
         // crash between the two writes, and the next read records a bare row. Failing the
         // put would make the caller give up a helper that is recorded.
-        let row = Row::from_record(record, stamp)?;
+        let row = unstamped.stamped(stamp);
         if let Err(e) = db.with(&self.files, |conn| upsert(conn, target, &row)) {
             tracing::warn!(
                 target = %target,

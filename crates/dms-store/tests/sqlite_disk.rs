@@ -124,6 +124,37 @@ fn writes_the_pid_file_and_a_row_with_identity_and_metadata() {
 }
 
 #[test]
+fn a_record_the_database_cannot_hold_is_refused_before_anything_is_written() {
+    let run = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(run.path()).unwrap();
+    let rt = rt();
+    rt.block_on(store.put(&t("a"), &full(4242))).unwrap();
+    // Start ticks above i64::MAX do not fit SQLite's INTEGER column.
+    let mut bad = full(5151);
+    bad.identity.as_mut().unwrap().start_ticks = u64::MAX;
+    let err = rt.block_on(store.put(&t("a"), &bad)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, dms_store::Error::Invalid(_)), "{err:?}");
+    assert!(
+        msg.contains("target a") && msg.contains(&u64::MAX.to_string()),
+        "the error names the target and the value: {msg}"
+    );
+    assert!(msg.contains("nothing was written"), "{msg}");
+    // The previous record is untouched: file, row, identity.
+    assert_eq!(
+        fs::read_to_string(run.path().join("s3/a.pid")).unwrap(),
+        "4242\n"
+    );
+    assert_eq!(db_rows(run.path()), vec![("a".into(), 4242, Some(987_654))]);
+    let got = present(rt.block_on(store.get(&t("a"))).unwrap());
+    assert_eq!(got.identity, full(4242).identity);
+    // A new target is not created either.
+    assert!(rt.block_on(store.put(&t("b"), &bad)).is_err());
+    assert!(!run.path().join("s3/b.pid").exists());
+    assert_eq!(db_rows(run.path()).len(), 1);
+}
+
+#[test]
 fn database_settings_and_schema() {
     let run = tempfile::tempdir().unwrap();
     let _store = SqliteStore::open(run.path()).unwrap();
