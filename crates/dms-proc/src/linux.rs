@@ -172,10 +172,40 @@ const STAGE_EXEC: u32 = 3;
 /// Exit status of one of our children: `None` until the reaper has reaped it.
 type StatusRx = watch::Receiver<Option<ExitStatus>>;
 
+/// How many reaped children's exit statuses a [`LinuxSpawner`] keeps at least (the most
+/// recent ones). Older ones are dropped when the table has twice as many, so a
+/// long-running manager that respawns helpers keeps a bounded table. A status is wanted
+/// right after the exit ([`Spawner::wait_exit`] after a signal); for a child whose
+/// status was dropped, [`LinuxSpawner::child_status`] says `None` and `wait_exit` says
+/// [`ExitStatus::Unknown`], as for a process that was never our child.
+pub const KEPT_EXIT_STATUSES: usize = 128;
+
 #[derive(Debug)]
 struct Child {
     start_ticks: u64,
+    /// Spawn order, so the oldest reaped children go first.
+    seq: u64,
     status: StatusRx,
+}
+
+/// Drops the exit statuses of all but the [`KEPT_EXIT_STATUSES`] most recently spawned
+/// reaped children, once there are twice as many entries (amortised: one pass per
+/// [`KEPT_EXIT_STATUSES`] spawns). Running children are always kept.
+fn prune_reaped(children: &mut HashMap<i32, Child>) {
+    if children.len() < 2 * KEPT_EXIT_STATUSES {
+        return;
+    }
+    let mut reaped: Vec<u64> = children
+        .values()
+        .filter(|c| c.status.borrow().is_some())
+        .map(|c| c.seq)
+        .collect();
+    if reaped.len() <= KEPT_EXIT_STATUSES {
+        return;
+    }
+    let cut = reaped.len() - KEPT_EXIT_STATUSES;
+    let (_, &mut oldest_kept, _) = reaped.select_nth_unstable(cut);
+    children.retain(|_, c| c.seq >= oldest_kept || c.status.borrow().is_none());
 }
 
 /// The real [`Spawner`] for Linux >= 5.4 (pidfds, `waitid(P_PIDFD)`). See the
@@ -187,8 +217,11 @@ struct Child {
 #[derive(Debug, Clone)]
 pub struct LinuxSpawner {
     boot_id: Arc<str>,
-    /// Our children, by PID (replaced when the PID is reused by a later child).
+    /// Our children, by PID (replaced when the PID is reused by a later child); reaped
+    /// ones beyond [`KEPT_EXIT_STATUSES`] are pruned.
     children: Arc<Mutex<HashMap<i32, Child>>>,
+    /// The next [`Child::seq`].
+    next_seq: Arc<std::sync::atomic::AtomicU64>,
     /// dms's ancestors when the spawner was made, with their start ticks (see
     /// [`Spawner::protected`]). A process gains no ancestors later (an orphan is
     /// reparented to an ancestor subreaper, or to init), so only these can be one; each
@@ -207,12 +240,14 @@ impl LinuxSpawner {
         Ok(LinuxSpawner {
             boot_id: Arc::from(boot_id.trim()),
             children: Arc::default(),
+            next_seq: Arc::default(),
             ancestors: ancestors_with_start_ticks().into(),
         })
     }
 
     /// The exit status of one of our children once it has been reaped; `None` while it
-    /// runs, or if `who` is not a child of this spawner.
+    /// runs, if `who` is not a child of this spawner, or if its status was dropped (only
+    /// the [`KEPT_EXIT_STATUSES`] most recent reaped children are sure to be kept).
     pub fn child_status(&self, who: &ProcIdentity) -> Option<ExitStatus> {
         self.child(who).and_then(|rx| *rx.borrow())
     }
@@ -871,16 +906,21 @@ impl Spawner for LinuxSpawner {
                 ));
             }
         };
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
+        {
+            let seq = self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+            prune_reaped(&mut children);
+            children.insert(
                 pid.get(),
                 Child {
                     start_ticks,
+                    seq,
                     status: rx.clone(),
                 },
             );
+        }
         let identity = self.identity(pid, start_ticks);
         tracing::info!(
             %pid,

@@ -59,17 +59,32 @@ fn role_spawn_and_hold() {
     });
 }
 
+/// The spawner-role child, SIGKILLed and reaped if the test fails before it does so
+/// itself (then helper A, losing its gate, exits without running).
+struct RoleGuard(std::process::Child);
+
+impl Drop for RoleGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn spawning_process_killed_before_confirmation_leaves_no_helper_running() {
     become_subreaper();
     let dir = tempfile::tempdir().unwrap();
-    let mut role = Command::new(std::env::current_exe().unwrap())
-        .env(ROLE, "spawn-and-hold")
-        .env(DIR, dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut role = RoleGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .env(ROLE, "spawn-and-hold")
+            .env(DIR, dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(role.stdout.take().unwrap())
+    BufReader::new(role.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let nums: Vec<i64> = line
@@ -85,24 +100,39 @@ fn spawning_process_killed_before_confirmation_leaves_no_helper_running() {
         .unwrap();
     let spawner = LinuxSpawner::new().unwrap();
     rt.block_on(async {
-        // A exists, at the barrier: still the forked spawner image, not `sh`.
-        match spawner.probe(Pid::try_from(a).unwrap()).await.unwrap() {
-            Probe::Alive(info) => {
-                assert_eq!(info.identity.start_ticks, a_ticks);
-                assert_eq!(
-                    info.exe,
-                    Some(std::env::current_exe().unwrap()),
-                    "not exec'd yet"
-                );
-                assert_eq!(info.sid, a, "already in its own session");
+        // A exists, at the barrier: still the forked spawner image, not `sh`. `spawn`
+        // returns once the child exists; the child's own set-up (its session, its fds)
+        // runs on in the child before it blocks at the barrier, so under load the new
+        // session may come a moment later: poll for it, checking every time that A has
+        // not exec'd.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match spawner.probe(Pid::try_from(a).unwrap()).await.unwrap() {
+                Probe::Alive(info) => {
+                    assert_eq!(info.identity.start_ticks, a_ticks);
+                    assert_eq!(
+                        info.exe,
+                        Some(std::env::current_exe().unwrap()),
+                        "not exec'd yet"
+                    );
+                    if info.sid == a {
+                        break; // in its own session, at the barrier
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "helper A never got its own session: sid {}",
+                        info.sid
+                    );
+                }
+                other => panic!("helper A should be pending: {other:?}"),
             }
-            other => panic!("helper A should be pending: {other:?}"),
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
 
     // The crash: SIGKILL the spawner before it confirms A.
-    role.kill().unwrap();
-    role.wait().unwrap();
+    role.0.kill().unwrap();
+    role.0.wait().unwrap();
 
     // A sees end of file on its gate and exits with the "gate dropped" code; it is now
     // our child (subreaper), so reap it and read that code.
