@@ -331,12 +331,13 @@ impl Spawner for TickSpawner {
     ) -> Result<Option<Box<dyn dms_proc::ExitWatch>>, ProcError> {
         self.fake.exit_watch(exited)
     }
-    async fn terminate(
+    async fn terminate_with(
         &self,
         who: &ProcIdentity,
         grace: Duration,
+        kill_wait: Duration,
     ) -> Result<StopOutcome, ProcError> {
-        self.fake.terminate(who, grace).await
+        self.fake.terminate_with(who, grace, kill_wait).await
     }
 }
 

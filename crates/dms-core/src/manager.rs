@@ -762,7 +762,7 @@ impl Inner {
                     );
                 }
             }
-            let out = if unmounted_exit {
+            let mut out = if unmounted_exit {
                 dms_proc::StopOutcome {
                     signals: Vec::new(),
                     stopped: true,
@@ -770,8 +770,19 @@ impl Inner {
                     mismatch: false,
                 }
             } else {
-                self.spawner.terminate(&old, self.opts.kill_grace).await?
+                let kill_wait = mount
+                    .as_ref()
+                    .map_or(dms_proc::DEFAULT_KILL_WAIT, |m| m.kill_wait());
+                self.spawner
+                    .terminate_with(&old, self.opts.kill_grace, kill_wait)
+                    .await?
             };
+            // As in `kill`: a helper stuck in its own mount is freed by aborting it.
+            if !out.stopped && !out.mismatch {
+                if let Some(m) = &mount {
+                    out.stopped = self.kill_abort_stuck(m, &old, &mut steps).await;
+                }
+            }
             if !out.stopped && !out.mismatch {
                 return Err(Error::StillRunning {
                     target: target.clone(),
@@ -929,7 +940,13 @@ impl Inner {
                     }
                 }
             }
-            let mut out = self.spawner.terminate(victim, grace).await?;
+            let kill_wait = mount
+                .as_ref()
+                .map_or(dms_proc::DEFAULT_KILL_WAIT, |m| m.kill_wait());
+            let mut out = self
+                .spawner
+                .terminate_with(victim, grace, kill_wait)
+                .await?;
             report
                 .steps
                 .extend(out.signals.iter().map(|s| s.name().to_owned()));

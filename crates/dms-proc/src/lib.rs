@@ -51,6 +51,10 @@ pub mod linux;
 /// release: it exits with this code without running its program.
 pub const GATE_DROPPED_EXIT_CODE: i32 = 125;
 
+/// How long [`Spawner::terminate`] waits for the exit after SIGKILL before it reports the
+/// process still running (a process in uninterruptible sleep can outlive SIGKILL).
+pub const DEFAULT_KILL_WAIT: Duration = Duration::from_secs(5);
+
 use async_trait::async_trait;
 use std::ffi::OsString;
 use std::fmt::Debug;
@@ -400,11 +404,25 @@ pub trait Spawner: Debug + Send + Sync {
         Ok(None)
     }
 
-    /// SIGTERM, wait up to `grace`, then SIGKILL and wait for the exit.
+    /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to [`DEFAULT_KILL_WAIT`]
+    /// for the exit ([`Spawner::terminate_with`]).
     async fn terminate(
         &self,
         who: &ProcIdentity,
         grace: Duration,
+    ) -> Result<StopOutcome, ProcError> {
+        self.terminate_with(who, grace, DEFAULT_KILL_WAIT).await
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to `kill_wait` for the exit.
+    /// A caller that has a further remedy for a process SIGKILL cannot end at once (a
+    /// FUSE daemon with a thread stuck in a request to its own mount, freed only by
+    /// aborting the connection) passes a short `kill_wait`.
+    async fn terminate_with(
+        &self,
+        who: &ProcIdentity,
+        grace: Duration,
+        kill_wait: Duration,
     ) -> Result<StopOutcome, ProcError> {
         let mut out = StopOutcome {
             signals: Vec::new(),
@@ -412,10 +430,7 @@ pub trait Spawner: Debug + Send + Sync {
             status: None,
             mismatch: false,
         };
-        for (signal, wait) in [
-            (Signal::Term, grace),
-            (Signal::Kill, Duration::from_secs(5)),
-        ] {
+        for (signal, wait) in [(Signal::Term, grace), (Signal::Kill, kill_wait)] {
             match self.signal(who, signal).await? {
                 SignalOutcome::Delivered => out.signals.push(signal),
                 SignalOutcome::Gone => {}
@@ -478,5 +493,13 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
         grace: Duration,
     ) -> Result<StopOutcome, ProcError> {
         (**self).terminate(who, grace).await
+    }
+    async fn terminate_with(
+        &self,
+        who: &ProcIdentity,
+        grace: Duration,
+        kill_wait: Duration,
+    ) -> Result<StopOutcome, ProcError> {
+        (**self).terminate_with(who, grace, kill_wait).await
     }
 }

@@ -40,6 +40,25 @@ pub(super) struct KillMount {
     tried_unmount: bool,
 }
 
+/// How long a kill waits after SIGKILL when the helper serves a live FUSE mount, before
+/// it aborts the connection ([`Manager::kill_abort_stuck`]). A FUSE daemon with a thread
+/// stuck in a request to its own mount outlives SIGKILL until the connection is aborted,
+/// so the full [`dms_proc::DEFAULT_KILL_WAIT`] would only add seconds; a helper that dies
+/// normally is gone well within this.
+const STUCK_MOUNT_KILL_WAIT: Duration = Duration::from_millis(500);
+
+impl KillMount {
+    /// How long to wait after SIGKILL before the next remedy: short when a FUSE
+    /// connection can still be aborted, the spawner's default otherwise.
+    pub(super) fn kill_wait(&self) -> Duration {
+        if self.minor.is_some() {
+            STUCK_MOUNT_KILL_WAIT
+        } else {
+            dms_proc::DEFAULT_KILL_WAIT
+        }
+    }
+}
+
 /// The last `n` lines of `log` (reads at most its last 8 KiB).
 fn log_tail(log: &Path, n: usize) -> String {
     let Ok(mut f) = std::fs::File::open(log) else {
