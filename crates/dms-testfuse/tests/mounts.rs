@@ -447,17 +447,12 @@ fn hung_helper_is_stale_within_the_probe_timeout_and_kill_still_cleans_up() {
     );
 }
 
-#[test]
-/// A thread of the helper waits in the kernel for an answer its own (hung) worker will
-/// never give: after SIGKILL the leader is a zombie but that thread stays in D state
-/// (checked by hand on this kernel) until the FUSE connection is aborted.
-fn helper_stuck_in_its_own_mount_is_freed_by_detach_and_abort_after_sigkill() {
-    require_fuse!();
-    let w = World::new();
-    let dir = w.mnt("stuck");
+/// Spawns a helper (ignoring SIGTERM) whose own `statfs` thread waits on its hung mount,
+/// and returns its PID once that thread is stuck there.
+fn spawn_stuck_in_own_mount(w: &World, target: &str, dir: &Path) -> i32 {
     let r = w.spawn(
-        "stuck",
-        &dir,
+        target,
+        dir,
         &[],
         &["--hang-statfs", "--self-statfs", "--ignore-sigterm"],
     );
@@ -468,13 +463,13 @@ fn helper_stuck_in_its_own_mount_is_freed_by_detach_and_abort_after_sigkill() {
     // a SIGKILL that lands first simply works and there is nothing to abort.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !w
-        .log("stuck")
+        .log(target)
         .contains("(my own thread: true) left unanswered")
     {
         assert!(
             Instant::now() < deadline,
             "the helper never received its own statfs: {}",
-            w.log("stuck")
+            w.log(target)
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -482,6 +477,18 @@ fn helper_stuck_in_its_own_mount_is_freed_by_detach_and_abort_after_sigkill() {
         thread_stuck_in_fuse(pid),
         "no thread of helper {pid} waits in its own mount"
     );
+    pid
+}
+
+#[test]
+/// A thread of the helper waits in the kernel for an answer its own (hung) worker will
+/// never give: after SIGKILL the leader is a zombie but that thread stays in D state
+/// (checked by hand on this kernel) until the FUSE connection is aborted.
+fn helper_stuck_in_its_own_mount_is_freed_by_detach_and_abort_after_sigkill() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("stuck");
+    let pid = spawn_stuck_in_own_mount(&w, "stuck", &dir);
     let k = w.dms(&["--json", "kill", "stuck", "--grace", "0.5"]);
     assert_eq!(k.code, 0, "{} {}", k.stdout, k.stderr);
     let v = k.json();
@@ -600,6 +607,34 @@ fn replace_unmounts_the_old_helper_and_mounts_the_new_one() {
     // Exactly one mount at the directory: the new helper's.
     assert_eq!(mounts_under(&dir).len(), 1);
     assert_eq!(w.dms(&["kill", "rep", "--grace", "2"]).code, 0);
+    assert!(!is_mount_point(&dir));
+}
+
+#[test]
+/// `spawn --replace` stops the old helper as `kill` does, including the abort of the
+/// FUSE connection when the old helper is stuck in its own mount (it ignores SIGTERM, so
+/// this waits the default 10 s grace).
+fn replace_frees_a_helper_stuck_in_its_own_mount() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("stuckrep");
+    let old = spawn_stuck_in_own_mount(&w, "stuckrep", &dir);
+    let r = w.spawn("stuckrep", &dir, &["--replace"], &[]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    let v = r.json();
+    assert_ne!(v["pid"].as_i64().unwrap() as i32, old);
+    assert_eq!(v["mount_state"], "mounted");
+    // Every thread of the old helper is gone, including the stuck one.
+    assert!(
+        reap(old, Duration::from_secs(5)),
+        "old helper {old} is still stuck"
+    );
+    assert_eq!(mounts_under(&dir).len(), 1, "only the new helper's mount");
+    eprintln!(
+        "replace of a helper stuck in its own mount: {:?}",
+        r.elapsed
+    );
+    assert_eq!(w.dms(&["kill", "stuckrep", "--grace", "2"]).code, 0);
     assert!(!is_mount_point(&dir));
 }
 
