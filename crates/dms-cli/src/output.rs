@@ -185,19 +185,23 @@ pub fn render_status_table(rows: &[StatusRow]) -> String {
     out
 }
 
-/// The `status` table built one row at a time, each row kept as one string (cells
-/// separated by NUL, which no cell holds), so that a table of many targets costs about
-/// its text; written out as [`render_status_table`] renders it.
+/// The `status` table built one row at a time, each row kept as a span of one shared
+/// string (cells separated by NUL, which no cell holds), so that a table of many targets
+/// costs about its text and no allocation per row; written out as
+/// [`render_status_table`] renders it.
 #[derive(Debug, Default)]
 pub struct StatusTable {
     widths: [usize; 10],
-    rows: Vec<Box<str>>,
+    /// The text of every row, one after the other.
+    text: String,
+    /// Where each row is in `text`: start and end.
+    rows: Vec<(usize, usize)>,
 }
 
-/// One row of a [`StatusTable`] being written: cells separated by NUL, each cell's width
-/// folded into the table's column widths as it is finished.
+/// One row of a [`StatusTable`] being written at the end of its text: cells separated by
+/// NUL, each cell's width folded into the table's column widths as it is finished.
 struct RowWriter<'a> {
-    row: String,
+    row: &'a mut String,
     col: usize,
     widths: &'a mut [usize; 10],
 }
@@ -209,7 +213,7 @@ impl RowWriter<'_> {
             self.row.push('\0');
         }
         let start = self.row.len();
-        write(&mut self.row);
+        write(&mut *self.row);
         let w = self.row[start..].chars().count();
         self.widths[self.col] = self.widths[self.col].max(w);
         self.col += 1;
@@ -231,15 +235,18 @@ impl StatusTable {
         for (w, cell) in self.widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
-        self.rows.push(row.join("\0").into_boxed_str());
+        let start = self.text.len();
+        self.text.push_str(&row.join("\0"));
+        self.rows.push((start, self.text.len()));
     }
 
     /// Adds the row of the info object `i`: what [`status_row`] renders from its JSON
     /// document, written straight into the row's one string (`detail` too, without a
     /// string of its own).
     pub fn push_info(&mut self, i: &ProcessInfo, detail: Option<impl std::fmt::Display>) {
+        let start = self.text.len();
         let mut row = RowWriter {
-            row: String::with_capacity(128),
+            row: &mut self.text,
             col: 0,
             widths: &mut self.widths,
         };
@@ -285,8 +292,7 @@ impl StatusTable {
                 None => r.push('-'),
             },
         });
-        let text = row.row.into_boxed_str();
-        self.rows.push(text);
+        self.rows.push((start, self.text.len()));
     }
 
     /// Whether no row was added.
@@ -305,10 +311,13 @@ impl StatusTable {
         fn target(row: &str) -> &str {
             row.split('\0').next().unwrap_or("")
         }
-        self.rows.sort_by(|a, b| target(a).cmp(target(b)));
+        let text = &self.text;
+        self.rows
+            .sort_by(|&(a, x), &(b, y)| target(&text[a..x]).cmp(target(&text[b..y])));
         let mut line = String::new();
         let header = STATUS_HEADER.join("\0");
-        for row in std::iter::once(header.as_str()).chain(self.rows.iter().map(|r| &**r)) {
+        let rows = self.rows.iter().map(|&(start, end)| &text[start..end]);
+        for row in std::iter::once(header.as_str()).chain(rows) {
             line.clear();
             let mut cells = row.split('\0');
             let mut cell = cells.next().unwrap_or("");
