@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -420,7 +420,14 @@ impl PidDir {
         // allocation per name), and each file opened relative to it (as the floor scan
         // does): the path is not walked again for every file, and a file's full path is
         // only made for a corrupt entry or an error.
-        let dirfd = self.open_dir()?;
+        let dirfd = rustix::fs::open(
+            &self.pid_dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| self.dir_error("open directory", e.into(), Access::Read))?;
         // Room for over a hundred of the longest names (a dirent is at most 280 bytes).
         let mut buf = Vec::with_capacity(DIRENT_BUF);
         let mut dir = rustix::fs::RawDir::new(&dirfd, buf.spare_capacity_mut());
@@ -428,9 +435,19 @@ impl PidDir {
             let dent =
                 dent.map_err(|e| self.dir_error("read directory", e.into(), Access::Read))?;
             let name = OsStr::from_bytes(dent.file_name().to_bytes());
-            let go_on = match self.entry_at(&dirfd, name)? {
-                Some((entry, stamp)) => each(entry, stamp),
-                None => true,
+            let go_on = match classify(name) {
+                Name::Ignored => true,
+                Name::Stray { file_name, reason } => each(Entry::Stray { file_name, reason }, None),
+                Name::Target(target) => {
+                    let (lookup, stamp) = read_pid_file_at(&dirfd, name, &self.pid_dir)?;
+                    let state = match lookup {
+                        Lookup::Present(r) => EntryState::Valid(r),
+                        Lookup::Corrupt(c) => EntryState::Corrupt(c),
+                        // Removed between readdir and open: it is gone, so not listed.
+                        Lookup::Absent => continue,
+                    };
+                    each(Entry::Target { target, state }, stamp)
+                }
             };
             if !go_on {
                 break;
@@ -438,76 +455,7 @@ impl PidDir {
         }
         Ok(())
     }
-
-    /// Every entry, in directory order, when the directory holds at most `limit` names
-    /// ending in `.pid`; `None` (having read only names, no file) when it holds more.
-    pub(crate) fn list_small(&self, limit: usize) -> Result<Option<Vec<Entry>>> {
-        let dirfd = self.open_dir()?;
-        let mut names = Vec::new();
-        {
-            let mut buf = Vec::with_capacity(DIRENT_BUF);
-            let mut dir = rustix::fs::RawDir::new(&dirfd, buf.spare_capacity_mut());
-            while let Some(dent) = dir.next() {
-                let dent =
-                    dent.map_err(|e| self.dir_error("read directory", e.into(), Access::Read))?;
-                let name = dent.file_name().to_bytes();
-                if name.ends_with(PID_SUFFIX.as_bytes()) {
-                    if names.len() == limit {
-                        return Ok(None);
-                    }
-                    names.push(std::ffi::OsString::from_vec(name.to_vec()));
-                }
-            }
-        }
-        let mut entries = Vec::with_capacity(names.len());
-        for name in &names {
-            if let Some((entry, _)) = self.entry_at(&dirfd, name)? {
-                entries.push(entry);
-            }
-        }
-        Ok(Some(entries))
-    }
-
-    /// The PID directory, opened for reading its entries.
-    fn open_dir(&self) -> Result<std::os::fd::OwnedFd> {
-        rustix::fs::open(
-            &self.pid_dir,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| self.dir_error("open directory", e.into(), Access::Read))
-    }
-
-    /// The entry of the directory entry `name` of the open PID directory `dirfd`:
-    /// `None` for a name that is not an entry (not `*.pid`) and for a file removed since
-    /// the directory was read.
-    fn entry_at(
-        &self,
-        dirfd: &std::os::fd::OwnedFd,
-        name: &OsStr,
-    ) -> Result<Option<(Entry, Option<Stamp>)>> {
-        Ok(match classify(name) {
-            Name::Ignored => None,
-            Name::Stray { file_name, reason } => Some((Entry::Stray { file_name, reason }, None)),
-            Name::Target(target) => {
-                let (lookup, stamp) = read_pid_file_at(dirfd, name, &self.pid_dir)?;
-                let state = match lookup {
-                    Lookup::Present(r) => EntryState::Valid(r),
-                    Lookup::Corrupt(c) => EntryState::Corrupt(c),
-                    // Removed between readdir and open: it is gone, so not listed.
-                    Lookup::Absent => return Ok(None),
-                };
-                Some((Entry::Target { target, state }, stamp))
-            }
-        })
-    }
 }
-
-/// Up to this many PID files, a listing on tmpfs reads them on the calling task: a
-/// thread of its own costs more than it overlaps (`list_batches` of `PidFileStore`).
-pub(crate) const SMALL_LISTING: usize = 1024;
 
 /// Bytes of the buffer [`PidDir::scan`] reads directory entries into.
 const DIRENT_BUF: usize = 32 * 1024;
@@ -852,22 +800,6 @@ impl PidStore for PidFileStore {
     }
 
     async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
-        if self.dir.in_memory() {
-            // A small directory on tmpfs is read on this task (its files never wait for
-            // a device): the trip to the blocking pool and back costs more than reading
-            // on another thread overlaps. A larger one (seen from its names alone) goes
-            // to the pool.
-            if let Some(entries) = self.dir.list_small(SMALL_LISTING)? {
-                let mut entries = entries.into_iter();
-                loop {
-                    let batch: Vec<Entry> = entries.by_ref().take(LIST_BATCH).collect();
-                    // A receiver gone is not an error of the store.
-                    if batch.is_empty() || batches.send(batch).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
         let dir = self.dir.clone();
         blocking("list", move || dir.list_batches(&batches)).await
     }
@@ -890,36 +822,6 @@ impl PidStore for PidFileStore {
 mod tests {
     use super::*;
     use crate::conformance::{run_all, Capabilities};
-
-    /// A small directory read on the calling task lists exactly what the scan of the
-    /// reader thread lists, in the same order; over the limit (counted in `*.pid`
-    /// names) it declines, having read no file.
-    #[test]
-    fn small_listing_is_the_scan() {
-        let run_dir = tempfile::tempdir().unwrap();
-        let dir = PidDir::open(run_dir.path()).unwrap();
-        for i in 0..5 {
-            fs::write(
-                dir.pid_dir().join(format!("t{i}.pid")),
-                format!("{}\n", 1000 + i),
-            )
-            .unwrap();
-        }
-        fs::write(dir.pid_dir().join("bad.pid"), b"x").unwrap();
-        fs::write(dir.pid_dir().join("not a target.pid"), b"7\n").unwrap();
-        fs::write(dir.pid_dir().join("ignored.txt"), b"7\n").unwrap();
-        fs::create_dir(dir.pid_dir().join("dir.pid")).unwrap();
-        let mut scanned = Vec::new();
-        dir.scan(|e, _| {
-            scanned.push(e);
-            true
-        })
-        .unwrap();
-        assert_eq!(scanned.len(), 8, "{scanned:?}");
-        assert_eq!(dir.list_small(8).unwrap(), Some(scanned));
-        assert_eq!(dir.list_small(7).unwrap(), None);
-        assert_eq!(dir.list_small(0).unwrap(), None);
-    }
 
     /// On tmpfs the single-file operations run on the calling task; the whole contract
     /// holds there too, on a current-thread runtime as on a multi-threaded one.
