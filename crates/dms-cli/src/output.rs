@@ -3,7 +3,7 @@
 //! full `status` are rendered from the info objects directly ([`StatusTable::push_info`],
 //! held identical to [`status_row`] by a test), to spare a JSON document per target.
 
-use dms_core::{MountState, ProcessInfo};
+use dms_core::{MountState, ProcessInfo, ProcessState, Source};
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -121,10 +121,42 @@ pub fn status_row(i: &Value, detail: Option<&str>) -> StatusRow {
 }
 
 /// The name an enum value has in the JSON shapes (`"running"`, `"disk"`, ...).
+#[cfg(test)]
 fn json_name(v: &impl serde::Serialize) -> Option<String> {
     match serde_json::to_value(v) {
         Ok(Value::String(s)) => Some(s),
         _ => None,
+    }
+}
+
+/// The JSON name of a state, as serde writes it (held equal by a test), without a JSON
+/// value per row of a listing.
+fn state_name(s: ProcessState) -> &'static str {
+    match s {
+        ProcessState::Running => "running",
+        ProcessState::Stale => "stale",
+        ProcessState::Foreign => "foreign",
+        ProcessState::Corrupt => "corrupt",
+        ProcessState::Absent => "absent",
+        ProcessState::Unverified => "unverified",
+    }
+}
+
+/// The JSON name of a source (see [`state_name`]).
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Memory => "memory",
+        Source::Disk => "disk",
+        Source::Both => "both",
+    }
+}
+
+/// The JSON name of a mount state (see [`state_name`]).
+fn mount_state_name(s: MountState) -> &'static str {
+    match s {
+        MountState::Mounted => "mounted",
+        MountState::Stale => "stale",
+        MountState::Unmounted => "unmounted",
     }
 }
 
@@ -153,19 +185,23 @@ pub fn render_status_table(rows: &[StatusRow]) -> String {
     out
 }
 
-/// The `status` table built one row at a time, each row kept as one string (cells
-/// separated by NUL, which no cell holds), so that a table of many targets costs about
-/// its text; written out as [`render_status_table`] renders it.
+/// The `status` table built one row at a time, each row kept as a span of one shared
+/// string (cells separated by NUL, which no cell holds), so that a table of many targets
+/// costs about its text and no allocation per row; written out as
+/// [`render_status_table`] renders it.
 #[derive(Debug, Default)]
 pub struct StatusTable {
     widths: [usize; 10],
-    rows: Vec<Box<str>>,
+    /// The text of every row, one after the other.
+    text: String,
+    /// Where each row is in `text`: start and end.
+    rows: Vec<(usize, usize)>,
 }
 
-/// One row of a [`StatusTable`] being written: cells separated by NUL, each cell's width
-/// folded into the table's column widths as it is finished.
+/// One row of a [`StatusTable`] being written at the end of its text: cells separated by
+/// NUL, each cell's width folded into the table's column widths as it is finished.
 struct RowWriter<'a> {
-    row: String,
+    row: &'a mut String,
     col: usize,
     widths: &'a mut [usize; 10],
 }
@@ -177,7 +213,7 @@ impl RowWriter<'_> {
             self.row.push('\0');
         }
         let start = self.row.len();
-        write(&mut self.row);
+        write(&mut *self.row);
         let w = self.row[start..].chars().count();
         self.widths[self.col] = self.widths[self.col].max(w);
         self.col += 1;
@@ -199,14 +235,18 @@ impl StatusTable {
         for (w, cell) in self.widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
-        self.rows.push(row.join("\0").into_boxed_str());
+        let start = self.text.len();
+        self.text.push_str(&row.join("\0"));
+        self.rows.push((start, self.text.len()));
     }
 
     /// Adds the row of the info object `i`: what [`status_row`] renders from its JSON
-    /// document, written straight into the row's one string.
-    pub fn push_info(&mut self, i: &ProcessInfo, detail: Option<&str>) {
+    /// document, written straight into the row's one string (`detail` too, without a
+    /// string of its own).
+    pub fn push_info(&mut self, i: &ProcessInfo, detail: Option<impl std::fmt::Display>) {
+        let start = self.text.len();
         let mut row = RowWriter {
-            row: String::with_capacity(128),
+            row: &mut self.text,
             col: 0,
             widths: &mut self.widths,
         };
@@ -214,8 +254,8 @@ impl StatusTable {
         row.opt(i.pid, |r, p| {
             let _ = write!(r, "{p}");
         });
-        row.cell(|r| r.push_str(&or_dash(json_name(&i.state))));
-        row.cell(|r| r.push_str(&or_dash(i.source.as_ref().and_then(json_name))));
+        row.cell(|r| r.push_str(state_name(i.state)));
+        row.cell(|r| r.push_str(i.source.map_or("-", source_name)));
         row.opt(i.uptime_secs, |r, u| r.push_str(&duration(u)));
         row.opt(i.cpu_percent, |r, c| {
             let _ = write!(r, "{c:.1}%");
@@ -229,7 +269,7 @@ impl StatusTable {
             Some(m) => {
                 r.push_str(&m.to_string_lossy());
                 if let Some(state) = i.mount_state.filter(|s| *s != MountState::Mounted) {
-                    let _ = write!(r, " ({})", or_dash(json_name(&state)));
+                    let _ = write!(r, " ({})", mount_state_name(state));
                 }
             }
         });
@@ -252,8 +292,7 @@ impl StatusTable {
                 None => r.push('-'),
             },
         });
-        let text = row.row.into_boxed_str();
-        self.rows.push(text);
+        self.rows.push((start, self.text.len()));
     }
 
     /// Whether no row was added.
@@ -261,31 +300,49 @@ impl StatusTable {
         self.rows.is_empty()
     }
 
-    /// Writes the header and the rows, columns aligned.
-    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    /// Writes the header and the rows, columns aligned, the rows sorted by target (the
+    /// first cell): rows may be pushed in any order.
+    pub fn write_to(&mut self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         let mut widths = STATUS_HEADER.map(str::len);
         for (w, own) in widths.iter_mut().zip(self.widths) {
             *w = (*w).max(own);
         }
+        // (A stable sort: rows already in order cost one pass.)
+        fn target(row: &str) -> &str {
+            row.split('\0').next().unwrap_or("")
+        }
+        let text = &self.text;
+        self.rows
+            .sort_by(|&(a, x), &(b, y)| target(&text[a..x]).cmp(target(&text[b..y])));
         let mut line = String::new();
         let header = STATUS_HEADER.join("\0");
-        for row in std::iter::once(header.as_str()).chain(self.rows.iter().map(|r| &**r)) {
+        let rows = self.rows.iter().map(|&(start, end)| &text[start..end]);
+        for row in std::iter::once(header.as_str()).chain(rows) {
             line.clear();
-            let mut cells = row.split('\0').peekable();
-            let mut i = 0;
-            while let Some(cell) = cells.next() {
+            let mut cells = row.split('\0');
+            let mut cell = cells.next().unwrap_or("");
+            for (next, width) in cells.zip(widths) {
                 line.push_str(cell);
-                if cells.peek().is_some() {
-                    // Padded as `{cell:<w$}  ` would, without the formatting machinery.
-                    let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
-                    line.extend(std::iter::repeat_n(' ', pad));
-                }
-                i += 1;
+                // Padded as `{cell:<w$}  ` would, without the formatting machinery.
+                pad(&mut line, width.saturating_sub(cell.chars().count()) + 2);
+                cell = next;
             }
-            w.write_all(line.trim_end().as_bytes())?;
-            w.write_all(b"\n")?;
+            line.push_str(cell);
+            line.truncate(line.trim_end().len());
+            line.push('\n');
+            w.write_all(line.as_bytes())?;
         }
         Ok(())
+    }
+}
+
+/// Appends `n` spaces to `line`.
+fn pad(line: &mut String, mut n: usize) {
+    const SPACES: &str = "                                                                ";
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        line.push_str(&SPACES[..k]);
+        n -= k;
     }
 }
 
@@ -450,6 +507,24 @@ mod tests {
         assert_eq!(bytes(1024), "1.0K");
         assert_eq!(bytes(1_048_576), "1.0M");
         assert_eq!(bytes(12_900_000), "12.3M");
+    }
+
+    #[test]
+    fn names_are_the_json_names() {
+        use ProcessState::*;
+        for s in [Running, Stale, Foreign, Corrupt, Absent, Unverified] {
+            assert_eq!(json_name(&s).as_deref(), Some(state_name(s)));
+        }
+        for s in [Source::Memory, Source::Disk, Source::Both] {
+            assert_eq!(json_name(&s).as_deref(), Some(source_name(s)));
+        }
+        for s in [
+            MountState::Mounted,
+            MountState::Stale,
+            MountState::Unmounted,
+        ] {
+            assert_eq!(json_name(&s).as_deref(), Some(mount_state_name(s)));
+        }
     }
 
     #[test]

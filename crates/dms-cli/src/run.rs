@@ -325,12 +325,32 @@ async fn kill(session: &Session, a: KillArgs, out: &Out) -> Result<u8, CliError>
 
 /// The detail shown for a row: the manager's, or for a dead entry what to do about it.
 fn detail_of(info: &ProcessInfo) -> Option<String> {
+    detail_ref(info).map(|d| d.to_string())
+}
+
+/// [`detail_of`] without a string of its own (written straight into a table row).
+fn detail_ref(info: &ProcessInfo) -> Option<Detail<'_>> {
     match (&info.detail, info.state, info.pid) {
-        (Some(d), _, _) => Some(d.clone()),
-        (None, ProcessState::Stale, Some(pid)) => Some(format!(
-            "PID {pid} is dead; `dms cleanup` removes its PID file"
-        )),
+        (Some(d), _, _) => Some(Detail::Given(d)),
+        (None, ProcessState::Stale, Some(pid)) => Some(Detail::Dead(pid)),
         _ => None,
+    }
+}
+
+/// The detail of a row, see [`detail_of`].
+enum Detail<'a> {
+    /// The manager's detail.
+    Given(&'a str),
+    /// A stale entry: its PID is dead.
+    Dead(Pid),
+}
+
+impl std::fmt::Display for Detail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Detail::Given(d) => f.write_str(d),
+            Detail::Dead(pid) => write!(f, "PID {pid} is dead; `dms cleanup` removes its PID file"),
+        }
     }
 }
 
@@ -377,10 +397,12 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
             .map_err(manager_error)?;
         w.write_all(if first { b"[]\n" } else { b"]\n" })
     } else {
+        // Rows are made as the entries are classified (while the store reads the rest)
+        // and sorted when the table is written.
         let mut table = output::StatusTable::default();
         manager
-            .list_with(|info| {
-                table.push_info(&info, detail_of(&info).as_deref());
+            .list_unordered_with(|info| {
+                table.push_info(&info, detail_ref(&info));
             })
             .await
             .map_err(manager_error)?;

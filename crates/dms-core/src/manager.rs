@@ -370,16 +370,32 @@ impl Manager {
     /// with a longer interval the usage of every running helper is sampled concurrently
     /// first, as [`Manager::list`] does.
     pub async fn list_with(&self, each: impl FnMut(ProcessInfo)) -> Result<()> {
+        self.list_each(true, each).await
+    }
+
+    /// [`Manager::list_with`] in no particular order: each info object is handed to
+    /// `each` as soon as it is made, while the store is still reading the rest, for a
+    /// caller that orders them itself (the command line's status table makes its rows
+    /// then, on one core while the store reads on the other, and sorts the rows).
+    pub async fn list_unordered_with(&self, each: impl FnMut(ProcessInfo)) -> Result<()> {
+        self.list_each(false, each).await
+    }
+
+    /// [`Manager::list_with`] (`sorted`) or [`Manager::list_unordered_with`].
+    async fn list_each(&self, sorted: bool, mut each: impl FnMut(ProcessInfo)) -> Result<()> {
         if self.inner.opts.usage_interval.is_some_and(|i| !i.is_zero()) {
             self.list().await?.into_iter().for_each(each);
             return Ok(());
         }
         // The store reads its files (on another thread, for the PID-file backends) while
-        // this task classifies the entries already read; the info objects are sorted
-        // once all are in.
+        // this task classifies the entries already read; sorted, the info objects are
+        // sorted once all are in, else handed over at once.
         let mounts = self.inner.mounts();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(8);
         let store = self.inner.store.clone();
+        // Unsorted: the targets listed from disk, to add those only in memory after
+        // (a list, not a hash set: searched only when memory holds any target).
+        let mut seen = Vec::new();
         let classify = async {
             let mut infos = Vec::new();
             while let Some(batch) = rx.recv().await {
@@ -391,16 +407,33 @@ impl Manager {
                         },
                         Entry::Stray { .. } => continue,
                     };
-                    infos.push(self.listed_info(&target, lookup, &mounts).await);
+                    let info = self.listed_info(&target, lookup, &mounts).await;
+                    if sorted {
+                        infos.push(info);
+                    } else {
+                        seen.push(target);
+                        each(info);
+                    }
                 }
             }
             infos
         };
         let (listed, mut infos) = tokio::join!(store.list_batches(tx), classify);
         listed?;
-        infos.sort_by(|a, b| a.target.cmp(&b.target));
         // Targets only in memory (their PID file is gone).
         let memory: Vec<TargetId> = self.inner.read_memory().keys().cloned().collect();
+        if !sorted {
+            if !memory.is_empty() {
+                seen.sort_unstable();
+                for target in memory {
+                    if seen.binary_search(&target).is_err() {
+                        each(self.listed_info(&target, Lookup::Absent, &mounts).await);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        infos.sort_by(|a, b| a.target.cmp(&b.target));
         let mut added = false;
         for target in memory {
             if infos.binary_search_by(|i| i.target.cmp(&target)).is_err() {
@@ -533,10 +566,11 @@ impl Inner {
     }
 
     fn memory_entry(&self, target: &TargetId) -> Option<(ProcIdentity, Metadata)> {
-        let logs_dir = self.opts.logs_dir();
+        // (The logs directory, a path built on each call, only for a target in memory:
+        // a listing asks once per entry, most of them not in memory.)
         self.read_memory()
             .get(target)
-            .map(|t| (t.identity(), t.meta(target, &logs_dir)))
+            .map(|t| (t.identity(), t.meta(target, &self.opts.logs_dir())))
     }
 
     fn emit(&self, event: Event) {

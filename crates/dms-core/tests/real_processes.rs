@@ -897,3 +897,74 @@ async fn status_of_a_live_helper_reports_the_same_usage_fields() {
         );
     }
 }
+
+/// `list_unordered_with` hands over the same info objects as `list_with` (only the order
+/// may differ), with every kind of entry: a running helper from memory and disk, one
+/// only in memory (its PID file removed), a stale and a corrupt PID file; each target
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unordered_listing_has_the_infos_of_the_sorted_one() {
+    init_tracing();
+    let dir = run_dir();
+    let mut o = opts(dir.path());
+    o.usage_interval = Some(Duration::ZERO);
+    let spawner = Arc::new(LinuxSpawner::new().unwrap());
+    let (m, _) = Manager::open(store(Backend::PidFile, dir.path()), spawner, o)
+        .await
+        .unwrap();
+    m.spawn(&t("both"), sleeper(31)).await.unwrap();
+    m.spawn(&t("memory-only"), sleeper(32)).await.unwrap();
+    let s3 = dir.path().join("s3");
+    std::fs::remove_file(s3.join("memory-only.pid")).unwrap();
+    std::fs::write(s3.join("corrupt.pid"), b"not a pid\n").unwrap();
+    // A PID no process holds: a child of ours, exited and reaped (PIDs are handed out
+    // in increasing order, so it is not reused within this test).
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(s3.join("stale.pid"), format!("{}\n", gone.id())).unwrap();
+
+    // The fields that do not change between two listings a moment apart (`started_at`
+    // is derived from the clocks at each read, so it may move by a few nanoseconds).
+    let key = |i: &dms_core::ProcessInfo| {
+        (
+            i.target.clone(),
+            i.pid,
+            i.state,
+            i.source,
+            i.pid_file_exists,
+            i.pid_file.clone(),
+            i.cmdline.clone(),
+            i.detail.clone(),
+            i.started_at.is_some(),
+            i.threads,
+        )
+    };
+    let mut sorted = Vec::new();
+    m.list_with(|i| sorted.push(key(&i))).await.unwrap();
+    let mut unordered = Vec::new();
+    m.list_unordered_with(|i| unordered.push(key(&i)))
+        .await
+        .unwrap();
+    assert_eq!(sorted.len(), 4, "{sorted:?}");
+    assert!(sorted.windows(2).all(|w| w[0].0 < w[1].0), "{sorted:?}");
+    unordered.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(unordered, sorted);
+    let states: Vec<_> = sorted.iter().map(|k| (k.0.as_str(), k.2)).collect();
+    assert_eq!(
+        states,
+        [
+            ("both", ProcessState::Running),
+            ("corrupt", ProcessState::Corrupt),
+            ("memory-only", ProcessState::Running),
+            ("stale", ProcessState::Stale),
+        ]
+    );
+    for who in ["both", "memory-only"] {
+        assert!(
+            m.kill(&t(who), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .stopped
+        );
+    }
+}

@@ -366,7 +366,9 @@ pub trait Spawner: Debug + Send + Sync {
     /// a spawner that reads both from the same source (on Linux, one read of
     /// `/proc/PID/stat`) reads it once. A listing uses it for every live helper. The
     /// usage is `None` when the process is not alive, or when it could not be read
-    /// (logged at debug level). The default calls the two methods.
+    /// (logged at debug level). A listing does not show [`ProcInfo::exe`], so an
+    /// implementation may leave it `None` here (the Linux spawner does: it saves a
+    /// `readlink` per live helper). The default calls the two methods.
     async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
         let probe = self.probe(pid).await?;
         let usage = match &probe {

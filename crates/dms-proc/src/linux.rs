@@ -50,10 +50,14 @@
 //!
 //! # Probing
 //!
-//! [`Spawner::probe`] reads `/proc/PID/stat` through the `procfs` crate: the state (a
-//! zombie is [`Probe::Zombie`], i.e. dead), the start time in clock ticks since boot
-//! (field 22), the process group and session; the boot ID comes from
-//! `/proc/sys/kernel/random/boot_id`, read once. `exe` and `cmdline` are best effort.
+//! [`Spawner::probe`] reads `/proc/PID/stat` relative to one `O_PATH` descriptor of
+//! `/proc/PID` (so every file read describes the same process, even if its PID is
+//! reused meanwhile), with one `read`, and parses only the fields it uses (a hand parser,
+//! justified by a measurement and tested against `procfs`'s, see `linux/stat.rs`): the
+//! state (a zombie is [`Probe::Zombie`], i.e. dead), the start time in clock ticks since
+//! boot (field 22), the process group and session; the boot ID comes from
+//! `/proc/sys/kernel/random/boot_id`, read once. `exe` and `cmdline` are best effort;
+//! [`Spawner::probe_with_usage`] (the listing's probe) does not read `exe`.
 //! `started_at` is derived from the start ticks and the current offset between
 //! `CLOCK_REALTIME` and `CLOCK_BOOTTIME` (the clock the kernel uses for field 22), not
 //! from the whole seconds of `btime`; it is informational, identities compare raw ticks.
@@ -132,13 +136,14 @@ use crate::{
 };
 use async_trait::async_trait;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{PidfdFlags, WaitId, WaitIdOptions};
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -149,6 +154,9 @@ use tokio::io::Interest;
 use tokio::sync::watch;
 
 mod exit_watch;
+mod stat;
+
+use stat::ProcStat;
 
 /// Where the boot ID is read from.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -273,7 +281,13 @@ impl LinuxSpawner {
 
     /// [`Spawner::probe`] of `pid`, with the usage of a live process read from the same
     /// `/proc/PID/stat` (as [`Spawner::usage`] with a zero interval) when `with_usage`.
-    fn probe_stat(&self, pid: Pid, with_usage: bool) -> Result<(Probe, Option<Usage>), ProcError> {
+    /// `with_exe`: also read the `exe` link (a listing does not show it).
+    fn probe_stat(
+        &self,
+        pid: Pid,
+        with_usage: bool,
+        with_exe: bool,
+    ) -> Result<(Probe, Option<Usage>), ProcError> {
         // `kill(pid, 0)` settles a free PID in one cheap call (most entries of a scan
         // over stale PID files); a live PID, or one we may not signal, is read from
         // /proc. (A zombie passes this test and is told apart by its stat.)
@@ -281,29 +295,49 @@ impl LinuxSpawner {
         if rustix::process::test_kill_process(raw) == Err(Errno::SRCH) {
             return Ok((Probe::Gone, None));
         }
-        let proc = match procfs::process::Process::new(pid.get()) {
-            Ok(p) => p,
-            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| (Probe::Gone, None)),
+        // Every file is read relative to one descriptor of /proc/PID, which stays bound
+        // to this process: if it exits and its PID is reused meanwhile, the reads fail
+        // instead of describing the newcomer.
+        let Some(dir) = open_proc_dir(pid)? else {
+            return Ok((Probe::Gone, None));
         };
-        let stat = match proc.stat() {
-            Ok(stat) => stat,
-            Err(e) => return map_procfs(pid, e).map(|_: Option<()>| (Probe::Gone, None)),
+        let mut buf = Vec::with_capacity(STAT_BUF);
+        let Some(stat) = stat_at(pid, &dir, &mut buf)? else {
+            return Ok((Probe::Gone, None));
         };
         let identity = self.identity(pid, stat.starttime);
         Ok(match stat.state {
             'Z' => (Probe::Zombie(identity), None),
             'X' | 'x' => (Probe::Gone, None),
-            _ => (
-                Probe::Alive(ProcInfo {
-                    identity,
-                    started_at: started_at(stat.starttime),
-                    pgid: stat.pgrp,
-                    sid: stat.session,
-                    exe: proc.exe().ok(),
-                    cmdline: proc.cmdline().ok().filter(|c| !c.is_empty()),
-                }),
-                with_usage.then(|| lifetime_usage(&stat)),
-            ),
+            _ => {
+                let exe = with_exe
+                    .then(|| rustix::fs::readlinkat(&dir, c"exe", Vec::new()).ok())
+                    .flatten()
+                    .map(|link| PathBuf::from(OsString::from_vec(link.into_bytes())));
+                // Best effort, as `procfs`'s `cmdline()`: the NUL-separated arguments
+                // when they are UTF-8, without empty ones.
+                let cmdline = stat::read_at(&dir, c"cmdline", false, &mut buf)
+                    .ok()
+                    .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                    .map(|text| {
+                        text.split('\0')
+                            .filter(|a| !a.is_empty())
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|c| !c.is_empty());
+                (
+                    Probe::Alive(ProcInfo {
+                        identity,
+                        started_at: started_at(stat.starttime),
+                        pgid: stat.pgrp,
+                        sid: stat.session,
+                        exe,
+                        cmdline,
+                    }),
+                    with_usage.then(|| lifetime_usage(&stat)),
+                )
+            }
         })
     }
 
@@ -316,7 +350,7 @@ impl LinuxSpawner {
             None => Verified::Gone,
             Some(stat) if matches!(stat.state, 'Z' | 'X' | 'x') => Verified::Gone,
             Some(stat) if stat.starttime != who.start_ticks => Verified::Mismatch,
-            Some(stat) => Verified::Alive(Box::new(stat)),
+            Some(stat) => Verified::Alive(stat),
         })
     }
 }
@@ -324,35 +358,60 @@ impl LinuxSpawner {
 enum Verified {
     Gone,
     Mismatch,
-    Alive(Box<procfs::process::Stat>),
+    Alive(ProcStat),
 }
 
-/// Reads `/proc/PID/stat`; `Ok(None)` when no process has the PID.
-fn read_stat(pid: Pid) -> Result<Option<procfs::process::Stat>, ProcError> {
-    let proc = match procfs::process::Process::new(pid.get()) {
-        Ok(p) => p,
-        Err(e) => return map_procfs(pid, e),
-    };
-    match proc.stat() {
-        Ok(stat) => Ok(Some(stat)),
-        Err(e) => map_procfs(pid, e),
+/// Room for a stat line (about 300 bytes) or a short command line.
+const STAT_BUF: usize = 512;
+
+/// Opens `/proc/PID` (`O_PATH`); `Ok(None)` when no process has the PID.
+fn open_proc_dir(pid: Pid) -> Result<Option<OwnedFd>, ProcError> {
+    match rustix::fs::open(
+        format!("/proc/{pid}").as_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) => stat_error(pid, e),
     }
 }
 
-fn map_procfs<T>(pid: Pid, e: procfs::ProcError) -> Result<Option<T>, ProcError> {
+/// Maps an error opening or reading `/proc/PID/...`: gone, or an error naming the PID.
+fn stat_error<T>(pid: Pid, e: Errno) -> Result<Option<T>, ProcError> {
     match e {
-        procfs::ProcError::NotFound(_) => Ok(None),
-        procfs::ProcError::PermissionDenied(_) => Err(ProcError::PermissionDenied {
+        Errno::NOENT | Errno::SRCH => Ok(None),
+        Errno::ACCESS | Errno::PERM => Err(ProcError::PermissionDenied {
             pid,
             what: "read /proc/PID/stat".to_owned(),
         }),
-        procfs::ProcError::Io(io, _) if io.raw_os_error() == Some(libc::ESRCH) => Ok(None),
-        other => Err(ProcError::Os {
+        e => Err(ProcError::Os {
             op: "read /proc/PID/stat of",
             pid,
-            source: io::Error::other(other.to_string()),
+            source: e.into(),
         }),
     }
+}
+
+/// Reads and parses `stat` in the open `/proc/PID` directory `dir`; `Ok(None)` when the
+/// process is gone.
+fn stat_at(pid: Pid, dir: &OwnedFd, buf: &mut Vec<u8>) -> Result<Option<ProcStat>, ProcError> {
+    let bytes = match stat::read_at(dir, c"stat", true, buf) {
+        Ok(bytes) => bytes,
+        Err(e) => return stat_error(pid, e),
+    };
+    stat::parse(bytes).map(Some).map_err(|e| ProcError::Os {
+        op: "parse /proc/PID/stat of",
+        pid,
+        source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    })
+}
+
+/// Reads `/proc/PID/stat`; `Ok(None)` when no process has the PID.
+fn read_stat(pid: Pid) -> Result<Option<ProcStat>, ProcError> {
+    let Some(dir) = open_proc_dir(pid)? else {
+        return Ok(None);
+    };
+    stat_at(pid, &dir, &mut Vec::with_capacity(STAT_BUF))
 }
 
 fn pidfd_open(pid: Pid) -> Result<Option<OwnedFd>, ProcError> {
@@ -416,7 +475,7 @@ fn since_boot() -> Duration {
 
 /// The usage of a process from one read of its `/proc/PID/stat`, CPU percent the
 /// average since it started, as ps(1) shows %CPU (both times count from boot).
-fn lifetime_usage(stat: &procfs::process::Stat) -> Usage {
+fn lifetime_usage(stat: &ProcStat) -> Usage {
     let tps = procfs::ticks_per_second().max(1) as f64;
     let cpu_seconds = (stat.utime + stat.stime) as f64 / tps;
     let alive = since_boot().as_secs_f64() - stat.starttime as f64 / tps;
@@ -943,12 +1002,13 @@ impl Spawner for LinuxSpawner {
     }
 
     async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
-        self.probe_stat(pid, false).map(|(probe, _)| probe)
+        self.probe_stat(pid, false, true).map(|(probe, _)| probe)
     }
 
     async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
-        // The usage columns come from the same read of /proc/PID/stat as the identity.
-        self.probe_stat(pid, true)
+        // The usage columns come from the same read of /proc/PID/stat as the identity;
+        // the `exe` link is not read (a listing does not show it).
+        self.probe_stat(pid, true, false)
     }
 
     async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
@@ -1062,7 +1122,7 @@ impl Spawner for LinuxSpawner {
         who: &ProcIdentity,
         interval: Duration,
     ) -> Result<Option<Usage>, ProcError> {
-        let sample = || -> Result<Option<(Box<procfs::process::Stat>, Instant)>, ProcError> {
+        let sample = || -> Result<Option<(ProcStat, Instant)>, ProcError> {
             Ok(match self.verify(who)? {
                 Verified::Alive(stat) => Some((stat, Instant::now())),
                 Verified::Gone | Verified::Mismatch => None,
@@ -1075,7 +1135,7 @@ impl Spawner for LinuxSpawner {
             return Ok(Some(lifetime_usage(&first)));
         }
         let tps = procfs::ticks_per_second().max(1) as f64;
-        let cpu = |s: &procfs::process::Stat| (s.utime + s.stime) as f64 / tps;
+        let cpu = |s: &ProcStat| (s.utime + s.stime) as f64 / tps;
         tokio::time::sleep(interval).await;
         let Some((second, t1)) = sample()? else {
             return Ok(None);
@@ -1326,12 +1386,12 @@ fn ancestors_with_start_ticks() -> Vec<(i32, u64)> {
     let mut pid = std::os::unix::process::parent_id() as i32;
     // A PID chain is short; the bound only guards against a cycle seen through races.
     while pid > 1 && out.len() < 4096 && !out.iter().any(|(p, _)| *p == pid) {
-        match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
-            Ok(stat) => {
+        match Pid::try_from(pid).ok().map(read_stat) {
+            Some(Ok(Some(stat))) => {
                 out.push((pid, stat.starttime));
                 pid = stat.ppid;
             }
-            Err(_) => {
+            _ => {
                 out.push((pid, u64::MAX));
                 break;
             }

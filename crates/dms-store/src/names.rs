@@ -29,17 +29,18 @@ pub(crate) fn classify(name: &OsStr) -> Name {
     let Some(stem) = bytes.strip_suffix(PID_SUFFIX.as_bytes()) else {
         return Name::Ignored;
     };
-    let file_name = String::from_utf8_lossy(bytes).into_owned();
+    // (The lossy file name is made only for a stray: not once per target in a listing.)
+    let file_name = || String::from_utf8_lossy(bytes).into_owned();
     match std::str::from_utf8(stem) {
         Ok(s) => match TargetId::new(s) {
             Ok(t) => Name::Target(t),
             Err(e) => Name::Stray {
-                file_name,
+                file_name: file_name(),
                 reason: format!("file name is not a valid target ID: {e}"),
             },
         },
         Err(_) => Name::Stray {
-            file_name,
+            file_name: file_name(),
             reason: "file name is not valid UTF-8, so it is not a valid target ID".into(),
         },
     }

@@ -7,6 +7,7 @@ use crate::error::{effective_user, Access};
 use crate::names::{check_stray_name, classify, sort_key, Name, PID_SUFFIX};
 use crate::{Corrupt, Entry, EntryState, Error, Lookup, Pid, PidStore, Record, Result, TargetId};
 use async_trait::async_trait;
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -415,8 +416,10 @@ impl PidDir {
     /// Reads every entry in directory order and hands it to `each` (with the stamp of a
     /// valid PID file) until `each` returns false.
     fn scan(&self, mut each: impl FnMut(Entry, Option<Stamp>) -> bool) -> Result<()> {
-        // Each file is opened relative to the directory (as the floor scan does): the
-        // path is not walked again for every file.
+        // One descriptor of the directory, read with getdents64 into one buffer (no
+        // allocation per name), and each file opened relative to it (as the floor scan
+        // does): the path is not walked again for every file, and a file's full path is
+        // only made for a corrupt entry or an error.
         let dirfd = rustix::fs::open(
             &self.pid_dir,
             rustix::fs::OFlags::RDONLY
@@ -425,14 +428,18 @@ impl PidDir {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| self.dir_error("open directory", e.into(), Access::Read))?;
-        for dent in self.read_dir()? {
-            let dent = dent.map_err(|e| self.dir_error("read directory", e, Access::Read))?;
-            let go_on = match classify(&dent.file_name()) {
+        // Room for over a hundred of the longest names (a dirent is at most 280 bytes).
+        let mut buf = Vec::with_capacity(DIRENT_BUF);
+        let mut dir = rustix::fs::RawDir::new(&dirfd, buf.spare_capacity_mut());
+        while let Some(dent) = dir.next() {
+            let dent =
+                dent.map_err(|e| self.dir_error("read directory", e.into(), Access::Read))?;
+            let name = OsStr::from_bytes(dent.file_name().to_bytes());
+            let go_on = match classify(name) {
                 Name::Ignored => true,
                 Name::Stray { file_name, reason } => each(Entry::Stray { file_name, reason }, None),
                 Name::Target(target) => {
-                    let (lookup, stamp) =
-                        read_pid_file_at(&dirfd, &dent.file_name(), &dent.path(), &self.pid_dir)?;
+                    let (lookup, stamp) = read_pid_file_at(&dirfd, name, &self.pid_dir)?;
                     let state = match lookup {
                         Lookup::Present(r) => EntryState::Valid(r),
                         Lookup::Corrupt(c) => EntryState::Corrupt(c),
@@ -449,6 +456,9 @@ impl PidDir {
         Ok(())
     }
 }
+
+/// Bytes of the buffer [`PidDir::scan`] reads directory entries into.
+const DIRENT_BUF: usize = 32 * 1024;
 
 /// Entries per batch of [`PidDir::list_batches`].
 const LIST_BATCH: usize = 256;
@@ -508,16 +518,15 @@ pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<S
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path);
-    read_opened_pid_file(file, path, dir)
+    read_opened_pid_file(file, &|| Cow::Borrowed(path), dir)
 }
 
-/// [`read_pid_file`] of the entry `name` of the open directory `dirfd` (at `path`):
-/// opened relative to the directory, so a listing does not walk the whole path again
-/// for every file.
+/// [`read_pid_file`] of the entry `name` of the open directory `dirfd` (the directory
+/// `dir`): opened relative to the directory, so a listing does not walk the whole path
+/// again for every file; the file's path is only made for a corrupt entry or an error.
 pub(crate) fn read_pid_file_at(
     dirfd: &std::os::fd::OwnedFd,
     name: &OsStr,
-    path: &Path,
     dir: &Path,
 ) -> Result<(Lookup, Option<Stamp>)> {
     use rustix::fs::{Mode, OFlags};
@@ -529,19 +538,19 @@ pub(crate) fn read_pid_file_at(
     )
     .map(fs::File::from)
     .map_err(std::io::Error::from);
-    read_opened_pid_file(file, path, dir)
+    read_opened_pid_file(file, &|| Cow::Owned(dir.join(name)), dir)
 }
 
 /// The rest of [`read_pid_file`], given the result of opening the file.
-fn read_opened_pid_file(
+fn read_opened_pid_file<'p>(
     file: std::io::Result<fs::File>,
-    path: &Path,
+    path: &dyn Fn() -> Cow<'p, Path>,
     dir: &Path,
 ) -> Result<(Lookup, Option<Stamp>)> {
     let corrupt = |reason: String| {
         Ok((
             Lookup::Corrupt(Corrupt {
-                path: path.to_owned(),
+                path: path().into_owned(),
                 reason,
             }),
             None,
@@ -553,13 +562,13 @@ fn read_opened_pid_file(
             return match e.raw_os_error() {
                 Some(libc::ENOENT) => Ok((Lookup::Absent, None)),
                 Some(libc::ELOOP) => {
-                    let to = fs::read_link(path)
+                    let to = fs::read_link(path())
                         .map(|t| format!(" to {}", t.display()))
                         .unwrap_or_default();
                     corrupt(format!("is a symbolic link{to} (never followed)"))
                 }
                 Some(libc::ENXIO | libc::EOPNOTSUPP) => {
-                    let kind = fs::symlink_metadata(path)
+                    let kind = fs::symlink_metadata(path())
                         .map(|m| describe(&m.file_type()))
                         .unwrap_or("a special file");
                     corrupt(format!("is {kind}, not a regular file"))
@@ -568,7 +577,7 @@ fn read_opened_pid_file(
                     "cannot be read: permission denied for {}",
                     effective_user()
                 )),
-                _ => Err(Error::io("read PID file", path, e, dir, Access::Read)),
+                _ => Err(Error::io("read PID file", &path(), e, dir, Access::Read)),
             };
         }
     };
@@ -577,7 +586,7 @@ fn read_opened_pid_file(
     let meta = rustix::fs::fstat(&file).map_err(|e| {
         Error::io(
             "fstat PID file",
-            path,
+            &path(),
             std::io::Error::from(e),
             dir,
             Access::Read,
@@ -606,7 +615,7 @@ fn read_opened_pid_file(
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read PID file", path, e, dir, Access::Read)),
+            Err(e) => return Err(Error::io("read PID file", &path(), e, dir, Access::Read)),
         }
         if len as u64 == size {
             break;

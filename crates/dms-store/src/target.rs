@@ -77,17 +77,29 @@ impl TargetId {
 
     /// `<dir>/<target>.pid`.
     pub fn pid_file_in(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.pid", self.0))
+        self.file_in(dir, ".pid")
     }
 
     /// `<dir>/<target>.lock`.
     pub fn lock_file_in(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.lock", self.0))
+        self.file_in(dir, ".lock")
     }
 
     /// `<dir>/<target>.log`.
     pub fn log_file_in(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.log", self.0))
+        self.file_in(dir, ".log")
+    }
+
+    /// `dir.join(format!("{target}{suffix}"))` in one allocation (a status listing makes
+    /// one such path per entry). A target ID is one plain path component (no `/`, not
+    /// `.` or `..`), so pushing it onto `dir` is the same as joining it.
+    fn file_in(&self, dir: &Path, suffix: &str) -> PathBuf {
+        let len = dir.as_os_str().len() + 1 + self.0.len() + suffix.len();
+        let mut path = PathBuf::with_capacity(len);
+        path.push(dir);
+        path.push(&*self.0);
+        path.as_mut_os_string().push(suffix);
+        path
     }
 }
 
@@ -144,6 +156,17 @@ mod tests {
             &"a".repeat(200),
         ] {
             assert_eq!(TargetId::new(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn file_paths_are_the_joined_names() {
+        let t = TargetId::new("target-1.x").unwrap();
+        for dir in ["/run/dms/s3", "/run/dms/s3/", "rel/dir", "", "/"] {
+            let dir = Path::new(dir);
+            assert_eq!(t.pid_file_in(dir), dir.join("target-1.x.pid"));
+            assert_eq!(t.lock_file_in(dir), dir.join("target-1.x.lock"));
+            assert_eq!(t.log_file_in(dir), dir.join("target-1.x.log"));
         }
     }
 
