@@ -215,6 +215,12 @@ pub struct SpawnArgs {
     #[arg(long)]
     pub replace: bool,
 
+    /// With --replace: seconds to wait after SIGTERM for the old helper before SIGKILL
+    /// (decimals allowed).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10",
+          requires = "replace")]
+    pub grace: Duration,
+
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_names = ["PROGRAM", "ARG"])]
     pub command: Vec<OsString>,

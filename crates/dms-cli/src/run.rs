@@ -118,7 +118,12 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     // does, and `spawn`, `kill` and `adopt` need only their own target's entry.
     let one_shot = !matches!(prepared, Prepared::Cleanup(_));
     let read_only = matches!(prepared, Prepared::Status(_) | Prepared::Stats);
-    let session = open_manager(&run_dir, backend, one_shot, read_only).await?;
+    // The grace a spawn --replace gives the old helper (the manager's kill grace).
+    let kill_grace = match &prepared {
+        Prepared::Spawn(p) => Some(p.args.grace),
+        _ => None,
+    };
+    let session = open_manager(&run_dir, backend, one_shot, read_only, kill_grace).await?;
     let out = Out { json: cli.json };
     match prepared {
         Prepared::Spawn(p) => spawn(&session, *p, &out).await,
@@ -198,6 +203,7 @@ async fn open_manager(
     backend: Backend,
     one_shot: bool,
     read_only: bool,
+    kill_grace: Option<std::time::Duration>,
 ) -> Result<Session, CliError> {
     let store: Arc<dyn dms_store::PidStore> = match backend {
         Backend::Pidfile if read_only => {
@@ -218,6 +224,9 @@ async fn open_manager(
     // wait for that interval.
     opts.usage_interval = Some(std::time::Duration::ZERO);
     opts.one_shot = one_shot;
+    if let Some(grace) = kill_grace {
+        opts.kill_grace = grace;
+    }
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
         .map_err(|e| failed(&e))?;

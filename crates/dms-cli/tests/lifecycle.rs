@@ -356,6 +356,58 @@ fn sigterm_ignoring_helper_is_killed_by_escalation_within_grace(backend: Backend
     assert!(!w.pid_file("stubborn").exists());
 }
 
+/// `spawn --replace --grace SECS`: a SIGTERM-ignoring old helper gets SIGKILL after
+/// SECS, not after the default 10 s, and the new helper runs in its place.
+fn replace_gives_a_sigterm_ignoring_helper_the_grace_asked_for(backend: Backend) {
+    let w = World::new(backend);
+    let ready = w.tmp.path().join("trap-set");
+    let script = format!(
+        "trap '' TERM; touch {}; while :; do sleep 0.1; done",
+        ready.display()
+    );
+    let old = pid_of(&w.spawn("stubborn", &["sh", "-c", &script]));
+    assert!(
+        wait_for(STOP, || ready.exists()),
+        "the helper never set its trap"
+    );
+
+    let grace = 1.0;
+    let dur = unique_sleep();
+    let started = Instant::now();
+    let r = w.json([
+        "spawn",
+        "stubborn",
+        "--replace",
+        "--grace",
+        "1",
+        "--",
+        "sleep",
+        &dur,
+    ]);
+    let elapsed = started.elapsed();
+    r.expect_code(0);
+    let new = pid_of(&r.json());
+    w.track(new);
+    assert_ne!(old, new);
+    assert!(wait_dead(old, STOP), "the old helper survived the replace");
+    assert!(
+        elapsed.as_secs_f64() < grace + 1.0,
+        "replaced after {elapsed:?}, more than --grace + 1 s"
+    );
+    assert!(
+        elapsed.as_secs_f64() >= grace * 0.9,
+        "SIGKILL came before the grace period ended ({elapsed:?})"
+    );
+    assert_eq!(processes_with_cmdline(&["sleep", &dur]), [new]);
+    // --grace means nothing without --replace: refused as bad usage, nothing started.
+    let r = w.json(["spawn", "other", "--grace", "1", "--", "sleep", &dur]);
+    r.expect_code(2).expect_one_error_line();
+    assert!(r.stderr.contains("--replace"), "{r:#?}");
+    assert!(!w.pid_file("other").exists());
+    w.run(["kill", "stubborn"]).expect_code(0);
+    assert!(wait_dead(new, STOP));
+}
+
 fn concurrent_spawns_leave_exactly_one_helper(backend: Backend) {
     let w = World::new(backend);
     let dur = unique_sleep();
@@ -802,6 +854,7 @@ both_backends!(
     helper_env_is_own_plus_additions_and_values_are_never_shown,
     handwritten_bare_pid_file_is_running_then_killed,
     sigterm_ignoring_helper_is_killed_by_escalation_within_grace,
+    replace_gives_a_sigterm_ignoring_helper_the_grace_asked_for,
     concurrent_spawns_leave_exactly_one_helper,
     missing_program_leaves_no_pid_file,
     adopt_records_a_running_process_and_refuses_a_dead_one,

@@ -612,14 +612,14 @@ fn replace_unmounts_the_old_helper_and_mounts_the_new_one() {
 
 #[test]
 /// `spawn --replace` stops the old helper as `kill` does, including the abort of the
-/// FUSE connection when the old helper is stuck in its own mount (it ignores SIGTERM, so
-/// this waits the default 10 s grace).
+/// FUSE connection when the old helper is stuck in its own mount (it ignores SIGTERM:
+/// `--grace` keeps the wait short).
 fn replace_frees_a_helper_stuck_in_its_own_mount() {
     require_fuse!();
     let w = World::new();
     let dir = w.mnt("stuckrep");
     let old = spawn_stuck_in_own_mount(&w, "stuckrep", &dir);
-    let r = w.spawn("stuckrep", &dir, &["--replace"], &[]);
+    let r = w.spawn("stuckrep", &dir, &["--replace", "--grace", "0.5"], &[]);
     assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
     let v = r.json();
     assert_ne!(v["pid"].as_i64().unwrap() as i32, old);
