@@ -796,7 +796,7 @@ impl Inner {
                     );
                 }
             }
-            let mut out = if unmounted_exit {
+            let out = if unmounted_exit {
                 dms_proc::StopOutcome {
                     signals: Vec::new(),
                     stopped: true,
@@ -804,19 +804,10 @@ impl Inner {
                     mismatch: false,
                 }
             } else {
-                let kill_wait = mount
-                    .as_ref()
-                    .map_or(dms_proc::DEFAULT_KILL_WAIT, |m| m.kill_wait());
-                self.spawner
-                    .terminate_with(&old, self.opts.kill_grace, kill_wait)
+                // As in `kill`: a helper stuck in its own mount is freed by an abort.
+                self.terminate_mounted(&old, self.opts.kill_grace, mount.as_ref(), &mut steps)
                     .await?
             };
-            // As in `kill`: a helper stuck in its own mount is freed by aborting it.
-            if !out.stopped && !out.mismatch {
-                if let Some(m) = &mount {
-                    out.stopped = self.kill_abort_stuck(m, &old, &mut steps).await;
-                }
-            }
             if !out.stopped && !out.mismatch {
                 return Err(Error::StillRunning {
                     target: target.clone(),
@@ -974,27 +965,15 @@ impl Inner {
                     }
                 }
             }
-            let kill_wait = mount
-                .as_ref()
-                .map_or(dms_proc::DEFAULT_KILL_WAIT, |m| m.kill_wait());
-            let mut out = self
-                .spawner
-                .terminate_with(victim, grace, kill_wait)
+            let out = self
+                .terminate_mounted(victim, grace, mount.as_ref(), &mut report.steps)
                 .await?;
-            report
-                .steps
-                .extend(out.signals.iter().map(|s| s.name().to_owned()));
             if let Some(last) = out.signals.last() {
                 report.signal = Some(*last);
             }
             if out.mismatch {
                 info!(target = %target, pid = victim.pid.get(), "PID was reused; not signalled");
                 continue;
-            }
-            if !out.stopped {
-                if let Some(m) = &mount {
-                    out.stopped = self.kill_abort_stuck(m, victim, &mut report.steps).await;
-                }
             }
             if !out.stopped {
                 return Err(Error::StillRunning {

@@ -6,7 +6,7 @@ use super::{Inner, Manager};
 use crate::error::{Error, Result};
 use crate::mount::{self, MountRegistry, PROBE_TIMEOUT};
 use crate::report::{MountAction, MountState, ProcessInfo};
-use dms_proc::{ExitStatus, ProcIdentity, WaitOutcome};
+use dms_proc::{ExitStatus, ProcIdentity, StopOutcome, WaitOutcome};
 use dms_store::TargetId;
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -41,23 +41,11 @@ pub(super) struct KillMount {
 }
 
 /// How long a kill waits after SIGKILL when the helper serves a live FUSE mount, before
-/// it aborts the connection ([`Manager::kill_abort_stuck`]). A FUSE daemon with a thread
+/// it aborts the connection ([`Manager::terminate_mounted`]). A FUSE daemon with a thread
 /// stuck in a request to its own mount outlives SIGKILL until the connection is aborted,
 /// so the full [`dms_proc::DEFAULT_KILL_WAIT`] would only add seconds; a helper that dies
 /// normally is gone well within this.
 const STUCK_MOUNT_KILL_WAIT: Duration = Duration::from_millis(500);
-
-impl KillMount {
-    /// How long to wait after SIGKILL before the next remedy: short when a FUSE
-    /// connection can still be aborted, the spawner's default otherwise.
-    pub(super) fn kill_wait(&self) -> Duration {
-        if self.minor.is_some() {
-            STUCK_MOUNT_KILL_WAIT
-        } else {
-            dms_proc::DEFAULT_KILL_WAIT
-        }
-    }
-}
 
 /// The last `n` lines of `log` (reads at most its last 8 KiB).
 fn log_tail(log: &Path, n: usize) -> String {
@@ -308,31 +296,46 @@ impl Inner {
         }
     }
 
-    /// Kill step for a helper that survived SIGKILL: abort its FUSE connection (a daemon
-    /// blocked on its own mount), then wait a little. Returns whether it exited.
-    pub(super) async fn kill_abort_stuck(
+    /// SIGTERM, `grace`, SIGKILL for a helper that may serve a FUSE mount (`kill` and
+    /// `spawn --replace`), with the signals sent appended to `steps`. With a live mount
+    /// the SIGKILL wait is short, and a helper still there after it (a thread stuck in a
+    /// request to its own mount) has its FUSE connection aborted (step `abort`) and is
+    /// waited for once more.
+    pub(super) async fn terminate_mounted(
         &self,
-        m: &KillMount,
         victim: &ProcIdentity,
+        grace: Duration,
+        mount: Option<&KillMount>,
         steps: &mut Vec<String>,
-    ) -> bool {
-        let Some(minor) = m.minor else {
-            return false;
+    ) -> Result<StopOutcome> {
+        let minor = mount.and_then(|m| m.minor);
+        let kill_wait = match minor {
+            Some(_) => STUCK_MOUNT_KILL_WAIT,
+            None => dms_proc::DEFAULT_KILL_WAIT,
+        };
+        let mut out = self
+            .spawner
+            .terminate_with(victim, grace, kill_wait)
+            .await?;
+        steps.extend(out.signals.iter().map(|s| s.name().to_owned()));
+        let Some(minor) = minor.filter(|_| !out.stopped && !out.mismatch) else {
+            return Ok(out);
         };
         match mount::abort_connection(minor) {
             Ok(true) => steps.push("abort".to_owned()),
-            Ok(false) => return false,
+            Ok(false) => return Ok(out),
             Err(e) => {
                 warn!(connection = minor, %e, "cannot abort FUSE connection");
-                return false;
+                return Ok(out);
             }
         }
-        matches!(
+        out.stopped = matches!(
             self.spawner
-                .wait_exit(victim, Some(Duration::from_secs(5)))
+                .wait_exit(victim, Some(dms_proc::DEFAULT_KILL_WAIT))
                 .await,
             Ok(WaitOutcome::Exited(_))
-        )
+        );
+        Ok(out)
     }
 
     /// Kill steps after the helper is gone: unmount or lazily detach whatever is left at
