@@ -318,18 +318,25 @@ fn handwritten_bare_pid_file_is_running_then_killed(backend: Backend) {
     assert!(!w.pid_file("legacy").exists());
 }
 
-fn sigterm_ignoring_helper_is_killed_by_escalation_within_grace(backend: Backend) {
-    let w = World::new(backend);
-    let ready = w.tmp.path().join("trap-set");
+/// Spawns, as `target`, a shell that ignores SIGTERM, and returns its PID once its trap
+/// is set.
+fn spawn_sigterm_ignoring(w: &World, target: &str) -> i32 {
+    let ready = w.tmp.path().join(format!("{target}.trap-set"));
     let script = format!(
         "trap '' TERM; touch {}; while :; do sleep 0.1; done",
         ready.display()
     );
-    let pid = pid_of(&w.spawn("stubborn", &["sh", "-c", &script]));
+    let pid = pid_of(&w.spawn(target, &["sh", "-c", &script]));
     assert!(
         wait_for(STOP, || ready.exists()),
         "the helper never set its trap"
     );
+    pid
+}
+
+fn sigterm_ignoring_helper_is_killed_by_escalation_within_grace(backend: Backend) {
+    let w = World::new(backend);
+    let pid = spawn_sigterm_ignoring(&w, "stubborn");
 
     let grace = 1.0;
     let started = Instant::now();
@@ -360,16 +367,7 @@ fn sigterm_ignoring_helper_is_killed_by_escalation_within_grace(backend: Backend
 /// SECS, not after the default 10 s, and the new helper runs in its place.
 fn replace_gives_a_sigterm_ignoring_helper_the_grace_asked_for(backend: Backend) {
     let w = World::new(backend);
-    let ready = w.tmp.path().join("trap-set");
-    let script = format!(
-        "trap '' TERM; touch {}; while :; do sleep 0.1; done",
-        ready.display()
-    );
-    let old = pid_of(&w.spawn("stubborn", &["sh", "-c", &script]));
-    assert!(
-        wait_for(STOP, || ready.exists()),
-        "the helper never set its trap"
-    );
+    let old = spawn_sigterm_ignoring(&w, "stubborn");
 
     let grace = 1.0;
     let dur = unique_sleep();
