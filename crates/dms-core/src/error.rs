@@ -44,6 +44,16 @@ pub enum Error {
         /// The target that already tracks it.
         other: TargetId,
     },
+    /// The PID to adopt is a thread of a process, not a process.
+    #[error("cannot adopt PID {pid} for target {target}: {}; adopt the PID of a process", thread_detail(*pid, *tgid))]
+    NotAProcess {
+        /// The target.
+        target: TargetId,
+        /// The PID asked for (a thread ID).
+        pid: Pid,
+        /// The thread's process, when known.
+        tgid: Option<i32>,
+    },
     /// The process named by the target's entry is alive, but whether it is ours cannot be
     /// proven (the probe was denied). It is neither signalled nor forgotten.
     #[error(
@@ -149,3 +159,16 @@ pub enum Error {
 
 /// The manager's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Says that `pid` is a thread of process `tgid`, not a process: the detail of a
+/// `foreign` entry and of a refused adopt.
+pub(crate) fn thread_detail(pid: Pid, tgid: Option<i32>) -> String {
+    let own = i32::try_from(std::process::id()).ok();
+    match tgid {
+        Some(t) if Some(t) == own => {
+            format!("PID {pid} is a thread of dms itself (process {t}), not a process")
+        }
+        Some(t) => format!("PID {pid} is a thread of process {t}, not a process"),
+        None => format!("PID {pid} is a thread of another process, not a process"),
+    }
+}

@@ -45,7 +45,7 @@ mod report;
 
 pub use error::{Error, Result};
 pub use manager::{Manager, DEFAULT_READY_TIMEOUT};
-pub use options::{HelperSpec, ManagerOptions};
+pub use options::{HelperSpec, ManagerOptions, DEFAULT_START_TIME_SLACK};
 pub use report::{
     CleanupReport, Event, KillReport, MountAction, MountState, ProcessInfo, ProcessState,
     RecoveryReport, RemovalReason, Removed, Source, Stats, StrayNote, TargetNote, TargetPid,

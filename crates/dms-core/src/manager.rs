@@ -42,8 +42,9 @@ pub use mount_ops::DEFAULT_READY_TIMEOUT;
 /// - **Identity**: a PID is acted on only after proving it is still the recorded
 ///   process: exact start ticks and boot ID where the store recorded them; for a bare
 ///   PID file, a live process that started no later than the file's mtime
-///   (plus [`ManagerOptions::start_time_slack`]). Anything else is *foreign* and is never
-///   signalled.
+///   (plus [`ManagerOptions::start_time_slack`], 20 ms), both on the boot clock. A thread
+///   ID that is not a process, dms itself and its ancestors are never helpers. Anything
+///   else is *foreign* and is never signalled.
 /// - **Locking**: every change to a target holds an in-process mutex and a `flock` on
 ///   `<run-dir>/locks/<target>.lock`, so two spawns of one target, from one process or
 ///   two, start exactly one helper. No other lock is held while waiting on a process.
@@ -653,6 +654,9 @@ impl Inner {
         let info = match probe {
             Ok(Probe::Alive(info)) => info,
             Ok(Probe::Gone | Probe::Zombie(_)) => return Verdict::Stale,
+            Ok(Probe::Thread { tgid }) => {
+                return Verdict::Foreign(crate::error::thread_detail(record.pid, tgid))
+            }
             Err(e) => return Verdict::Unverified(e.to_string()),
         };
         // A process is the helper of one target only: a second PID file naming the
@@ -691,9 +695,15 @@ impl Inner {
                 if info.started_at <= written + self.opts.start_time_slack {
                     Verdict::Own(Box::new(info))
                 } else {
+                    let after_ms = info
+                        .started_at
+                        .duration_since(written)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                        * 1e3;
                     Verdict::Foreign(format!(
-                        "PID {} belongs to a process that started at {} after its PID file \
-                         was written at {}",
+                        "PID {} belongs to a process that started at {}, {after_ms:.1} ms \
+                         after its PID file was written at {}",
                         record.pid,
                         humantime::format_rfc3339_millis(info.started_at),
                         humantime::format_rfc3339_millis(written)
@@ -1044,6 +1054,13 @@ impl Inner {
                 return Err(Error::NotRunning {
                     target: target.clone(),
                     pid,
+                })
+            }
+            Probe::Thread { tgid } => {
+                return Err(Error::NotAProcess {
+                    target: target.clone(),
+                    pid,
+                    tgid,
                 })
             }
         };
@@ -1542,6 +1559,8 @@ fn verify_probed(id: &ProcIdentity, probe: std::result::Result<Probe, ProcError>
         Ok(Probe::Alive(info)) if info.identity == *id => Verdict::Own(Box::new(info)),
         Ok(Probe::Alive(_)) => Verdict::Foreign(format!("PID {} was reused", id.pid)),
         Ok(Probe::Gone | Probe::Zombie(_)) => Verdict::Stale,
+        // The recorded process is gone: its PID is now a thread of another one.
+        Ok(Probe::Thread { tgid }) => Verdict::Foreign(crate::error::thread_detail(id.pid, tgid)),
         Err(e) => Verdict::Unverified(e.to_string()),
     }
 }

@@ -36,7 +36,7 @@
 //! moved along, so recorded identities stay valid and the identity path is exercised) or
 //! reported as `written_at` (memory backend). So a
 //! process created before a write started at least 10 s before the stamp and one created
-//! after started 10 s after it, well outside the manager's default 1 s slack.
+//! after started 10 s after it, well outside the manager's default 20 ms slack.
 //!
 //! **An environment failure that cannot be recovered.** If a live helper's PID file is
 //! deleted or overwritten by hand and the manager crashes before it rewrites the file

@@ -82,6 +82,13 @@ pub enum Probe {
     Zombie(ProcIdentity),
     /// A live process.
     Alive(ProcInfo),
+    /// A thread of a process, not a process: the ID is a thread ID that is not its
+    /// thread group's leader (`kill(tid, 0)` and `/proc/TID/stat` both answer for one).
+    /// A thread is never a helper and is never signalled.
+    Thread {
+        /// The thread's process (its thread-group ID), when it could be read.
+        tgid: Option<i32>,
+    },
 }
 
 /// What is known of a live process.
@@ -379,7 +386,7 @@ pub trait Spawner: Debug + Send + Sync {
                     None
                 }
             },
-            Probe::Gone | Probe::Zombie(_) => None,
+            Probe::Gone | Probe::Zombie(_) | Probe::Thread { .. } => None,
         };
         Ok((probe, usage))
     }

@@ -310,6 +310,9 @@ impl LinuxSpawner {
             'Z' => (Probe::Zombie(identity), None),
             'X' | 'x' => (Probe::Gone, None),
             _ => {
+                if let Some(tgid) = thread_of(pid, &dir, &mut buf)? {
+                    return Ok((Probe::Thread { tgid: Some(tgid) }, None));
+                }
                 let exe = with_exe
                     .then(|| rustix::fs::readlinkat(&dir, c"exe", Vec::new()).ok())
                     .flatten()
@@ -414,11 +417,47 @@ fn read_stat(pid: Pid) -> Result<Option<ProcStat>, ProcError> {
     stat_at(pid, &dir, &mut Vec::with_capacity(STAT_BUF))
 }
 
+/// A pidfd of the process `pid`; `None` when no process has that PID: none at all
+/// (`ESRCH`), or only a thread that is not its group's leader (`EINVAL`, or `ENOENT` on
+/// Linux 6.15 and later: a thread ID is never the PID of a process, so a recorded
+/// process with that PID is gone).
 fn pidfd_open(pid: Pid) -> Result<Option<OwnedFd>, ProcError> {
     let raw = rustix::process::Pid::from_raw(pid.get()).expect("a Pid is positive");
     match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
         Ok(fd) => Ok(Some(fd)),
-        Err(Errno::SRCH) => Ok(None),
+        Err(Errno::SRCH | Errno::INVAL | Errno::NOENT) => Ok(None),
+        Err(e) => Err(ProcError::Os {
+            op: "pidfd_open",
+            pid,
+            source: e.into(),
+        }),
+    }
+}
+
+/// The process (thread-group ID) of which `pid` is a thread, when `pid` is a thread ID
+/// and not a process (not its thread group's leader); `None` for a process.
+///
+/// `pidfd_open` refuses a non-leader thread (`EINVAL` up to Linux 6.14, `ENOENT` after):
+/// one system call and a close for a process, where the `Tgid` line of
+/// `/proc/PID/status` would cost a read of a file the kernel composes from many parts,
+/// for every live entry of a listing. Only on a refusal is `status` (through `dir`, the
+/// thread's own `/proc` directory) read, to tell a thread from a process that exited
+/// meanwhile (whose `Tgid` is its own PID).
+fn thread_of(pid: Pid, dir: &OwnedFd, buf: &mut Vec<u8>) -> Result<Option<i32>, ProcError> {
+    let raw = rustix::process::Pid::from_raw(pid.get()).expect("a Pid is positive");
+    match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
+        Ok(_) | Err(Errno::SRCH) => Ok(None),
+        Err(Errno::INVAL | Errno::NOENT) => {
+            let Ok(status) = stat::read_at(dir, c"status", false, buf) else {
+                return Ok(None);
+            };
+            let tgid = status
+                .split(|&b| b == b'\n')
+                .find_map(|line| line.strip_prefix(b"Tgid:"))
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<i32>().ok());
+            Ok(tgid.filter(|&t| t != pid.get()))
+        }
         Err(e) => Err(ProcError::Os {
             op: "pidfd_open",
             pid,
@@ -455,22 +494,17 @@ fn pidfd_send_signal_flags(fd: &OwnedFd, signal: Signal, flags: libc::c_uint) ->
 }
 
 /// The current time of `clock`.
-fn clock_now(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and a valid out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn clock_now(clock: rustix::time::ClockId) -> Duration {
+    let ts = rustix::time::clock_gettime(clock);
     Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0).min(999_999_999),
     )
 }
 
 /// Time since boot, suspend included: the clock of `/proc/PID/stat`'s start time.
 fn since_boot() -> Duration {
-    clock_now(libc::CLOCK_BOOTTIME)
+    clock_now(rustix::time::ClockId::Boottime)
 }
 
 /// The usage of a process from one read of its `/proc/PID/stat`, CPU percent the
@@ -492,13 +526,25 @@ fn lifetime_usage(stat: &ProcStat) -> Usage {
     }
 }
 
-/// Wall-clock time of the moment `start_ticks` after boot.
+/// The instant of boot on the wall clock: `CLOCK_REALTIME` minus `CLOCK_BOOTTIME`, read
+/// together (the boot clock read on both sides of the wall clock, and the midpoint
+/// taken), so it is exact to well under a microsecond; `btime` of `/proc/stat` would
+/// round it to whole seconds. It moves only when the wall clock is stepped (NTP slews
+/// both clocks alike).
+fn boot_instant() -> SystemTime {
+    let before = since_boot();
+    let wall = clock_now(rustix::time::ClockId::Realtime);
+    let after = since_boot();
+    let boot = before + (after.saturating_sub(before)) / 2;
+    SystemTime::UNIX_EPOCH + wall.saturating_sub(boot)
+}
+
+/// Wall-clock time of the moment `start_ticks` after boot, through [`boot_instant`]: a
+/// process start, exact to one clock tick (start ticks are rounded down to one).
 fn started_at(start_ticks: u64) -> SystemTime {
-    let since_boot = since_boot();
-    let wall = clock_now(libc::CLOCK_REALTIME);
-    let boot = SystemTime::UNIX_EPOCH + wall.saturating_sub(since_boot);
     let tps = procfs::ticks_per_second().max(1);
-    boot + Duration::from_secs(start_ticks / tps)
+    boot_instant()
+        + Duration::from_secs(start_ticks / tps)
         + Duration::from_nanos((start_ticks % tps) * 1_000_000_000 / tps)
 }
 
