@@ -929,6 +929,123 @@ fn flag_rows() -> Vec<Row> {
     rows
 }
 
+/// Mount directories and mount records (issue 17 item 1). Nothing here needs a FUSE
+/// mount: each is refused, or acts on nothing, before one could matter (the FUSE tests
+/// in `crates/dms-testfuse/tests/mount_records.rs` show the same with real mounts).
+fn mount_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mkrun = |c: &Ctx| std::fs::create_dir_all(c.s3()).unwrap();
+    for (input, dir, word) in [
+        ("`--mount /`", "/", "it is the root directory"),
+        (
+            "`--mount` inside the run dir",
+            "{run}/m",
+            "inside the run directory",
+        ),
+        (
+            "`--mount` holding the run dir",
+            "{tmp}",
+            "holds the run directory",
+        ),
+    ] {
+        rows.push(row(
+            "mount dir",
+            input,
+            mkrun,
+            Launch::Host,
+            args(&["spawn", "x", "--mount", dir, "--", "sleep", "300"]),
+            Expect {
+                code: 2,
+                error: vec![word, "nothing was started or stopped"],
+                pid_file_after: Some(false),
+                ..Expect::default()
+            },
+        ));
+    }
+    rows.push(row(
+        "run dir",
+        "`mounts/` world-writable (mode 0777)",
+        |c: &Ctx| {
+            let m = c.run().join("mounts");
+            std::fs::create_dir_all(&m).unwrap();
+            std::fs::set_permissions(&m, std::fs::Permissions::from_mode(0o777)).unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 1,
+            error: vec!["`chmod o-w {run}/mounts`"],
+            ..Expect::default()
+        },
+    ));
+    rows.push(row(
+        "run dir",
+        "`mounts/` a symlink to a directory outside",
+        |c: &Ctx| {
+            std::fs::create_dir(c.run()).unwrap();
+            std::os::unix::fs::symlink(&c.outside, c.run().join("mounts")).unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 1,
+            error: vec!["{run}/mounts: it is a symbolic link to {outside}"],
+            ..Expect::default()
+        },
+    ));
+    let mut r = row(
+        "mount record",
+        "`mounts/x.mount` holding `/` (no recorded identity)",
+        |c: &Ctx| {
+            std::fs::create_dir_all(c.run().join("mounts")).unwrap();
+            std::fs::write(c.run().join("mounts/x.mount"), b"/").unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 0,
+            json: vec![("mounts/0/target", "\"x\""), ("mounts/0/path", "\"/\"")],
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "action `kept: ...` (nothing detached or aborted); record kept",
+        Box::new(|c: &Ctx, o: &Outcome| {
+            let v: Value = serde_json::from_str(&o.stdout).unwrap();
+            let action = v["mounts"][0]["action"].as_str().unwrap_or_default();
+            assert!(action.starts_with("kept: "), "{v}");
+            assert!(c.run().join("mounts/x.mount").exists());
+        }),
+    ));
+    rows.push(r);
+    let mut r = row(
+        "mount record",
+        "`mounts/x.mount` a symlink to a file outside (naming an unmounted path)",
+        |c: &Ctx| {
+            std::fs::create_dir_all(c.run().join("mounts")).unwrap();
+            let named = c.outside.join("nothing-mounted-here");
+            std::fs::write(c.outside.join("record"), named.as_os_str().as_bytes()).unwrap();
+            std::os::unix::fs::symlink(c.outside.join("record"), c.run().join("mounts/x.mount"))
+                .unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 0,
+            json: vec![("mounts", "[]")],
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "the link is not followed (nor removed)",
+        Box::new(|c: &Ctx, _: &Outcome| {
+            assert!(c.run().join("mounts/x.mount").is_symlink());
+        }),
+    ));
+    rows.push(r);
+    rows
+}
+
 fn all_rows() -> Vec<Row> {
     let mut rows = pid_file_rows();
     rows.extend(file_type_rows());
@@ -936,6 +1053,7 @@ fn all_rows() -> Vec<Row> {
     rows.extend(env_rows());
     rows.extend(run_dir_rows());
     rows.extend(flag_rows());
+    rows.extend(mount_rows());
     rows
 }
 
