@@ -7,13 +7,15 @@
 //!
 //! ```text
 //! dms-testfuse [--fail-mount] [--mount-delay-ms N] [--ignore-sigterm] [--hang-statfs]
-//!              [--hang-statfs-on-usr1] [--self-statfs] DIR
+//!              [--hang-statfs-on-usr1] [--self-statfs] [--exit-after-mount] DIR
 //! ```
 //!
 //! - `--fail-mount`: print an error and exit 3 without mounting.
 //! - `--mount-delay-ms N`: wait N ms before mounting (a slow helper).
 //! - `--ignore-sigterm`: SIGTERM is ignored (only SIGINT or SIGKILL stop it).
 //! - `--hang-statfs`: never answer `statfs(2)`: the mount looks hung to a prober.
+//! - `--exit-after-mount`: mount, then exit 4 at once without unmounting (the mount
+//!   stays, answering ENOTCONN), as s3fs does when its bucket is missing.
 //! - `--hang-statfs-on-usr1`: answer `statfs(2)` until SIGUSR1 arrives, then behave as
 //!   `--hang-statfs` (and start the `--self-statfs` thread then): a helper that was
 //!   healthy when it started and hangs later, as when its S3 endpoint stalls. It logs
@@ -52,11 +54,12 @@ struct Args {
     hang_statfs: bool,
     hang_on_usr1: bool,
     self_statfs: bool,
+    exit_after_mount: bool,
 }
 
 fn usage() -> String {
     "usage: dms-testfuse [--fail-mount] [--mount-delay-ms N] [--ignore-sigterm] \
-     [--hang-statfs] [--hang-statfs-on-usr1] [--self-statfs] DIR"
+     [--hang-statfs] [--hang-statfs-on-usr1] [--self-statfs] [--exit-after-mount] DIR"
         .to_owned()
 }
 
@@ -71,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         hang_statfs: false,
         hang_on_usr1: false,
         self_statfs: false,
+        exit_after_mount: false,
     };
     while let Some(a) = args.next() {
         match a.to_str() {
@@ -79,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             Some("--hang-statfs") => out.hang_statfs = true,
             Some("--self-statfs") => out.self_statfs = true,
             Some("--hang-statfs-on-usr1") => out.hang_on_usr1 = true,
+            Some("--exit-after-mount") => out.exit_after_mount = true,
             Some("--mount-delay-ms") => {
                 let n = args
                     .next()
@@ -278,6 +283,10 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("dms-testfuse: mounted {}", args.dir.display());
+    if args.exit_after_mount {
+        eprintln!("dms-testfuse: the bucket does not exist; exiting (--exit-after-mount)");
+        std::process::exit(4);
+    }
     let self_statfs = |dir: PathBuf| {
         std::thread::spawn(move || {
             let r = nix::sys::statfs::statfs(&dir);

@@ -228,6 +228,24 @@ fn spawn_whose_mount_comes_up_but_does_not_answer_fails_and_keeps_nothing() {
 }
 
 #[test]
+fn spawn_whose_helper_exits_right_after_mounting_fails_and_keeps_nothing() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("nobucket");
+    let r = w.spawn("nobucket", &dir, &[], &["--exit-after-mount"]);
+    assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.starts_with("dms: error:"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the bucket does not exist"),
+        "no log tail: {}",
+        r.stderr
+    );
+    assert!(!is_mount_point(&dir), "its dead mount was left");
+    assert!(!w.run_dir().join("s3/nobucket.pid").exists());
+    assert!(!w.run_dir().join("mounts/nobucket.mount").exists());
+}
+
+#[test]
 fn status_and_stats_answer_within_one_probe_limit_however_many_mounts_hang() {
     require_fuse!();
     let w = World::new();
