@@ -227,7 +227,17 @@ impl Inner {
                         .map(|m| MountIdentity::of(m, path))
                 });
                 match (raced, &exit) {
-                    (Some(id), Ok(w)) if !matches!(w, WaitOutcome::Exited(_)) => {
+                    (Some(id), Ok(WaitOutcome::Exited(status))) => {
+                        // Mounted, then gone at once (s3fs with a missing bucket): the
+                        // dead mount is the helper's and goes too.
+                        came_up = Some(id);
+                        format!(
+                            "the helper {} right after its mount came up; the mount does \
+                             not answer (stale)",
+                            describe(status)
+                        )
+                    }
+                    (Some(id), _) => {
                         came_up = Some(id);
                         match self.served(target, identity, path, id).await {
                             None => return Ok(()),
