@@ -1104,6 +1104,7 @@ impl Inner {
                     if let Err(e) = self.store.remove(target).await {
                         warn!(target = %target, pid, error = %e, "cannot remove PID file of exited helper; cleanup will");
                     }
+                    self.forget_mount_if_gone(target);
                 }
                 Ok(_) => {}
                 Err(e) => {

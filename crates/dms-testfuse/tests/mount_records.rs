@@ -245,6 +245,33 @@ fn spawn_whose_helper_exits_right_after_mounting_fails_and_keeps_nothing() {
     assert!(!w.run_dir().join("mounts/nobucket.mount").exists());
 }
 
+/// The checks of the new mount directory come before the old helper is stopped and must
+/// not hang on its mount: a SIGSTOPped FUSE daemon answers nothing (a `stat` of its mount
+/// point would wait forever).
+#[test]
+fn replace_of_a_stopped_fuse_helper_checks_the_directory_without_hanging_on_it() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("frozen");
+    let r = w.spawn("frozen", &dir, &[], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let old = pid_of(&r);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    // Let the root's cached attributes (100 ms) expire, so a stat would ask the daemon.
+    std::thread::sleep(Duration::from_millis(300));
+    let r2 = w.spawn("frozen", &dir, &["--replace", "--grace", "0.5"], &[]);
+    assert_eq!(r2.code, 0, "{} {}", r2.stdout, r2.stderr);
+    assert!(r2.elapsed < Duration::from_secs(10), "{:?}", r2.elapsed);
+    assert!(reap(old, Duration::from_secs(5)), "old helper {old} left");
+    assert_eq!(r2.json()["mount_state"], "mounted");
+    assert_eq!(mounts_under(&dir).len(), 1, "only the new helper's mount");
+    eprintln!("replace of a stopped FUSE helper: {:?}", r2.elapsed);
+}
+
 #[test]
 fn status_and_stats_answer_within_one_probe_limit_however_many_mounts_hang() {
     require_fuse!();

@@ -344,13 +344,13 @@ impl Manager {
     pub async fn cleanup_mounts(&self) -> Result<Vec<MountAction>> {
         let inner = &self.inner;
         let mut actions = Vec::new();
-        for (name, record) in inner.registry().list() {
+        for (name, _) in inner.registry().list() {
             let Ok(target) = name.parse::<TargetId>() else {
                 continue;
             };
             let _guard = inner.locks.lock(&target).await?;
             // Read again under the lock.
-            let Some(record) = inner.registry().get(&name).filter(|r| *r == record) else {
+            let Some(record) = inner.registry().get(&name) else {
                 continue;
             };
             let live = match inner.live_helper(&target).await {

@@ -25,31 +25,33 @@ pub(super) struct PreparedMount {
     pub(super) wait: bool,
 }
 
-/// `dir` with every symbolic link of its existing part resolved and `.`/`..` applied:
-/// where a mount there would really be, even before the directory exists.
+/// `dir` with every symbolic link in it resolved and `.`/`..` applied as the kernel
+/// would: where a mount there would really be, even before the directory exists. Only
+/// symbolic links are looked at (`readlink`), never the attributes of a directory: a
+/// mount point whose FUSE daemon hangs (the old helper of a `--replace`) would hang a
+/// `stat`.
 fn resolve(dir: &Path) -> PathBuf {
-    let mut base = dir;
-    let mut rest = Vec::new();
-    let resolved = loop {
-        if let Ok(p) = base.canonicalize() {
-            break p;
-        }
-        match (base.parent(), base.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                base = parent;
-            }
-            _ => break base.to_owned(),
-        }
+    let mut out = if dir.is_relative() {
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+    } else {
+        PathBuf::from("/")
     };
-    let mut out = resolved;
-    for name in rest.into_iter().rev() {
-        match Path::new(&name).components().next() {
-            Some(Component::ParentDir) => {
+    for c in dir.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) => out = PathBuf::from("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                // `out` holds no symbolic link: every one was resolved when pushed.
                 out.pop();
             }
-            Some(Component::CurDir) | None => {}
-            _ => out.push(name),
+            Component::Normal(name) => {
+                out.push(name);
+                if std::fs::read_link(&out).is_ok() {
+                    if let Ok(p) = out.canonicalize() {
+                        out = p;
+                    }
+                }
+            }
         }
     }
     out
@@ -367,5 +369,25 @@ impl Inner {
                 warn!(connection = conn.name(), %e, "cannot abort FUSE connection of failed helper");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+    use std::path::Path;
+
+    #[test]
+    fn resolve_follows_links_of_the_existing_part_and_applies_dot_dot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("run")).unwrap();
+        std::os::unix::fs::symlink(real.join("run"), real.join("link")).unwrap();
+        // Not yet existing below a symlink: where the mount would really be.
+        assert_eq!(resolve(&real.join("link/new/m")), real.join("run/new/m"));
+        assert_eq!(resolve(&real.join("link/new/../m")), real.join("run/m"));
+        assert_eq!(resolve(&real.join("link")), real.join("run"));
+        assert_eq!(resolve(Path::new("/")), Path::new("/"));
+        assert_eq!(resolve(Path::new("/no-such-dir/..")), Path::new("/"));
     }
 }
