@@ -829,7 +829,10 @@ impl Inner {
 
         self.clear_corrupt(target).await?;
         let prepared = match &spec.mount {
-            Some(dir) => Some(self.prepare_mount(target, dir, spec.ready_timeout.is_some())?),
+            Some(dir) => Some(
+                self.prepare_mount(target, dir, spec.ready_timeout.is_some())
+                    .await?,
+            ),
             None => None,
         };
         let log = spec

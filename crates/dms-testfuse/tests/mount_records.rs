@@ -192,6 +192,46 @@ fn spawn_refuses_another_live_targets_mount_the_root_and_the_run_dir() {
     assert!(answers(&dir, Duration::from_secs(2)));
 }
 
+/// Two spawns of different targets on one directory at the same time (each helper slow
+/// to mount): exactly one gets it, the other is refused naming it; one mount there.
+#[test]
+fn concurrent_spawns_of_two_targets_on_one_directory_start_one() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("contested");
+    let slow = ["--mount-delay-ms", "700"];
+    let (ra, rb) = std::thread::scope(|s| {
+        let a = s.spawn(|| w.spawn("a", &dir, &[], &slow));
+        let b = s.spawn(|| w.spawn("b", &dir, &[], &slow));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let codes = (ra.code, rb.code);
+    assert!(
+        codes == (0, 1) || codes == (1, 0),
+        "a: {} {} | b: {} {}",
+        ra.code,
+        ra.stderr,
+        rb.code,
+        rb.stderr
+    );
+    let (won, lost, loser, winner) = if ra.code == 0 {
+        (&ra, &rb, "b", "a")
+    } else {
+        (&rb, &ra, "a", "b")
+    };
+    assert!(
+        lost.stderr.contains(&format!("target {winner}")),
+        "{}",
+        lost.stderr
+    );
+    assert_eq!(won.json()["mount_state"], "mounted");
+    assert_eq!(mounts_under(&dir).len(), 1, "one mount at the directory");
+    assert!(!w.run_dir().join(format!("s3/{loser}.pid")).exists());
+    assert!(!w.run_dir().join(format!("mounts/{loser}.mount")).exists());
+    assert_eq!(w.dms(&["kill", winner, "--grace", "2"]).code, 0);
+    assert!(!is_mount_point(&dir));
+}
+
 #[test]
 fn spawn_whose_mount_comes_up_but_does_not_answer_fails_and_keeps_nothing() {
     require_fuse!();

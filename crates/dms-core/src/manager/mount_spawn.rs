@@ -99,6 +99,22 @@ impl Inner {
                 true,
             ));
         }
+        if let Some(why) = self.mount_taken(target, &path, false).await {
+            return Err(refuse(why, false));
+        }
+        Ok(())
+    }
+
+    /// Why `path` is another target's, if it is: the recorded mount of a target whose
+    /// helper runs (or cannot be verified), or, with `in_progress`, of a target being
+    /// spawned right now (its record has no identity yet and its lock is held). Read-only
+    /// (no lock of the other target is taken): a refusal needs no more.
+    async fn mount_taken(
+        &self,
+        target: &TargetId,
+        path: &Path,
+        in_progress: bool,
+    ) -> Option<String> {
         for (other, record) in self.registry().list() {
             if other == target.as_str() || record.path != path {
                 continue;
@@ -106,7 +122,13 @@ impl Inner {
             let Ok(other) = other.parse::<TargetId>() else {
                 continue;
             };
-            // Read-only (no lock of the other target): a refusal needs no more.
+            if in_progress && record.identity.is_none() && self.locks.is_held(&other) {
+                return Some(format!(
+                    "target {other} is being spawned with this mount directory right now \
+                     (its record has no mount yet and its lock is held); give each target \
+                     its own mount directory"
+                ));
+            }
             let live = match self.memory_identity(&other) {
                 Some(id) => matches!(self.verify(&id).await, Verdict::Own(_)),
                 None => false,
@@ -120,23 +142,20 @@ impl Inner {
                 _ => false,
             };
             if live {
-                return Err(refuse(
-                    format!(
-                        "it is the recorded mount of target {other}, whose helper is \
-                         running; give each target its own mount directory (or stop it \
-                         first: `dms kill {other}`)"
-                    ),
-                    false,
+                return Some(format!(
+                    "it is the recorded mount of target {other}, whose helper is running; \
+                     give each target its own mount directory (or stop it first: `dms kill \
+                     {other}`)"
                 ));
             }
         }
-        Ok(())
+        None
     }
 
     /// Creates the mount directory, refuses one that is already a mount point, and
     /// records it for `target`. Call with the target's lock, before the helper exists.
     /// Without `wait`, the path is only recorded, as given.
-    pub(super) fn prepare_mount(
+    pub(super) async fn prepare_mount(
         &self,
         target: &TargetId,
         dir: &Path,
@@ -174,6 +193,17 @@ impl Inner {
             return Err(Error::AlreadyMounted {
                 target: target.clone(),
                 path,
+            });
+        }
+        // Checked again, and recorded, under the mount-record lock: another target's
+        // spawn may have taken the directory since the first check.
+        let _records = self.locks.lock_mounts().await?;
+        if let Some(why) = self.mount_taken(target, &path, true).await {
+            return Err(Error::MountRefused {
+                target: target.clone(),
+                path,
+                why,
+                bad_input: false,
             });
         }
         self.registry()
