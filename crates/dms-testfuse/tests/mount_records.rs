@@ -161,6 +161,49 @@ fn cleanup_mounts_never_touches_a_mount_it_did_not_record() {
     assert!(records.join("legacy.mount").exists());
 }
 
+/// A record that names only a path (an older dms wrote it) proves nothing: `kill` stops
+/// the helper but leaves the mount there (step `mount_unproven`), `cleanup --mounts`
+/// reports it as kept, and the record goes once nothing is mounted at its path.
+#[test]
+fn a_record_without_identity_acts_on_nothing_and_says_so() {
+    require_fuse!();
+    let w = World::new();
+    let dir = w.mnt("legacy");
+    let r = w.spawn("legacy", &dir, &[], &["--ignore-sigterm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let pid = pid_of(&r);
+    let record = w.run_dir().join("mounts/legacy.mount");
+    std::fs::write(&record, dir.as_os_str().as_encoded_bytes()).unwrap();
+    let k = w.dms(&["--json", "kill", "legacy", "--grace", "0.5"]);
+    assert_eq!(k.code, 0, "{} {}", k.stdout, k.stderr);
+    let s = steps(&k.json());
+    assert!(s.contains(&"mount_unproven".to_owned()), "{s:?}");
+    assert!(
+        !s.iter()
+            .any(|x| x == "unmount" || x == "detach" || x == "abort"),
+        "{s:?}"
+    );
+    assert!(reap(pid, Duration::from_secs(5)));
+    assert!(is_mount_point(&dir), "the unproven mount was touched");
+    assert!(
+        record.exists(),
+        "the record is kept while its path is mounted"
+    );
+    let c = w.dms(&["--json", "cleanup", "--mounts"]).json();
+    assert!(
+        c["mounts"][0]["action"]
+            .as_str()
+            .unwrap()
+            .starts_with("kept: "),
+        "{c}"
+    );
+    assert!(is_mount_point(&dir));
+    nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    let c = w.dms(&["--json", "cleanup", "--mounts"]).json();
+    assert_eq!(c["mounts"], serde_json::json!([]), "{c}");
+    assert!(!record.exists());
+}
+
 #[test]
 fn spawn_refuses_another_live_targets_mount_the_root_and_the_run_dir() {
     require_fuse!();
