@@ -186,7 +186,8 @@ pub struct SpawnArgs {
     pub target: TargetId,
 
     /// The mount point the helper serves: created if missing, recorded, reported in
-    /// status; the helper counts as started only once DIR is a mount point.
+    /// status; the helper counts as started only once DIR is a mount point that answers.
+    /// Not `/`, not inside or above the run dir, not another running target's mount.
     #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
 
@@ -257,8 +258,8 @@ pub struct CleanupArgs {
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     pub grace: Duration,
 
-    /// Also detach FUSE mounts under the recorded mount paths that are stale or whose
-    /// helper is gone.
+    /// Also detach each recorded mount that is stale or whose helper is gone (only the
+    /// exact mount recorded, never anything else at or under its path).
     #[arg(long)]
     pub mounts: bool,
 }

@@ -260,6 +260,9 @@ fn manager_error(e: dms_core::Error) -> CliError {
                 path.display()
             ))
         }
+        e @ dms_core::Error::MountRefused {
+            bad_input: true, ..
+        } => CliError::Usage(e.to_string()),
         other => failed(&other),
     }
 }

@@ -70,9 +70,11 @@ impl Ctx<'_> {
         std::fs::create_dir_all(self.s3()).unwrap();
         std::fs::write(self.pid_file(), content).unwrap();
     }
-    /// Replaces `{run}`, `{tmp}`, `{outside}` and `{test_pid}` in `s`.
+    /// Replaces `{run}`, `{tmp}`, `{outside}`, `{test_pid}`, `{mnt}` and `{fuse}` in `s`.
     fn fill(&self, s: &str) -> String {
         s.replace("{run}", &self.run().display().to_string())
+            .replace("{mnt}", &mnt_root(self).display().to_string())
+            .replace("{fuse}", &fuse_bin().display().to_string())
             .replace("{tmp}", &self.w.tmp.path().display().to_string())
             .replace("{outside}", &self.outside.display().to_string())
             .replace("{test_pid}", &std::process::id().to_string())
@@ -116,6 +118,9 @@ struct Row {
     after: Option<After>,
     /// Needs root (to chown to another user); skipped with a message otherwise.
     root: bool,
+    /// Mounts FUSE file systems with `dms-testfuse` (`{fuse}`) at `{mnt}`; skipped with a
+    /// message where FUSE cannot be used.
+    fuse: bool,
 }
 
 /// What one run gave.
@@ -126,6 +131,8 @@ struct Outcome {
     stderr: String,
     caller_survived: Option<bool>,
     ns_canary_alive: Option<bool>,
+    /// How long the command took.
+    elapsed: Duration,
 }
 
 fn args(a: &[&str]) -> Option<Vec<String>> {
@@ -149,6 +156,7 @@ fn row(
         expect,
         after: None,
         root: false,
+        fuse: false,
     }
 }
 
@@ -929,6 +937,258 @@ fn flag_rows() -> Vec<Row> {
     rows
 }
 
+/// Mount directories and mount records (issue 17 item 1). Nothing here needs a FUSE
+/// mount: each is refused, or acts on nothing, before one could matter (the FUSE tests
+/// in `crates/dms-testfuse/tests/mount_records.rs` show the same with real mounts).
+fn mount_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mkrun = |c: &Ctx| std::fs::create_dir_all(c.s3()).unwrap();
+    for (input, dir, word) in [
+        ("`--mount /`", "/", "it is the root directory"),
+        (
+            "`--mount` inside the run dir",
+            "{run}/m",
+            "inside the run directory",
+        ),
+        (
+            "`--mount` holding the run dir",
+            "{tmp}",
+            "holds the run directory",
+        ),
+    ] {
+        rows.push(row(
+            "mount dir",
+            input,
+            mkrun,
+            Launch::Host,
+            args(&["spawn", "x", "--mount", dir, "--", "sleep", "300"]),
+            Expect {
+                code: 2,
+                error: vec![word, "nothing was started or stopped"],
+                pid_file_after: Some(false),
+                ..Expect::default()
+            },
+        ));
+    }
+    rows.push(row(
+        "run dir",
+        "`mounts/` world-writable (mode 0777)",
+        |c: &Ctx| {
+            let m = c.run().join("mounts");
+            std::fs::create_dir_all(&m).unwrap();
+            std::fs::set_permissions(&m, std::fs::Permissions::from_mode(0o777)).unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 1,
+            error: vec!["`chmod o-w {run}/mounts`"],
+            ..Expect::default()
+        },
+    ));
+    rows.push(row(
+        "run dir",
+        "`mounts/` a symlink to a directory outside",
+        |c: &Ctx| {
+            std::fs::create_dir(c.run()).unwrap();
+            std::os::unix::fs::symlink(&c.outside, c.run().join("mounts")).unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 1,
+            error: vec!["{run}/mounts: it is a symbolic link to {outside}"],
+            ..Expect::default()
+        },
+    ));
+    let mut r = row(
+        "mount record",
+        "`mounts/x.mount` holding `/` (no recorded identity)",
+        |c: &Ctx| {
+            std::fs::create_dir_all(c.run().join("mounts")).unwrap();
+            std::fs::write(c.run().join("mounts/x.mount"), b"/").unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 0,
+            json: vec![("mounts/0/target", "\"x\""), ("mounts/0/path", "\"/\"")],
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "action `kept: ...` (nothing detached or aborted); record kept",
+        Box::new(|c: &Ctx, o: &Outcome| {
+            let v: Value = serde_json::from_str(&o.stdout).unwrap();
+            let action = v["mounts"][0]["action"].as_str().unwrap_or_default();
+            assert!(action.starts_with("kept: "), "{v}");
+            assert!(c.run().join("mounts/x.mount").exists());
+        }),
+    ));
+    rows.push(r);
+    let mut r = row(
+        "mount record",
+        "`mounts/x.mount` a symlink to a file outside (naming an unmounted path)",
+        |c: &Ctx| {
+            std::fs::create_dir_all(c.run().join("mounts")).unwrap();
+            let named = c.outside.join("nothing-mounted-here");
+            std::fs::write(c.outside.join("record"), named.as_os_str().as_bytes()).unwrap();
+            std::os::unix::fs::symlink(c.outside.join("record"), c.run().join("mounts/x.mount"))
+                .unwrap();
+        },
+        Launch::Host,
+        args(&["cleanup", "--mounts"]),
+        Expect {
+            code: 0,
+            json: vec![("mounts", "[]")],
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "the link is not followed (nor removed)",
+        Box::new(|c: &Ctx, _: &Outcome| {
+            assert!(c.run().join("mounts/x.mount").is_symlink());
+        }),
+    ));
+    rows.push(r);
+    rows
+}
+
+/// Waits (at most 10 s) until `file` contains `text`.
+fn wait_for_text(file: &Path, text: &str) {
+    let ok = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(file).is_ok_and(|t| t.contains(text))
+    });
+    assert!(ok, "{} never said {text:?}", file.display());
+}
+
+/// FUSE helpers whose mount does not answer (issue 17 item 7) and listings over many hung
+/// mounts (issue 11 item 5), with the test-only FUSE helper.
+fn mount_helper_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mkmnt = |c: &Ctx| {
+        std::fs::create_dir_all(c.s3()).unwrap();
+        std::fs::create_dir_all(mnt_root(c)).unwrap();
+    };
+    for (input, flag, word) in [
+        (
+            "a mount that comes up but never answers `statfs`",
+            "--hang-statfs",
+            "statfs received; hanging",
+        ),
+        (
+            "a helper that exits right after mounting (as s3fs with a missing bucket)",
+            "--exit-after-mount",
+            "the bucket does not exist",
+        ),
+    ] {
+        let mut r = row(
+            "mount helper",
+            input,
+            mkmnt,
+            Launch::Host,
+            args(&[
+                "spawn", "x", "--mount", "{mnt}/x", "--", "{fuse}", flag, "{mnt}/x",
+            ]),
+            Expect {
+                code: 1,
+                error: vec!["does not answer", "nothing was kept", word],
+                pid_file_after: Some(false),
+                ..Expect::default()
+            },
+        );
+        r.fuse = true;
+        r.after = Some((
+            "no mount left at `{mnt}/x`; no `mounts/x.mount`",
+            Box::new(|c: &Ctx, _: &Outcome| {
+                let at = format!(" {}/x ", mnt_root(c).display());
+                let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+                assert!(!table.contains(&at), "a mount is left: {table}");
+                assert!(!c.run().join("mounts/x.mount").exists());
+            }),
+        ));
+        rows.push(r);
+    }
+    let six_hung = |c: &Ctx| {
+        std::fs::create_dir_all(mnt_root(c)).unwrap();
+        for i in 0..6 {
+            let t = format!("h{i}");
+            let dir = mnt_root(c).join(&t);
+            let mut cmd = common::dms();
+            cmd.arg("--run-dir")
+                .arg(c.run())
+                .args([
+                    "--backend",
+                    c.w.backend.name(),
+                    "--json",
+                    "spawn",
+                    &t,
+                    "--mount",
+                ])
+                .arg(&dir)
+                .arg("--")
+                .arg(fuse_bin())
+                .arg("--hang-statfs-on-usr1")
+                .arg(&dir);
+            let r = run(&mut cmd);
+            assert_eq!(r.code, 0, "{r:?}");
+            let v: Value = serde_json::from_str(&r.stdout).unwrap();
+            let pid = i32::try_from(v["pid"].as_i64().unwrap()).unwrap();
+            c.w.track(pid);
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGUSR1,
+            )
+            .unwrap();
+            wait_for_text(
+                &c.run().join(format!("logs/{t}.log")),
+                "statfs hangs from now on",
+            );
+        }
+    };
+    for (cmd, json) in [("status", "5/mount_state"), ("stats", "stale_mounts")] {
+        let want: &'static str = if cmd == "status" { "\"stale\"" } else { "6" };
+        let mut r = row(
+            "mount helper",
+            "six mounts that hang (`--hang-statfs-on-usr1`, then SIGUSR1)",
+            six_hung,
+            Launch::Host,
+            args(&[cmd]),
+            Expect {
+                code: 0,
+                json: vec![(json, want)],
+                ..Expect::default()
+            },
+        );
+        r.fuse = true;
+        r.after = Some(if cmd == "status" {
+            (
+                "all six `stale`; answered within 4 s (one probe limit is 2 s)",
+                Box::new(|_: &Ctx, o: &Outcome| {
+                    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+                    let states: Vec<&Value> = v
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| &i["mount_state"])
+                        .collect();
+                    assert_eq!(states, vec!["stale"; 6], "{v}");
+                    assert!(o.elapsed < Duration::from_secs(4), "{:?}", o.elapsed);
+                }),
+            )
+        } else {
+            (
+                "answered within 4 s",
+                Box::new(|_: &Ctx, o: &Outcome| {
+                    assert!(o.elapsed < Duration::from_secs(4), "{:?}", o.elapsed);
+                }),
+            )
+        });
+        rows.push(r);
+    }
+    rows
+}
+
 fn all_rows() -> Vec<Row> {
     let mut rows = pid_file_rows();
     rows.extend(file_type_rows());
@@ -936,6 +1196,8 @@ fn all_rows() -> Vec<Row> {
     rows.extend(env_rows());
     rows.extend(run_dir_rows());
     rows.extend(flag_rows());
+    rows.extend(mount_rows());
+    rows.extend(mount_helper_rows());
     rows
 }
 
@@ -1146,6 +1408,15 @@ fn run_row(row: &Row, backend: Backend, host_canary: i32) -> Option<()> {
         eprintln!("SKIPPED {label}: needs root to give a directory to another user");
         return None;
     }
+    if row.fuse {
+        if let Some(why) = fuse_missing() {
+            eprintln!("SKIPPED {label}: {why}");
+            return None;
+        }
+    }
+    // Dropped before the World (which SIGKILLs the helpers): detaches and aborts what is
+    // mounted under {mnt}, so that no helper stays stuck in its mount.
+    let _mounts = row.fuse.then(|| MountGuard(mnt_root(&c)));
 
     (row.setup)(&c);
     let before = snapshot_outside(&c);
@@ -1333,7 +1604,9 @@ fn launch(c: &Ctx, launch: Launch, argv: &[String], json: bool) -> Outcome {
             cmd
         }
     };
+    let started = std::time::Instant::now();
     let r = run(&mut cmd);
+    let elapsed = started.elapsed();
     assert_ne!(r.code, 99, "the read-only bind mount failed: {r:?}");
     let mut ns_canary_alive = None;
     let mut caller_survived = None;
@@ -1366,6 +1639,62 @@ fn launch(c: &Ctx, launch: Launch, argv: &[String], json: bool) -> Outcome {
         stderr,
         caller_survived,
         ns_canary_alive,
+        elapsed,
+    }
+}
+
+/// Where FUSE rows mount: `<tmp>.mnt`, beside the temp dir, so that the snapshot of
+/// the temp dir never walks into a (hung) mount.
+fn mnt_root(c: &Ctx) -> PathBuf {
+    let mut p = c.w.tmp.path().as_os_str().to_owned();
+    p.push(".mnt");
+    PathBuf::from(p)
+}
+
+/// The test-only FUSE helper, built next to `dms` by `cargo test --workspace`.
+fn fuse_bin() -> PathBuf {
+    dms_bin().with_file_name("dms-testfuse")
+}
+
+/// Why the FUSE rows cannot run here, if they cannot.
+fn fuse_missing() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Some("mounting FUSE with mount(2) needs root".into());
+    }
+    if !fuse_bin().is_file() {
+        return Some(format!(
+            "{} is not built; run `cargo test --workspace`",
+            fuse_bin().display()
+        ));
+    }
+    None
+}
+
+/// Detaches every mount under its path and aborts their FUSE connections, then removes
+/// the path (on drop, even when a check failed).
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.0.display().to_string();
+        for line in table.lines().rev() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (Some(dev), Some(point)) = (f.get(2), f.get(4)) else {
+                continue;
+            };
+            if !point.starts_with(&root) {
+                continue;
+            }
+            let _ = nix::mount::umount2(*point, nix::mount::MntFlags::MNT_DETACH);
+            if let Some(minor) = dev.strip_prefix("0:") {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -92,8 +92,26 @@ pub enum Error {
         /// The mount directory.
         path: PathBuf,
     },
-    /// The helper did not mount its directory: it exited first or the ready timeout
-    /// passed. It was stopped and its record removed.
+    /// The mount directory is refused: `/`, inside or holding the run directory, or the
+    /// recorded mount of another target whose helper runs. Nothing was stopped or started.
+    #[error(
+        "mount point {} of target {target} is refused: {why}; nothing was started or stopped",
+        path.display()
+    )]
+    MountRefused {
+        /// The target.
+        target: TargetId,
+        /// The mount directory (resolved).
+        path: PathBuf,
+        /// Why, and what to do instead.
+        why: String,
+        /// Whether the directory itself is bad input (else it conflicts with another
+        /// target's helper).
+        bad_input: bool,
+    },
+    /// The helper did not mount its directory (it exited first or the ready timeout
+    /// passed), or its mount came up but does not answer. It was stopped, its mount
+    /// detached, and its record removed.
     #[error(
         "helper of target {target} (PID {pid}) did not mount {}: {why}; nothing was kept \
          (no helper, no PID file); fix the helper's settings (see {}), then spawn again. \

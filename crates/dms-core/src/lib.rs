@@ -9,10 +9,11 @@
 //! program runs, and exit watching without polling.
 //!
 //! With a mount point ([`HelperSpec::mount`] and [`HelperSpec::ready_timeout`]) a helper
-//! counts as started once its directory is mounted, the info object reports the mount's
-//! state (`mounted`, `stale`, `unmounted`), `kill` unmounts before it signals, and
-//! [`Manager::cleanup_mounts`] detaches orphaned and stale FUSE mounts; the mechanics
-//! are in [`mount`].
+//! counts as started once its directory is mounted and answers, the info object reports
+//! the mount's state (`mounted`, `stale`, `unmounted`), `kill` unmounts before it
+//! signals, and [`Manager::cleanup_mounts`] detaches orphaned and stale mounts. Each acts
+//! only on the exact mount recorded for the target when it came up, never on whatever
+//! else lies at or under its path; the mechanics are in [`mount`].
 //!
 //! ```no_run
 //! use dms_core::{HelperSpec, Manager, ManagerOptions};

@@ -117,6 +117,29 @@ impl TargetLocks {
     }
 }
 
+impl TargetLocks {
+    /// Whether someone (another task of this process, or another process) holds the
+    /// `flock` of `target` right now. Creates its lock file if missing.
+    pub(crate) fn is_held(&self, target: &TargetId) -> bool {
+        matches!(try_flock_file(&target.lock_file_in(&self.dir)), Ok(None))
+    }
+
+    /// Takes the run directory's mount-record lock (`locks/.mounts.lock`; no target ID
+    /// starts with `.`), held while a spawn checks the other targets' mount records and
+    /// writes its own, so two spawns of different targets never take one directory.
+    pub(crate) async fn lock_mounts(&self) -> Result<Flock<File>> {
+        let path = self.dir.join(".mounts.lock");
+        let for_blocking = path.clone();
+        tokio::task::spawn_blocking(move || flock_file(&for_blocking))
+            .await
+            .map_err(|e| Error::Lock {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|source| Error::Lock { path, source })
+    }
+}
+
 /// Opens (creating, 0644, never following a symlink) the lock file at `path`.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()

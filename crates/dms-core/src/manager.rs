@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 mod memory;
 mod mount_ops;
+mod mount_spawn;
 use memory::Memory;
 pub use mount_ops::DEFAULT_READY_TIMEOUT;
 
@@ -322,7 +323,7 @@ impl Manager {
     pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
         let (targets, entries) = self.inner.all_targets().await?;
         let mut disk = disk_lookups(entries);
-        let mounts = self.inner.mounts();
+        let mounts = self.inner.mounts().await;
         let mut infos = Vec::with_capacity(targets.len());
         let mut running = Vec::new();
         let inline = self.inner.opts.usage_interval == Some(Duration::ZERO);
@@ -391,7 +392,7 @@ impl Manager {
         // The store reads its files (on another thread, for the PID-file backends) while
         // this task classifies the entries already read; sorted, the info objects are
         // sorted once all are in, else handed over at once.
-        let mounts = self.inner.mounts();
+        let mounts = self.inner.mounts().await;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(8);
         let store = self.inner.store.clone();
         // Unsorted: the targets listed from disk, to add those only in memory after
@@ -486,18 +487,13 @@ impl Manager {
             run_dir: self.inner.opts.run_dir.clone(),
         };
         let mut disk = disk_lookups(entries);
-        let mounts = self.inner.mounts();
-        // Mount states already probed for the info objects (a probe may take 2 s).
-        let mut probed = HashMap::new();
+        let mounts = self.inner.mounts().await;
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
             let (info, _) = self
                 .inner
                 .info_listed(&target, lookup, Some(&mounts), false)
                 .await;
-            if let (Some(path), Some(state)) = (info.mount, info.mount_state) {
-                probed.insert(path, state);
-            }
             match info.state {
                 ProcessState::Running => stats.running += 1,
                 ProcessState::Stale => stats.stale += 1,
@@ -507,7 +503,7 @@ impl Manager {
                 ProcessState::Absent => {}
             }
         }
-        stats.stale_mounts = Some(self.inner.count_stale_mounts(&probed).await);
+        stats.stale_mounts = Some(mounts.stale());
         Ok(stats)
     }
 
@@ -784,6 +780,9 @@ impl Inner {
 
     async fn spawn(self: &Arc<Self>, target: &TargetId, spec: HelperSpec) -> Result<ProcIdentity> {
         let _guard = self.locks.lock(target).await?;
+        if let Some(dir) = &spec.mount {
+            self.check_mount_dir(target, dir).await?;
+        }
         if let Some(old) = self.live_helper(target).await? {
             if !spec.replace {
                 return Err(Error::AlreadyRunning {
@@ -840,7 +839,10 @@ impl Inner {
 
         self.clear_corrupt(target).await?;
         let prepared = match &spec.mount {
-            Some(dir) => Some(self.prepare_mount(target, dir, spec.ready_timeout.is_some())?),
+            Some(dir) => Some(
+                self.prepare_mount(target, dir, spec.ready_timeout.is_some())
+                    .await?,
+            ),
             None => None,
         };
         let log = spec
@@ -1122,6 +1124,7 @@ impl Inner {
                     if let Err(e) = self.store.remove(target).await {
                         warn!(target = %target, pid, error = %e, "cannot remove PID file of exited helper; cleanup will");
                     }
+                    self.forget_mount_if_gone(target);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -1443,6 +1446,7 @@ impl Inner {
                         Lookup::Present(now) if same_record(&now, &record));
                     if unchanged && self.memory_identity(&target).is_none() {
                         self.store.remove(&target).await?;
+                        self.forget_mount_if_gone(&target);
                         info!(target = %target, pid = pid.get(), "removed stale PID file");
                         self.emit(Event::Cleaned {
                             target: target.clone(),
@@ -1522,6 +1526,7 @@ impl Inner {
                 },
             };
             if self.store.remove(&target).await? {
+                self.forget_mount_if_gone(&target);
                 info!(target = %target, pid = pid.map(Pid::get), ?reason, "removed PID file");
                 self.emit(Event::Cleaned {
                     target: target.clone(),
@@ -1535,8 +1540,7 @@ impl Inner {
     }
 }
 
-/// The mount recorded for each target (read once per listing).
-type Mounts = HashMap<String, std::path::PathBuf>;
+use mount_ops::Mounts;
 
 /// What the store listed, by target (strays left out).
 fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {

@@ -30,15 +30,21 @@
 //! # Ok(()) }
 //! ```
 
+mod own;
+mod registry;
+
+pub use own::{detach_exact, prove, unmount_exact, Exact, FuseConn, MountIdentity, Proof};
+pub use registry::{MountRecord, MountRegistry, MAX_RECORD};
+
 use crate::report::MountState;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -311,6 +317,49 @@ pub async fn probe(path: &Path, timeout: Duration) -> MountState {
     }
 }
 
+/// How many mount probes of one listing run at a time ([`probe_all`]).
+pub const PROBE_CONCURRENCY: usize = 32;
+/// The least time a probe started late in a [`probe_all`] gets: a mount that answers
+/// at all answers `statfs` well within it.
+pub const LATE_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The states of the mount points `paths`, probed concurrently ([`PROBE_CONCURRENCY`]
+/// at a time) under one deadline, `timeout` from now: however many of them hang, the
+/// answer comes after about `timeout` (with more than [`PROBE_CONCURRENCY`] hung mounts,
+/// a probe that starts after the deadline still gets [`LATE_PROBE_TIMEOUT`]). Each
+/// distinct path is probed once.
+pub async fn probe_all(
+    paths: impl IntoIterator<Item = PathBuf>,
+    timeout: Duration,
+) -> HashMap<PathBuf, MountState> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PROBE_CONCURRENCY));
+    let mut set = tokio::task::JoinSet::new();
+    let mut seen = HashSet::new();
+    for path in paths {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let slots = slots.clone();
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let state = probe(&path, left.max(LATE_PROBE_TIMEOUT)).await;
+            (path, state)
+        });
+    }
+    let mut out = HashMap::with_capacity(seen.len());
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((path, state)) => {
+                out.insert(path, state);
+            }
+            Err(e) => tracing::warn!(error = %e, "a mount probe task failed"),
+        }
+    }
+    out
+}
+
 /// Waits until a mount whose ID is not in `before` appears at `path`, and returns it.
 ///
 /// A thread reads `/proc/self/mountinfo` and then waits in `poll(2)` for the kernel's
@@ -430,80 +479,6 @@ fn ensure_fusectl(conns: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
-/// The record of each target's mount path: `<run-dir>/mounts/<target>.mount`, holding
-/// the path's bytes. It is written when a helper with a mount is spawned, before the
-/// helper runs, and removed only once no mount is left there and no helper serves it,
-/// so `cleanup --mounts` still finds a stale mount after the PID file is gone.
-#[derive(Debug, Clone)]
-pub struct MountRegistry {
-    dir: PathBuf,
-}
-
-impl MountRegistry {
-    /// The registry in `<run_dir>/mounts`.
-    pub fn new(run_dir: &Path) -> MountRegistry {
-        MountRegistry {
-            dir: run_dir.join("mounts"),
-        }
-    }
-
-    /// `<run-dir>/mounts`.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn file(&self, target: &str) -> PathBuf {
-        self.dir.join(format!("{target}.mount"))
-    }
-
-    /// Records `path` as the mount of `target` (atomically: temp file + rename).
-    pub fn put(&self, target: &str, path: &Path) -> io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&self.dir)?;
-        let tmp = self.dir.join(format!(".{target}.mount.tmp"));
-        std::fs::write(&tmp, path.as_os_str().as_bytes())?;
-        std::fs::rename(&tmp, self.file(target))
-    }
-
-    /// The recorded mount of `target`, if any.
-    pub fn get(&self, target: &str) -> Option<PathBuf> {
-        let bytes = std::fs::read(self.file(target)).ok()?;
-        (!bytes.is_empty()).then(|| PathBuf::from(OsString::from_vec(bytes)))
-    }
-
-    /// Forgets the mount of `target`.
-    pub fn remove(&self, target: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.file(target)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Every `(target, path)` recorded, sorted by target.
-    pub fn list(&self) -> Vec<(String, PathBuf)> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut v: Vec<(String, PathBuf)> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name();
-                let name = name.to_str()?;
-                let target = name.strip_suffix(".mount")?;
-                if target.starts_with('.') {
-                    return None;
-                }
-                Some((target.to_owned(), self.get(target)?))
-            })
-            .collect();
-        v.sort();
-        v
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,21 +512,6 @@ mod tests {
     fn unescape_leaves_lone_backslashes() {
         assert_eq!(unescape(b"a\\134b\\0"), b"a\\b\\0");
         assert_eq!(unescape(b"\\012"), b"\n");
-    }
-
-    #[test]
-    fn registry_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = MountRegistry::new(dir.path());
-        assert!(r.list().is_empty());
-        r.put("t1", Path::new("/mnt/x y")).unwrap();
-        r.put("t0", Path::new("/mnt/z")).unwrap();
-        assert_eq!(r.get("t1").unwrap(), Path::new("/mnt/x y"));
-        assert_eq!(r.list().len(), 2);
-        assert_eq!(r.list()[0].0, "t0");
-        r.remove("t1").unwrap();
-        r.remove("t1").unwrap();
-        assert_eq!(r.get("t1"), None);
     }
 
     #[tokio::test]

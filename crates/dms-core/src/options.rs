@@ -114,9 +114,11 @@ pub struct HelperSpec {
     /// Where stdout and stderr go; `<run-dir>/logs/<target>.log` when `None`.
     pub log: Option<PathBuf>,
     /// The mount point the helper serves, if any. Recorded (as metadata and in
-    /// `<run-dir>/mounts/`), reported in the info object, unmounted by `kill`. With a
-    /// [`HelperSpec::ready_timeout`] it is also created if missing, refused if it already
-    /// is a mount point, and the helper counts as started only once it is one.
+    /// `<run-dir>/mounts/`), reported in the info object, unmounted by `kill`. Refused
+    /// when it is `/`, inside or above the run directory, or the recorded mount of another
+    /// target whose helper runs. With a [`HelperSpec::ready_timeout`] it is also created
+    /// if missing, refused if it already is a mount point, and the helper counts as
+    /// started only once it is one that answers `statfs` (its identity is then recorded).
     pub mount: Option<PathBuf>,
     /// With a `mount`: how long `spawn` waits for the helper to mount it (the command
     /// line always sets it, default [`crate::DEFAULT_READY_TIMEOUT`], 30 s). `None`: the

@@ -200,8 +200,10 @@ pub struct MountAction {
     pub path: PathBuf,
     /// Its state before the action.
     pub state: MountState,
-    /// What was done: `detach` (lazy unmount), `detach+abort` (and its FUSE connection
-    /// aborted), or `detach_failed: <error>`.
+    /// What was done: `detach` (lazy unmount of the recorded mount), `detach+abort` (and
+    /// its FUSE connection aborted), `detach_failed: <error>`, `gone` (it went meanwhile),
+    /// or `kept: <why>` (nothing done: the record holds no mount identity, or another
+    /// mount lies on top of the recorded one).
     pub action: String,
 }
 

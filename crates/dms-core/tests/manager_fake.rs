@@ -276,9 +276,29 @@ async fn restart_recovers_live_helpers_clears_stale_and_reports_foreign() {
     let (m1, _) = Manager::open(store.clone(), Arc::new(fake.clone()), opts(&dir))
         .await
         .unwrap();
-    let live = m1.spawn(&t("live"), helper()).await.unwrap().pid.unwrap();
-    let dies = m1.spawn(&t("dies"), helper()).await.unwrap().pid.unwrap();
-    let reused = m1.spawn(&t("reused"), helper()).await.unwrap().pid.unwrap();
+    // Each its own mount: another running target's recorded mount is refused.
+    let own = |name: &str| HelperSpec {
+        mount: Some(format!("/mnt/vault/{name}").into()),
+        ..helper()
+    };
+    let live = m1
+        .spawn(&t("live"), own("live"))
+        .await
+        .unwrap()
+        .pid
+        .unwrap();
+    let dies = m1
+        .spawn(&t("dies"), own("dies"))
+        .await
+        .unwrap()
+        .pid
+        .unwrap();
+    let reused = m1
+        .spawn(&t("reused"), own("reused"))
+        .await
+        .unwrap()
+        .pid
+        .unwrap();
     drop(m1); // the manager goes away; helpers stay
     assert_eq!(fake.running_ours().len(), 3);
     fake.exit(dies, 0);

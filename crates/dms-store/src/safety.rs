@@ -5,11 +5,11 @@
 //! swap `s3/` for a symlink into a directory of their choosing. So, before anything is
 //! read or written, [`check_run_dir`] refuses:
 //!
-//! - a run directory or `s3/`, `locks/`, `logs/` that is writable by others (`o+w`),
+//! - a run directory or `s3/`, `locks/`, `logs/`, `mounts/` that is writable by others (`o+w`),
 //!   with or without the sticky bit;
 //! - a run directory or one of those subdirectories owned by a user other than root or
 //!   the effective user;
-//! - `s3/`, `locks/` or `logs/` that is a symbolic link (the run directory itself may be
+//! - `s3/`, `locks/`, `logs/` or `mounts/` that is a symbolic link (the run directory itself may be
 //!   one: where it lives is the administrator's choice, and the directory it points to
 //!   is what is checked).
 //!
@@ -25,7 +25,7 @@ use std::path::Path;
 
 /// The subdirectories of the run directory that must be real directories (never symlinks)
 /// with a safe owner and mode, when they exist.
-pub(crate) const CHECKED_SUBDIRS: [&str; 3] = [PID_SUBDIR, "locks", "logs"];
+pub(crate) const CHECKED_SUBDIRS: [&str; 4] = [PID_SUBDIR, "locks", "logs", "mounts"];
 
 /// Checks the run directory (which must exist) and those of [`CHECKED_SUBDIRS`] that
 /// exist; see the module documentation.

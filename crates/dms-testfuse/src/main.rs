@@ -6,13 +6,20 @@
 //! (it then unmounts and exits 0).
 //!
 //! ```text
-//! dms-testfuse [--fail-mount] [--mount-delay-ms N] [--ignore-sigterm] [--hang-statfs] DIR
+//! dms-testfuse [--fail-mount] [--mount-delay-ms N] [--ignore-sigterm] [--hang-statfs]
+//!              [--hang-statfs-on-usr1] [--self-statfs] [--exit-after-mount] DIR
 //! ```
 //!
 //! - `--fail-mount`: print an error and exit 3 without mounting.
 //! - `--mount-delay-ms N`: wait N ms before mounting (a slow helper).
 //! - `--ignore-sigterm`: SIGTERM is ignored (only SIGINT or SIGKILL stop it).
 //! - `--hang-statfs`: never answer `statfs(2)`: the mount looks hung to a prober.
+//! - `--exit-after-mount`: mount, then exit 4 at once without unmounting (the mount
+//!   stays, answering ENOTCONN), as s3fs does when its bucket is missing.
+//! - `--hang-statfs-on-usr1`: answer `statfs(2)` until SIGUSR1 arrives, then behave as
+//!   `--hang-statfs` (and start the `--self-statfs` thread then): a helper that was
+//!   healthy when it started and hangs later, as when its S3 endpoint stalls. It logs
+//!   `got SIGUSR1: statfs hangs from now on`.
 //! - `--self-statfs`: once mounted, a thread of the helper calls `statfs(2)` on its own
 //!   mount. With `--hang-statfs` that thread waits forever in the kernel, where even
 //!   SIGKILL cannot end the process: only aborting the FUSE connection frees it. Then
@@ -30,6 +37,8 @@ use nix::sys::signal::{SigSet, Signal};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// The content of `hello.txt`.
@@ -43,12 +52,14 @@ struct Args {
     mount_delay: Duration,
     ignore_sigterm: bool,
     hang_statfs: bool,
+    hang_on_usr1: bool,
     self_statfs: bool,
+    exit_after_mount: bool,
 }
 
 fn usage() -> String {
     "usage: dms-testfuse [--fail-mount] [--mount-delay-ms N] [--ignore-sigterm] \
-     [--hang-statfs] [--self-statfs] DIR"
+     [--hang-statfs] [--hang-statfs-on-usr1] [--self-statfs] [--exit-after-mount] DIR"
         .to_owned()
 }
 
@@ -61,7 +72,9 @@ fn parse_args() -> Result<Args, String> {
         mount_delay: Duration::ZERO,
         ignore_sigterm: false,
         hang_statfs: false,
+        hang_on_usr1: false,
         self_statfs: false,
+        exit_after_mount: false,
     };
     while let Some(a) = args.next() {
         match a.to_str() {
@@ -69,6 +82,8 @@ fn parse_args() -> Result<Args, String> {
             Some("--ignore-sigterm") => out.ignore_sigterm = true,
             Some("--hang-statfs") => out.hang_statfs = true,
             Some("--self-statfs") => out.self_statfs = true,
+            Some("--hang-statfs-on-usr1") => out.hang_on_usr1 = true,
+            Some("--exit-after-mount") => out.exit_after_mount = true,
             Some("--mount-delay-ms") => {
                 let n = args
                     .next()
@@ -112,7 +127,8 @@ fn attr(ino: u64) -> FileAttr {
 
 /// One directory holding `hello.txt`.
 struct HelloFs {
-    hang_statfs: bool,
+    /// Whether `statfs` hangs (set at start by `--hang-statfs`, or on SIGUSR1).
+    hang_statfs: Arc<AtomicBool>,
     /// With `--hang-statfs`: leave each statfs unanswered but keep reading requests
     /// (set by `--self-statfs`), instead of blocking the single worker thread.
     keep_serving: bool,
@@ -180,7 +196,8 @@ impl Filesystem for HelloFs {
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        if self.hang_statfs && self.keep_serving {
+        let hang = self.hang_statfs.load(Ordering::SeqCst);
+        if hang && self.keep_serving {
             // The request stays unanswered (dropping the reply would answer EIO), and
             // the worker goes on reading: every caller's request is then in the
             // daemon's hands, where even SIGKILL cannot take it back.
@@ -193,7 +210,7 @@ impl Filesystem for HelloFs {
             std::mem::forget(reply);
             return;
         }
-        if self.hang_statfs {
+        if hang {
             // A hung daemon: the single worker thread never comes back.
             eprintln!("dms-testfuse: statfs received; hanging (--hang-statfs)");
             loop {
@@ -222,6 +239,7 @@ fn main() -> ExitCode {
     // Block the stop signals in every thread; one thread waits for them with sigwait.
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGINT);
+    stop.add(Signal::SIGUSR1);
     if !args.ignore_sigterm {
         stop.add(Signal::SIGTERM);
     } else {
@@ -252,8 +270,9 @@ fn main() -> ExitCode {
         MountOption::DefaultPermissions,
     ];
     config.acl = SessionACL::All;
+    let hang = Arc::new(AtomicBool::new(args.hang_statfs));
     let fs = HelloFs {
-        hang_statfs: args.hang_statfs,
+        hang_statfs: hang.clone(),
         keep_serving: args.self_statfs,
     };
     let mut session = match fuser::Session::new(fs, &args.dir, &config) {
@@ -264,8 +283,11 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("dms-testfuse: mounted {}", args.dir.display());
-    if args.self_statfs {
-        let dir = args.dir.clone();
+    if args.exit_after_mount {
+        eprintln!("dms-testfuse: the bucket does not exist; exiting (--exit-after-mount)");
+        std::process::exit(4);
+    }
+    let self_statfs = |dir: PathBuf| {
         std::thread::spawn(move || {
             let r = nix::sys::statfs::statfs(&dir);
             eprintln!(
@@ -273,18 +295,36 @@ fn main() -> ExitCode {
                 r.map(drop)
             );
         });
+    };
+    if args.self_statfs && !args.hang_on_usr1 {
+        self_statfs(args.dir.clone());
     }
     let mut unmounter = session.unmount_callable();
     let dir = args.dir.clone();
-    std::thread::spawn(move || match stop.wait() {
-        Ok(sig) => {
-            eprintln!("dms-testfuse: got {sig}; unmounting {}", dir.display());
-            if let Err(e) = unmounter.unmount() {
-                eprintln!("dms-testfuse: cannot unmount {}: {e}", dir.display());
-                std::process::exit(1);
+    let (hang_on_usr1, with_self_statfs) = (args.hang_on_usr1, args.self_statfs);
+    std::thread::spawn(move || loop {
+        match stop.wait() {
+            Ok(Signal::SIGUSR1) if hang_on_usr1 => {
+                hang.store(true, Ordering::SeqCst);
+                eprintln!("dms-testfuse: got SIGUSR1: statfs hangs from now on");
+                if with_self_statfs {
+                    self_statfs(dir.clone());
+                }
+            }
+            Ok(Signal::SIGUSR1) => eprintln!("dms-testfuse: got SIGUSR1; ignored"),
+            Ok(sig) => {
+                eprintln!("dms-testfuse: got {sig}; unmounting {}", dir.display());
+                if let Err(e) = unmounter.unmount() {
+                    eprintln!("dms-testfuse: cannot unmount {}: {e}", dir.display());
+                    std::process::exit(1);
+                }
+                return;
+            }
+            Err(e) => {
+                eprintln!("dms-testfuse: sigwait failed: {e}");
+                return;
             }
         }
-        Err(e) => eprintln!("dms-testfuse: sigwait failed: {e}"),
     });
     match session.run() {
         Ok(()) => {

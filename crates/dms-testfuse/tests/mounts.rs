@@ -6,236 +6,13 @@
 //! `cargo test --workspace`). Every test detaches whatever is still mounted under its
 //! temp dir and SIGKILLs (and reaps) every helper it started, even when it fails.
 
+mod common;
+
+use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
-
-const FUSE_HELPER: &str = env!("CARGO_BIN_EXE_dms-testfuse");
-
-/// Why FUSE tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: mounting FUSE with mount(2) needs root".into());
-    }
-    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fs
-        .lines()
-        .any(|l| l.split_whitespace().last() == Some("fuse"))
-    {
-        return Some("the kernel does not list the fuse file system".into());
-    }
-    if dms_bin().is_none() {
-        return Some(
-            "the dms binary is not built next to this test; run `cargo test --workspace`".into(),
-        );
-    }
-    None
-}
-
-macro_rules! require_fuse {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("SKIPPED {}: {why}", module_path!());
-            return;
-        }
-    };
-}
-
-fn dms_bin() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.parent()?;
-    let bin = dir.join("dms");
-    bin.is_file().then_some(bin)
-}
-
-fn subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-    });
-}
-
-/// A temp run dir and mount root; detaches every mount under it and kills every helper
-/// it recorded on drop.
-struct World {
-    tmp: tempfile::TempDir,
-    helpers: Mutex<Vec<i32>>,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
-    }
-}
-
-impl World {
-    fn new() -> World {
-        subreaper();
-        World {
-            tmp: tempfile::TempDir::new().unwrap(),
-            helpers: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.tmp.path().join("run")
-    }
-
-    fn mnt(&self, name: &str) -> PathBuf {
-        self.tmp.path().join("mnt").join(name)
-    }
-
-    fn dms(&self, args: &[&str]) -> Run {
-        let start = Instant::now();
-        let out = Command::new(dms_bin().unwrap())
-            .arg("--run-dir")
-            .arg(self.run_dir())
-            .args(args)
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            elapsed: start.elapsed(),
-        }
-    }
-
-    /// `dms --json spawn TARGET --mount DIR [extra dms args] -- dms-testfuse [flags] DIR`.
-    fn spawn(&self, target: &str, dir: &Path, dms_extra: &[&str], flags: &[&str]) -> Run {
-        let d = dir.to_str().unwrap();
-        let mut args = vec!["--json", "spawn", target, "--mount", d];
-        args.extend_from_slice(dms_extra);
-        args.extend_from_slice(&["--", FUSE_HELPER]);
-        args.extend_from_slice(flags);
-        args.push(d);
-        let r = self.dms(&args);
-        if r.code == 0 {
-            if let Some(pid) = r.json()["pid"].as_i64() {
-                self.helpers.lock().unwrap().push(pid as i32);
-            }
-        }
-        r
-    }
-
-    fn log(&self, target: &str) -> String {
-        std::fs::read_to_string(self.run_dir().join("logs").join(format!("{target}.log")))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let helpers: Vec<i32> = self.helpers.lock().unwrap().drain(..).collect();
-        // Only helpers this test started; a reaped PID is skipped (ECHILD).
-        let ours: Vec<i32> = helpers
-            .into_iter()
-            .filter(|&p| is_unreaped_child(p))
-            .collect();
-        for &pid in &ours {
-            let p = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        }
-        // Detach and abort this test's FUSE mounts before waiting: a helper thread stuck
-        // in its own mount cannot die (and its leader cannot be reaped) until then. A
-        // failed test must not hang the suite here.
-        let root = self.tmp.path().to_owned();
-        let table = dms_core::mount::read_mountinfo().unwrap_or_default();
-        for m in table
-            .iter()
-            .rev()
-            .filter(|m| m.mount_point.starts_with(&root))
-        {
-            let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
-            if m.is_fuse() {
-                let _ = dms_core::mount::abort_connection(m.minor);
-            }
-        }
-        for pid in ours {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        }
-    }
-}
-
-/// Whether `pid` is still our (live or zombie) child, without reaping it.
-fn is_unreaped_child(pid: i32) -> bool {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag};
-    waitid(
-        Id::Pid(nix::unistd::Pid::from_raw(pid)),
-        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-    )
-    .is_ok()
-}
-
-/// Mount points at or below `root`, in mount order.
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    dms_core::mount::read_mountinfo()
-        .unwrap()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(root))
-        .collect()
-}
-
-fn is_mount_point(dir: &Path) -> bool {
-    mounts_under(dir).iter().any(|m| m == dir)
-}
-
-/// Reaps `pid` (our child by subreaping), waiting at most `limit`: true once every
-/// thread of it has exited (a leader that is a zombie while another thread is stuck in
-/// the kernel is not reapable yet).
-fn reap(pid: i32, limit: Duration) -> bool {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let deadline = Instant::now() + limit;
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Ok(WaitStatus::StillAlive) => return false,
-            Ok(_) => return true,
-            // Not our child (any more): gone only if /proc has no trace of it.
-            Err(_) => return !Path::new(&format!("/proc/{pid}")).exists(),
-        }
-    }
-}
-
-/// Whether a thread of `pid` waits in the kernel for an answer from its FUSE
-/// connection: its wait channel is FUSE's `request_wait_answer`, or, where the kernel
-/// hides wait channels, it is inside `statfs(2)` (x86_64 syscall 137).
-fn thread_stuck_in_fuse(pid: i32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|t| {
-            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
-            read("wchan").contains("request_wait_answer")
-                || (cfg!(target_arch = "x86_64") && read("syscall").starts_with("137 "))
-        })
-}
-
-fn steps(v: &Value) -> Vec<String> {
-    v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[test]
 fn readiness_waits_for_a_slow_mount_without_fixed_sleeps() {
@@ -411,9 +188,15 @@ fn hung_helper_is_stale_within_the_probe_timeout_and_kill_still_cleans_up() {
     require_fuse!();
     let w = World::new();
     let dir = w.mnt("hung");
-    let r = w.spawn("hung", &dir, &[], &["--hang-statfs", "--ignore-sigterm"]);
+    let r = w.spawn(
+        "hung",
+        &dir,
+        &[],
+        &["--hang-statfs-on-usr1", "--ignore-sigterm"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    hang(&w, "hung", pid);
     let st = w.dms(&["--json", "status", "hung"]);
     assert!(
         st.elapsed >= Duration::from_millis(1900) && st.elapsed < Duration::from_secs(4),
@@ -454,10 +237,11 @@ fn spawn_stuck_in_own_mount(w: &World, target: &str, dir: &Path) -> i32 {
         target,
         dir,
         &[],
-        &["--hang-statfs", "--self-statfs", "--ignore-sigterm"],
+        &["--hang-statfs-on-usr1", "--self-statfs", "--ignore-sigterm"],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let pid = r.json()["pid"].as_i64().unwrap() as i32;
+    hang(w, target, pid);
     // The helper's statfs thread starts once the mount is up, so the spawn can return
     // before the daemon holds that thread's request: wait for it (its log says so), or
     // a SIGKILL that lands first simply works and there is nothing to abort.
@@ -579,10 +363,24 @@ fn spawn_on_a_directory_that_is_already_a_mount_point_is_refused() {
     let dir = w.mnt("busy");
     let r = w.spawn("first", &dir, &[], &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // Another target's recorded mount, its helper running: refused, naming it.
     let r2 = w.spawn("second", &dir, &["--ready-timeout", "1"], &[]);
     assert_eq!(r2.code, 1);
-    assert!(r2.stderr.contains("already a mount point"), "{}", r2.stderr);
+    assert!(
+        r2.stderr.contains("recorded mount of target first"),
+        "{}",
+        r2.stderr
+    );
     assert!(!w.run_dir().join("s3/second.pid").exists());
+    assert!(!w.run_dir().join("mounts/second.mount").exists());
+    // A mount dms did not record (the operator's own): refused as a mount point.
+    let own = w.mnt("own");
+    operator_mount(&w, &own);
+    let r3 = w.spawn("third", &own, &["--ready-timeout", "1"], &[]);
+    assert_eq!(r3.code, 1);
+    assert!(r3.stderr.contains("already a mount point"), "{}", r3.stderr);
+    assert!(!w.run_dir().join("s3/third.pid").exists());
+    assert!(is_mount_point(&own));
     assert_eq!(w.dms(&["kill", "first", "--grace", "2"]).code, 0);
     assert!(!is_mount_point(&dir));
 }
@@ -706,11 +504,13 @@ fn probes_of_a_hung_mount_are_bounded_by_their_timeout_and_leave_no_prober() {
     require_fuse!();
     let w = World::new();
     let dir = w.mnt("silent");
-    let r = w.spawn("silent", &dir, &[], &["--hang-statfs"]);
+    let r = w.spawn("silent", &dir, &[], &["--hang-statfs-on-usr1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    // dms spawn's own probe is the one the daemon read and never answers; that prober
-    // was orphaned to this (subreaper) process when dms exited.
-    assert_eq!(r.json()["mount_state"], "stale");
+    hang(&w, "silent", pid_of(&r));
+    // dms status's probe is the one the daemon read and never answers; that prober was
+    // orphaned to this (subreaper) process when dms exited.
+    let st = w.dms(&["--json", "status", "silent"]);
+    assert_eq!(st.json()["mount_state"], "stale", "{}", st.stdout);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let limit = Duration::from_millis(300);
     rt.block_on(async {

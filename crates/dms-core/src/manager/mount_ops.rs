@@ -4,14 +4,13 @@
 
 use super::{Inner, Manager};
 use crate::error::{Error, Result};
-use crate::mount::{self, MountRegistry, PROBE_TIMEOUT};
+use crate::mount::{self, Exact, FuseConn, MountRecord, MountRegistry, Proof, PROBE_TIMEOUT};
 use crate::report::{MountAction, MountState, ProcessInfo};
 use dms_proc::{ExitStatus, ProcIdentity, StopOutcome, WaitOutcome};
 use dms_store::TargetId;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -19,25 +18,55 @@ use tracing::{info, warn};
 /// `None`.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many lines of the helper's log a readiness failure quotes.
-const LOG_TAIL_LINES: usize = 10;
-
-/// A mount point prepared for a spawn.
-pub(super) struct PreparedMount {
-    /// The canonical mount directory.
-    pub(super) path: PathBuf,
-    /// Mount IDs already at the path (none: a mounted path is refused).
-    pub(super) before: HashSet<u64>,
-    /// Whether spawn waits for the mount (else it is only recorded).
-    pub(super) wait: bool,
-}
+pub(super) const LOG_TAIL_LINES: usize = 10;
 
 /// The mount of a target being killed.
 pub(super) struct KillMount {
-    path: PathBuf,
-    /// The FUSE connection number, when it was mounted at the start of the kill.
-    minor: Option<u32>,
+    record: MountRecord,
+    /// Whether the recorded mount was in the mount table at the start of the kill.
+    present: bool,
+    /// Its FUSE connection, held while the mount was proven present.
+    conn: Option<FuseConn>,
     /// Whether the clean unmount was attempted (successfully or not).
     tried_unmount: bool,
+}
+
+/// The recorded mounts of one listing, read and probed once for all its targets
+/// ([`Inner::mounts`]).
+pub(super) struct Mounts {
+    records: HashMap<String, MountRecord>,
+    states: HashMap<String, MountState>,
+}
+
+impl Mounts {
+    /// How many recorded mounts are stale.
+    pub(super) fn stale(&self) -> usize {
+        self.states
+            .values()
+            .filter(|s| **s == MountState::Stale)
+            .count()
+    }
+}
+
+/// What the record's identity alone says of its mount: `Some` state, or `None` when
+/// only a probe of the path can tell (no identity, or the recorded mount is the one
+/// there).
+fn known_state(record: &MountRecord) -> Option<MountState> {
+    match mount::prove(&record.path, record.identity.as_ref()?) {
+        // The recorded mount is gone (whatever else may be mounted at the path now).
+        Ok(Proof::Gone) => Some(MountState::Unmounted),
+        // Covered by another mount: there, but a probe would reach the other one.
+        Ok(Proof::Covered) => Some(MountState::Mounted),
+        Ok(Proof::Ours(_)) | Err(_) => None,
+    }
+}
+
+/// The state of a record's mount: from its identity when that tells, else probed.
+async fn record_state(record: &MountRecord) -> MountState {
+    match known_state(record) {
+        Some(s) => s,
+        None => mount::probe(&record.path, PROBE_TIMEOUT).await,
+    }
 }
 
 /// How long a kill waits after SIGKILL when the helper serves a live FUSE mount, before
@@ -48,7 +77,7 @@ pub(super) struct KillMount {
 const STUCK_MOUNT_KILL_WAIT: Duration = Duration::from_millis(500);
 
 /// The last `n` lines of `log` (reads at most its last 8 KiB).
-fn log_tail(log: &Path, n: usize) -> String {
+pub(super) fn log_tail(log: &Path, n: usize) -> String {
     let Ok(mut f) = std::fs::File::open(log) else {
         return format!("(cannot read {})", log.display());
     };
@@ -66,7 +95,7 @@ fn log_tail(log: &Path, n: usize) -> String {
     }
 }
 
-fn describe(status: &ExitStatus) -> String {
+pub(super) fn describe(status: &ExitStatus) -> String {
     match status {
         ExitStatus::Code(c) => format!("exited with code {c}"),
         ExitStatus::Signaled(s) => format!("was killed by signal {s}"),
@@ -79,217 +108,107 @@ impl Inner {
         MountRegistry::new(&self.opts.run_dir)
     }
 
-    /// Creates the mount directory, refuses one that is already a mount point, and
-    /// records it for `target`. Call with the target's lock, before the helper exists.
-    /// Without `wait`, the path is only recorded, as given.
-    pub(super) fn prepare_mount(
-        &self,
-        target: &TargetId,
-        dir: &Path,
-        wait: bool,
-    ) -> Result<PreparedMount> {
-        if !wait {
-            if let Err(e) = self.registry().put(target.as_str(), dir) {
-                warn!(target = %target, %e, "cannot record mount path");
-            }
-            return Ok(PreparedMount {
-                path: dir.to_owned(),
-                before: HashSet::new(),
-                wait,
-            });
-        }
-        let mount_err = |path: &Path, op: &'static str, source: std::io::Error| Error::Mount {
-            path: path.to_owned(),
-            op,
-            source,
-        };
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|e| mount_err(dir, "create mount directory", e))?;
-        }
-        let path = dir
-            .canonicalize()
-            .map_err(|e| mount_err(dir, "resolve mount directory", e))?;
-        let before = mount::mount_ids_at(&path)
-            .map_err(|e| mount_err(Path::new(mount::MOUNTINFO), "read", e))?;
-        if !before.is_empty() {
-            return Err(Error::AlreadyMounted {
-                target: target.clone(),
-                path,
-            });
-        }
-        self.registry()
-            .put(target.as_str(), &path)
-            .map_err(|e| mount_err(self.registry().dir(), "record mount path in", e))?;
-        Ok(PreparedMount { path, before, wait })
-    }
-
-    /// Waits until the helper's mount appears, the helper exits, or `timeout` passes.
-    /// On failure the helper is stopped, anything it mounted is detached, and its
-    /// record is removed. Call with the target's lock, after the helper was released.
-    pub(super) async fn await_mount(
-        self: &Arc<Self>,
-        target: &TargetId,
-        identity: &ProcIdentity,
-        prepared: PreparedMount,
-        timeout: Duration,
-        log: &Path,
-    ) -> Result<()> {
-        let path = &prepared.path;
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(timeout, async {
-            tokio::select! {
-                biased;
-                m = mount::wait_for_mount(path, prepared.before.clone()) => Ok(m),
-                exit = self.spawner.wait_exit(identity, None) => Err(exit),
-            }
-        })
-        .await;
-        let why = match outcome {
-            Ok(Ok(Ok(m))) => {
-                info!(target = %target, pid = identity.pid.get(), mount = %path.display(),
-                    connection = m.minor, waited_ms = started.elapsed().as_millis() as u64, "helper mounted");
-                return Ok(());
-            }
-            Ok(Ok(Err(e))) => format!("cannot watch {}: {e}", mount::MOUNTINFO),
-            Ok(Err(exit)) => {
-                // A mount that raced the exit still counts.
-                if let Ok(table) = mount::read_mountinfo() {
-                    if mount::mount_at(&table, path)
-                        .is_some_and(|m| !prepared.before.contains(&m.mount_id))
-                        && !matches!(exit, Ok(WaitOutcome::Exited(_)))
-                    {
-                        return Ok(());
-                    }
-                }
-                match exit {
-                    Ok(WaitOutcome::Exited(status)) => {
-                        format!("the helper {} before mounting", describe(&status))
-                    }
-                    Ok(WaitOutcome::TimedOut) => "the helper could not be watched".to_owned(),
-                    Err(e) => format!("the helper could not be watched: {e}"),
-                }
-            }
-            Err(_) => format!(
-                "not mounted within {:.1} s (--ready-timeout)",
-                timeout.as_secs_f64()
-            ),
-        };
-        warn!(target = %target, pid = identity.pid.get(), mount = %path.display(), why, "helper did not mount");
-        // Leave nothing behind: no helper, no mount, no record.
-        let stop = self.spawner.terminate(identity, self.opts.kill_grace).await;
-        if let Err(e) = &stop {
-            warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot stop helper that did not mount");
-        }
-        if let Ok(table) = mount::read_mountinfo() {
-            for m in mount::fuse_mounts_under(&table, path) {
-                if !prepared.before.contains(&m.mount_id) {
-                    if let Err(e) = mount::detach(&m.mount_point) {
-                        warn!(mount = %m.mount_point.display(), %e, "cannot detach mount of failed helper");
-                    }
-                }
-            }
-        }
-        self.forget(target, Some(identity));
-        if let Err(e) = self.store.remove(target).await {
-            warn!(target = %target, error = %e, "cannot remove the record of a helper that did not mount; cleanup will");
-        }
-        if mount::mount_ids_at(path).is_ok_and(|ids| ids.is_empty()) {
-            let _ = self.registry().remove(target.as_str());
-        }
-        if let Ok(out) = stop {
-            if !out.stopped && !out.mismatch {
-                return Err(Error::StillRunning {
-                    target: target.clone(),
-                    pid: identity.pid,
-                });
-            }
-        }
-        Err(Error::NotMounted {
-            target: target.clone(),
-            pid: identity.pid,
-            path: path.clone(),
-            why,
-            log: log.to_owned(),
-            log_tail: log_tail(log, LOG_TAIL_LINES),
-        })
-    }
-
     /// Fills `mount` (from the registry when the store keeps no metadata), `mounted` and
-    /// `mount_state` of an info object.
+    /// `mount_state` of an info object. The state is that of the recorded mount: a
+    /// record with an identity whose mount is gone reads `unmounted`, whatever else is
+    /// mounted at its path now.
     pub(super) async fn fill_mount(
         &self,
         target: &TargetId,
         info: &mut ProcessInfo,
-        mounts: Option<&super::Mounts>,
+        mounts: Option<&Mounts>,
     ) {
+        let record = match mounts {
+            Some(m) => m.records.get(target.as_str()).cloned(),
+            None => self.registry().get(target.as_str()),
+        };
         if info.mount.is_none() {
-            info.mount = match mounts {
-                Some(m) => m.get(target.as_str()).cloned(),
-                None => self.registry().get(target.as_str()),
-            };
+            info.mount = record.as_ref().map(|r| r.path.clone());
         }
-        if let Some(path) = &info.mount {
-            let state = mount::probe(path, PROBE_TIMEOUT).await;
-            info.mount_state = Some(state);
-            info.mounted = Some(state != MountState::Unmounted);
-        }
-    }
-
-    /// Every recorded mount, by target: one read of the registry for a whole listing.
-    pub(super) fn mounts(&self) -> super::Mounts {
-        self.registry().list().into_iter().collect()
-    }
-
-    /// How many recorded mounts are stale; `known` holds states already probed.
-    pub(super) async fn count_stale_mounts(
-        &self,
-        known: &std::collections::HashMap<PathBuf, MountState>,
-    ) -> usize {
-        let mut n = 0;
-        for (_, path) in self.registry().list() {
-            let state = match known.get(&path) {
+        let Some(path) = &info.mount else {
+            return;
+        };
+        let state = match record.filter(|r| r.path == *path) {
+            Some(r) => match mounts.and_then(|m| m.states.get(target.as_str())) {
                 Some(s) => *s,
-                None => mount::probe(&path, PROBE_TIMEOUT).await,
-            };
-            if state == MountState::Stale {
-                n += 1;
+                None => record_state(&r).await,
+            },
+            None => mount::probe(path, PROBE_TIMEOUT).await,
+        };
+        info.mount_state = Some(state);
+        info.mounted = Some(state != MountState::Unmounted);
+    }
+
+    /// Every recorded mount, by target, with its state: one read of the registry for a
+    /// whole listing, and the mounts that need a probe probed concurrently under one
+    /// deadline ([`mount::probe_all`]), so a listing answers within about one probe
+    /// limit however many mounts hang. Nothing is probed when nothing is recorded.
+    pub(super) async fn mounts(&self) -> Mounts {
+        let records: HashMap<String, MountRecord> = self.registry().list().into_iter().collect();
+        let mut states = HashMap::with_capacity(records.len());
+        if records.is_empty() {
+            return Mounts { records, states };
+        }
+        let mut to_probe = Vec::new();
+        for (target, record) in &records {
+            match known_state(record) {
+                Some(s) => {
+                    states.insert(target.clone(), s);
+                }
+                None => to_probe.push((target.clone(), record.path.clone())),
             }
         }
-        n
+        let probed = mount::probe_all(to_probe.iter().map(|(_, p)| p.clone()), PROBE_TIMEOUT).await;
+        for (target, path) in to_probe {
+            if let Some(s) = probed.get(&path) {
+                states.insert(target, *s);
+            }
+        }
+        Mounts { records, states }
     }
 
-    /// The recorded mount of a target being killed, with its connection number.
+    /// The recorded mount of a target being killed; its connection is held when the
+    /// recorded mount is present.
     pub(super) fn kill_mount(&self, target: &TargetId) -> Option<KillMount> {
-        let path = self.registry().get(target.as_str())?;
-        let minor = mount::read_mountinfo()
-            .ok()
-            .and_then(|t| mount::mount_at(&t, &path).map(|m| m.minor));
+        let record = self.registry().get(target.as_str())?;
+        let present = record
+            .identity
+            .is_some_and(|id| matches!(mount::prove(&record.path, &id), Ok(Proof::Ours(_))));
+        let conn = match (&record.identity, present) {
+            (Some(id), true) => FuseConn::open(&record.path, id).unwrap_or_else(|e| {
+                warn!(target = %target, %e, "cannot open the FUSE connection of the mount");
+                None
+            }),
+            _ => None,
+        };
         Some(KillMount {
-            path,
-            minor,
+            record,
+            present,
+            conn,
             tried_unmount: false,
         })
     }
 
-    /// Kill step 1: a clean unmount of a mounted mount point. Returns whether it
-    /// succeeded (the helper should then exit by itself).
+    /// Kill step 1: a clean unmount of the recorded mount, when it is mounted. Returns
+    /// whether it succeeded (the helper should then exit by itself).
     pub(super) fn kill_unmount_first(&self, m: &mut KillMount, steps: &mut Vec<String>) -> bool {
-        if m.tried_unmount || m.minor.is_none() {
+        let Some(id) = m.record.identity.filter(|_| m.present && !m.tried_unmount) else {
             return false;
-        }
+        };
         m.tried_unmount = true;
-        match mount::unmount(&m.path) {
-            Ok(()) => {
+        match mount::unmount_exact(&m.record.path, &id) {
+            Ok(Exact::Done) => {
                 steps.push("unmount".to_owned());
                 true
             }
+            Ok(Exact::Gone) => false,
+            Ok(Exact::Covered) => {
+                warn!(mount = %m.record.path.display(), "the recorded mount is covered by another mount; not unmounted");
+                steps.push("mount_covered".to_owned());
+                false
+            }
             Err(e) => {
-                warn!(mount = %m.path.display(), %e, "clean unmount failed; stopping the helper");
+                warn!(mount = %m.record.path.display(), %e, "clean unmount failed; stopping the helper");
                 steps.push("unmount_failed".to_owned());
                 false
             }
@@ -308,8 +227,8 @@ impl Inner {
         mount: Option<&KillMount>,
         steps: &mut Vec<String>,
     ) -> Result<StopOutcome> {
-        let minor = mount.and_then(|m| m.minor);
-        let kill_wait = match minor {
+        let conn = mount.and_then(|m| m.conn.as_ref());
+        let kill_wait = match conn {
             Some(_) => STUCK_MOUNT_KILL_WAIT,
             None => dms_proc::DEFAULT_KILL_WAIT,
         };
@@ -318,14 +237,14 @@ impl Inner {
             .terminate_with(victim, grace, kill_wait)
             .await?;
         steps.extend(out.signals.iter().map(|s| s.name().to_owned()));
-        let Some(minor) = minor.filter(|_| !out.stopped && !out.mismatch) else {
+        let Some(conn) = conn.filter(|_| !out.stopped && !out.mismatch) else {
             return Ok(out);
         };
-        match mount::abort_connection(minor) {
+        match conn.abort() {
             Ok(true) => steps.push("abort".to_owned()),
             Ok(false) => return Ok(out),
             Err(e) => {
-                warn!(connection = minor, %e, "cannot abort FUSE connection");
+                warn!(connection = conn.name(), %e, "cannot abort FUSE connection");
                 return Ok(out);
             }
         }
@@ -338,66 +257,105 @@ impl Inner {
         Ok(out)
     }
 
-    /// Kill steps after the helper is gone: unmount or lazily detach whatever is left at
-    /// the mount point, abort the FUSE connection if it lingers, and forget the record.
+    /// Kill steps after the helper is gone: detach the recorded mount if it is still
+    /// there, abort its FUSE connection if it lingers, and forget the record once that
+    /// mount is gone. Nothing else at or under the path is touched; a record without an
+    /// identity (an older dms wrote it) acts on nothing (step `mount_unproven` when
+    /// something is mounted at its path; the record is then kept for the operator).
     pub(super) async fn kill_mount_after(
         &self,
         target: &TargetId,
         m: &mut KillMount,
         steps: &mut Vec<String>,
     ) {
-        let table = mount::read_mountinfo().unwrap_or_default();
-        let left: Vec<_> = mount::fuse_mounts_under(&table, &m.path)
-            .into_iter()
-            .cloned()
-            .collect();
-        for e in &left {
-            m.minor.get_or_insert(e.minor);
-            match mount::detach(&e.mount_point) {
-                Ok(()) => steps.push("detach".to_owned()),
-                Err(err) => {
-                    warn!(mount = %e.mount_point.display(), %err, "cannot detach mount");
-                    steps.push("detach_failed".to_owned());
-                }
+        let path = m.record.path.clone();
+        let Some(id) = m.record.identity else {
+            if mount::mount_ids_at(&path).is_ok_and(|ids| ids.is_empty()) {
+                self.forget_mount_record(target);
+            } else {
+                warn!(target = %target, mount = %path.display(),
+                    "the mount record holds no mount identity (written by an older dms): the mount there is not touched; unmount it by hand if it is this target's");
+                steps.push("mount_unproven".to_owned());
+            }
+            return;
+        };
+        let mut detached = false;
+        match mount::detach_exact(&path, &id) {
+            Ok(Exact::Done) => {
+                detached = true;
+                steps.push("detach".to_owned());
+            }
+            Ok(Exact::Gone) => {}
+            Ok(Exact::Covered) => steps.push("mount_covered".to_owned()),
+            Err(err) => {
+                warn!(mount = %path.display(), %err, "cannot detach mount");
+                steps.push("detach_failed".to_owned());
             }
         }
-        // Still stuck: the connection outlives its mounts (a process holds /dev/fuse or
-        // a file on the detached mount).
-        if let Some(minor) = m.minor {
-            if !left.is_empty() && mount::connection_exists(minor) == Some(true) {
-                match mount::abort_connection(minor) {
-                    Ok(true) => steps.push("abort".to_owned()),
-                    Ok(false) => {}
-                    Err(e) => warn!(connection = minor, %e, "cannot abort FUSE connection"),
-                }
+        // Still there: the connection outlives its mount (a process holds a file on the
+        // detached mount).
+        if let Some(conn) = m.conn.as_ref().filter(|c| detached && c.exists()) {
+            match conn.abort() {
+                Ok(true) => steps.push("abort".to_owned()),
+                Ok(false) => {}
+                Err(e) => warn!(connection = conn.name(), %e, "cannot abort FUSE connection"),
             }
         }
-        if mount::mount_ids_at(&m.path).is_ok_and(|ids| ids.is_empty()) {
-            if let Err(e) = self.registry().remove(target.as_str()) {
-                warn!(target = %target, %e, "cannot remove mount record");
-            }
+        if matches!(mount::prove(&path, &id), Ok(Proof::Gone)) {
+            self.forget_mount_record(target);
+        }
+    }
+
+    /// Removes the mount record of `target`.
+    fn forget_mount_record(&self, target: &TargetId) {
+        if let Err(e) = self.registry().remove(target.as_str()) {
+            warn!(target = %target, %e, "cannot remove mount record");
+        }
+    }
+
+    /// When the helper of `target` is cleaned (its dead entry removed): forgets its
+    /// mount record unless its mount is still there (then `cleanup --mounts` detaches
+    /// it). A record without an identity is forgotten once nothing is mounted at its
+    /// path. Call with the target's lock.
+    pub(super) fn forget_mount_if_gone(&self, target: &TargetId) {
+        let Some(record) = self.registry().get(target.as_str()) else {
+            return;
+        };
+        let gone = match &record.identity {
+            Some(id) => matches!(mount::prove(&record.path, id), Ok(Proof::Gone)),
+            None => mount::mount_ids_at(&record.path).is_ok_and(|ids| ids.is_empty()),
+        };
+        if gone {
+            self.forget_mount_record(target);
         }
     }
 }
 
 impl Manager {
-    /// Detaches orphaned and stale FUSE mounts under the recorded mount paths
-    /// (`<run-dir>/mounts/`): every FUSE mount there whose target has no live helper
-    /// proven ours, and every stale one (dead daemon, or no answer to `statfs` within
-    /// 2 s). A connection that outlives its detached mounts is aborted. Records whose
-    /// path has no mount left and no helper are forgotten. Helpers are never signalled.
+    /// Detaches the recorded mounts (`<run-dir>/mounts/`) that are orphaned or stale:
+    /// the recorded mount of a target with no live helper proven ours, and a stale one
+    /// (dead daemon, or no answer to `statfs` within 2 s) whatever its helper. Only the
+    /// exact mount a record identifies is detached, never anything else at or under its
+    /// path; its FUSE connection is aborted when its helper is not live. Records whose
+    /// mount is gone and whose helper is not live are forgotten. A record without an
+    /// identity (written by an older dms) acts on nothing: its mount is reported with the
+    /// action `kept: ...` and the record stays until nothing is mounted at its path.
+    /// Helpers are never signalled.
     pub async fn cleanup_mounts(&self) -> Result<Vec<MountAction>> {
         let inner = &self.inner;
-        let registry = inner.registry();
         let mut actions = Vec::new();
-        for (name, path) in registry.list() {
+        for (name, _) in inner.registry().list() {
             let Ok(target) = name.parse::<TargetId>() else {
                 continue;
             };
             let _guard = inner.locks.lock(&target).await?;
+            // Read again under the lock.
+            let Some(record) = inner.registry().get(&name) else {
+                continue;
+            };
             let live = match inner.live_helper(&target).await {
                 Ok(live) => live.is_some(),
-                // Cannot verify: treat as live, touch only stale mounts.
+                // Cannot verify: treat as live, touch only a stale mount.
                 Err(_) => true,
             };
             let table = mount::read_mountinfo().map_err(|source| Error::Mount {
@@ -405,34 +363,82 @@ impl Manager {
                 op: "read",
                 source,
             })?;
-            for m in mount::fuse_mounts_under(&table, &path) {
-                let state = mount::probe(&m.mount_point, PROBE_TIMEOUT).await;
+            let path = record.path.clone();
+            let Some(id) = record.identity else {
+                if mount::mount_at(&table, &path).is_none() {
+                    if !live {
+                        inner.forget_mount_record(&target);
+                    }
+                    continue;
+                }
+                let state = mount::probe(&path, PROBE_TIMEOUT).await;
                 if live && state != MountState::Stale {
                     continue;
                 }
-                let mut action = match mount::detach(&m.mount_point) {
-                    Ok(()) => "detach".to_owned(),
-                    Err(e) => format!("detach_failed: {e}"),
-                };
-                if !live && mount::connection_exists(m.minor) == Some(true) {
-                    match mount::abort_connection(m.minor) {
-                        Ok(true) => action.push_str("+abort"),
-                        Ok(false) => {}
-                        Err(e) => warn!(connection = m.minor, %e, "cannot abort FUSE connection"),
-                    }
-                }
-                info!(target = %target, mount = %m.mount_point.display(), ?state, action, "cleaned mount");
                 actions.push(MountAction {
                     target: target.clone(),
-                    path: m.mount_point.clone(),
+                    path,
                     state,
-                    action,
+                    action: "kept: the record holds no mount identity (written by an older \
+                             dms), so nothing proves the mount there is this target's; \
+                             unmount it by hand if it is"
+                        .to_owned(),
                 });
-            }
-            if !live && mount::mount_ids_at(&path).is_ok_and(|ids| ids.is_empty()) {
-                if let Err(e) = registry.remove(&name) {
-                    warn!(target = %target, %e, "cannot remove mount record");
+                continue;
+            };
+            let state = match mount::prove(&path, &id) {
+                Ok(Proof::Gone) => {
+                    if !live {
+                        inner.forget_mount_record(&target);
+                    }
+                    continue;
                 }
+                Ok(Proof::Covered) => MountState::Mounted,
+                Ok(Proof::Ours(pin)) => {
+                    drop(pin);
+                    mount::probe(&path, PROBE_TIMEOUT).await
+                }
+                Err(e) => {
+                    warn!(target = %target, mount = %path.display(), %e, "cannot check the recorded mount; left alone");
+                    continue;
+                }
+            };
+            if live && state != MountState::Stale {
+                continue;
+            }
+            let conn = if live {
+                None
+            } else {
+                FuseConn::open(&path, &id).unwrap_or_else(|e| {
+                    warn!(target = %target, %e, "cannot open the FUSE connection of the mount");
+                    None
+                })
+            };
+            let mut action = match mount::detach_exact(&path, &id) {
+                Ok(Exact::Done) => "detach".to_owned(),
+                Ok(Exact::Gone) => "gone".to_owned(),
+                Ok(Exact::Covered) => {
+                    "kept: another mount lies on top of it; unmount that one first".to_owned()
+                }
+                Err(e) => format!("detach_failed: {e}"),
+            };
+            if let Some(conn) = conn.filter(|c| action == "detach" && c.exists()) {
+                match conn.abort() {
+                    Ok(true) => action.push_str("+abort"),
+                    Ok(false) => {}
+                    Err(e) => warn!(connection = conn.name(), %e, "cannot abort FUSE connection"),
+                }
+            }
+            info!(target = %target, mount = %path.display(), ?state, action, "cleaned mount");
+            let gone = matches!(mount::prove(&path, &id), Ok(Proof::Gone));
+            actions.push(MountAction {
+                target: target.clone(),
+                path,
+                state,
+                action,
+            });
+            if !live && gone {
+                inner.forget_mount_record(&target);
             }
         }
         Ok(actions)
