@@ -340,7 +340,9 @@ pub trait Spawner: Debug + Send + Sync {
     async fn probe(&self, pid: Pid) -> Result<Probe, ProcError>;
 
     /// Sends `signal` to `who` (and its process group, when it leads one), only after
-    /// proving that the process with that PID is still that incarnation.
+    /// proving that the process with that PID is still that incarnation. The Linux
+    /// spawner follows a delivered SIGTERM with SIGCONT to the same processes, so a
+    /// stopped process can act on it.
     async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError>;
 
     /// Waits until `who` exits, or `timeout` passes (`None`: no limit). Works for
@@ -417,6 +419,9 @@ pub trait Spawner: Debug + Send + Sync {
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to `kill_wait` for the exit.
+    /// The Linux spawner applies both, and both waits, to `who` and every member of its
+    /// process group (when it leads one) until all are gone; [`StopOutcome::signals`]
+    /// then lists SIGKILL when a member needed it, even if the leader died of SIGTERM.
     /// A caller that has a further remedy for a process SIGKILL cannot end at once (a
     /// FUSE daemon with a thread stuck in a request to its own mount, freed only by
     /// aborting the connection) passes a short `kill_wait`.
