@@ -141,7 +141,56 @@ fn kill_continues_a_stopped_helper(backend: Backend) {
     assert!(wait_dead(pid, STOP));
 }
 
+/// Spawns, as `target`, a shell that ignores SIGTERM; returns its PID once the trap is set.
+fn spawn_term_ignoring(w: &World, target: &str) -> i32 {
+    let ready = w.tmp.path().join(format!("{target}.trap-set"));
+    let script = format!(
+        "trap '' TERM; touch {}; while :; do sleep 0.1; done",
+        ready.display()
+    );
+    let pid = pid_of(&w.spawn(target, &["sh", "-c", &script]));
+    assert!(
+        wait_for(STOP, || ready.exists()),
+        "the helper never set its trap"
+    );
+    pid
+}
+
+fn cleanup_all_stops_helpers_together(backend: Backend) {
+    let w = World::new(backend);
+    let pids: Vec<i32> = (0..10)
+        .map(|i| spawn_term_ignoring(&w, &format!("stubborn-{i}")))
+        .collect();
+    let started = Instant::now();
+    let r = w.json(["cleanup", "--all", "--grace", "1"]);
+    let took = started.elapsed();
+    eprintln!("cleanup --all --grace 1 of 10 SIGTERM-ignoring helpers: {took:?}");
+    r.expect_code(0);
+    let report = r.json();
+    assert_eq!(
+        report["stopped"].as_array().map(Vec::len),
+        Some(10),
+        "{report}"
+    );
+    for pid in &pids {
+        assert!(!alive(*pid), "helper {pid} survived cleanup --all");
+    }
+    assert!(
+        took >= Duration::from_secs(1),
+        "SIGKILL before the grace: {took:?}"
+    );
+    // One after another, 10 helpers that ignore SIGTERM take at least 10 graces.
+    assert!(
+        took < Duration::from_secs(7),
+        "cleanup --all took {took:?} for 10 helpers with a 1 s grace"
+    );
+    for i in 0..10 {
+        assert!(!w.pid_file(&format!("stubborn-{i}")).exists());
+    }
+}
+
 both_backends!(
+    cleanup_all_stops_helpers_together,
     kill_stops_a_group_member_that_outlives_sigterm,
     failed_ready_timeout_leaves_no_group_member,
     kill_continues_a_stopped_helper,
