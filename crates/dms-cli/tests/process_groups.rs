@@ -189,7 +189,201 @@ fn cleanup_all_stops_helpers_together(backend: Backend) {
     }
 }
 
+/// Live processes whose command line is `sleep <secs>`.
+fn sleeps(secs: &str) -> Vec<i32> {
+    processes_with_cmdline(&["sleep", secs])
+}
+
+fn daemonizing_shell_child_becomes_the_helper(backend: Backend) {
+    let w = World::new(backend);
+    let secs = unique_sleep();
+    let script = format!("sleep {secs} & exit 0");
+    let r = w.json(["spawn", "bg", "--", "sh", "-c", &script]);
+    let left = sleeps(&secs);
+    for pid in &left {
+        w.track(*pid);
+    }
+    r.expect_code(0);
+    let info = r.json();
+    let pid = pid_of(&info);
+    assert_eq!(
+        left,
+        vec![pid],
+        "the recorded helper is the sleep the shell left: {info}"
+    );
+    assert_eq!(info["state"], "running", "{info}");
+    let file = std::fs::read_to_string(w.pid_file("bg")).unwrap();
+    assert_eq!(file.trim(), pid.to_string(), "the PID file names the sleep");
+
+    let st = w.json(["status", "bg"]);
+    st.expect_code(0);
+    assert_eq!(st.json()["state"], "running", "{st:#?}");
+    assert_eq!(pid_of(&st.json()), pid);
+
+    let k = w.json(["kill", "bg", "--grace", "5"]);
+    k.expect_code(0);
+    assert_eq!(k.json()["stopped"], true, "{k:#?}");
+    assert!(wait_dead(pid, STOP), "the sleep survived kill");
+    assert!(!w.pid_file("bg").exists());
+}
+
+fn undecidable_background_processes_fail_the_spawn_and_are_stopped(backend: Backend) {
+    let w = World::new(backend);
+    let secs = unique_sleep();
+    let script = format!("sleep {secs} & sleep {secs} & exit 0");
+    let r = w.json(["spawn", "two", "--", "sh", "-c", &script]);
+    for pid in sleeps(&secs) {
+        w.track(pid);
+    }
+    r.expect_code(1);
+    r.expect_one_error_line();
+    assert!(
+        r.stderr.contains("--foreground"),
+        "the error names the foreground flag: {r:#?}"
+    );
+    assert!(r.stderr.contains("went into the background"), "{r:#?}");
+    assert!(
+        wait_for(STOP, || sleeps(&secs).is_empty()),
+        "processes the helper left still run: {:?}",
+        sleeps(&secs)
+    );
+    assert!(!w.pid_file("two").exists());
+}
+
+fn failing_leader_that_leaves_a_process_fails_the_spawn(backend: Backend) {
+    let w = World::new(backend);
+    let secs = unique_sleep();
+    let script = format!("sleep {secs} & exit 3");
+    let r = w.json(["spawn", "bad", "--", "sh", "-c", &script]);
+    for pid in sleeps(&secs) {
+        w.track(pid);
+    }
+    r.expect_code(1);
+    assert!(r.stderr.contains("Code(3)"), "{r:#?}");
+    assert!(
+        wait_for(STOP, || sleeps(&secs).is_empty()),
+        "the sleep still runs"
+    );
+    assert!(!w.pid_file("bad").exists());
+}
+
+fn foreground_helper_is_unchanged_and_settles_fast(backend: Backend) {
+    let w = World::new(backend);
+    let started = Instant::now();
+    let info = w.spawn("fg", &["sleep", &unique_sleep()]);
+    let took = started.elapsed();
+    assert_eq!(info["state"], "running");
+    eprintln!("spawn of a foreground sleep: {took:?}");
+    let k = w.json(["kill", "fg"]);
+    k.expect_code(0);
+    assert!(wait_dead(pid_of(&info), STOP));
+}
+
+/// Why the bindfs test cannot run here, if it cannot.
+fn bindfs_skip_reason() -> Option<&'static str> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root");
+    }
+    if std::process::Command::new("bindfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("bindfs is not installed (apt-get install -y bindfs)");
+    }
+    None
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    let want = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == want.to_str())
+}
+
+fn daemonizing_bindfs_is_tracked_and_killed(backend: Backend) {
+    if let Some(why) = bindfs_skip_reason() {
+        eprintln!("SKIPPED daemonizing_bindfs_is_tracked_and_killed: {why}");
+        return;
+    }
+    let w = World::new(backend);
+    let src = w.tmp.path().join("src");
+    let mnt = w.tmp.path().join("mnt");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello"), "world").unwrap();
+    // No -f: bindfs forks into the background, its first process exits 0.
+    let r = w.json([
+        "spawn",
+        "bind",
+        "--mount",
+        mnt.to_str().unwrap(),
+        "--ready-timeout",
+        "20",
+        "--",
+        "bindfs",
+        src.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    let restore = scopeguard(mnt.clone());
+    r.expect_code(0);
+    let info = r.json();
+    let pid = pid_of(&info);
+    w.track(pid);
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["mount_state"], "mounted", "{info}");
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    assert!(
+        fds.iter().any(|p| p == Path::new("/dev/fuse")),
+        "the recorded helper {pid} is the process serving the mount (holding /dev/fuse): {fds:?}"
+    );
+    assert_eq!(std::fs::read_to_string(mnt.join("hello")).unwrap(), "world");
+
+    let st = w.json(["status", "bind"]);
+    st.expect_code(0);
+    assert_eq!(st.json()["state"], "running", "{st:#?}");
+
+    let k = w.json(["kill", "bind", "--grace", "5"]);
+    k.expect_code(0);
+    let kv = k.json();
+    assert_eq!(kv["stopped"], true, "{kv}");
+    assert_eq!(
+        kv["was_running"], true,
+        "kill found the daemon running: {kv}"
+    );
+    assert!(wait_dead(pid, STOP), "bindfs survived kill");
+    assert!(!is_mount_point(&mnt), "the mount is left");
+    drop(restore);
+}
+
+/// Lazily detaches `dir` on drop if a failed assertion left it mounted.
+struct MountGuard(std::path::PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if is_mount_point(&self.0) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn scopeguard(dir: std::path::PathBuf) -> MountGuard {
+    MountGuard(dir)
+}
+
 both_backends!(
+    daemonizing_shell_child_becomes_the_helper,
+    undecidable_background_processes_fail_the_spawn_and_are_stopped,
+    failing_leader_that_leaves_a_process_fails_the_spawn,
+    foreground_helper_is_unchanged_and_settles_fast,
+    daemonizing_bindfs_is_tracked_and_killed,
     cleanup_all_stops_helpers_together,
     kill_stops_a_group_member_that_outlives_sigterm,
     failed_ready_timeout_leaves_no_group_member,

@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+mod daemonize;
 mod memory;
 mod mount_ops;
 mod stop_all;
@@ -872,7 +873,10 @@ impl Inner {
             }
             return Err(e.into());
         }
-        self.track(target, identity.clone(), meta);
+        self.track(target, identity.clone(), meta.clone());
+        // From here until the helper is settled, what it leaves running in the
+        // background becomes our child (see manager/daemonize.rs).
+        let window = self.spawner.begin_startup();
         if let Err(e) = pending.gate.release().await {
             warn!(target = %target, pid, error = %e, "helper program did not start");
             self.forget(target, Some(&identity));
@@ -885,12 +889,31 @@ impl Inner {
             }
             return Err(e.into());
         }
-        if let Some(prepared) = prepared.filter(|p| p.wait) {
+        let handover = if let Some(prepared) = prepared.filter(|p| p.wait) {
             let timeout = spec.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
-            self.await_mount(target, &identity, prepared, timeout, &log)
-                .await?;
-        }
-        info!(target = %target, pid, "spawned helper");
+            self.await_mount(target, &identity, prepared, timeout, &log, &window)
+                .await?
+        } else {
+            match self.follow_startup(target, &identity, &window, &log).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.forget(target, Some(&identity));
+                    if let Err(re) = self.store.remove(target).await {
+                        warn!(target = %target, pid, error = %re, "cannot remove the record of a helper that failed to start; cleanup will");
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let identity = match handover {
+            daemonize::Handover::Leader => identity,
+            daemonize::Handover::To(helper) => {
+                self.hand_over(target, &identity, &helper, meta).await?;
+                helper
+            }
+        };
+        drop(window);
+        info!(target = %target, pid = identity.pid.get(), "spawned helper");
         self.emit(Event::Spawned {
             target: target.clone(),
             pid: identity.pid,

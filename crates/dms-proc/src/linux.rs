@@ -48,6 +48,12 @@
 //! another child, so memory stays bounded by `pid_max`. Nothing in this crate calls
 //! `waitpid(-1)`; a caller that does would steal these statuses.
 //!
+//! While a startup window is open ([`Spawner::begin_startup`]), this process is a child
+//! subreaper, so grandchildren a helper leaves behind become our children too: one that
+//! is adopted as the helper gets a reaper task like a spawned child; the others are
+//! reaped, each by its PID (never "any child"), when they are found dead
+//! (`linux/startup.rs`).
+//!
 //! # Probing
 //!
 //! [`Spawner::probe`] reads `/proc/PID/stat` relative to one `O_PATH` descriptor of
@@ -161,6 +167,7 @@ use tokio::sync::watch;
 
 mod exit_watch;
 mod group;
+mod startup;
 mod stat;
 
 use stat::ProcStat;
@@ -242,6 +249,8 @@ pub struct LinuxSpawner {
     /// reparented to an ancestor subreaper, or to init), so only these can be one; each
     /// is re-checked by its start ticks, since it may have exited and its PID been reused.
     ancestors: Arc<[(i32, u64)]>,
+    /// The open startup windows (see `linux/startup.rs`).
+    windows: startup::SharedWindows,
 }
 
 impl LinuxSpawner {
@@ -257,6 +266,7 @@ impl LinuxSpawner {
             children: Arc::default(),
             next_seq: Arc::default(),
             ancestors: ancestors_with_start_ticks().into(),
+            windows: Arc::default(),
         })
     }
 
@@ -1185,6 +1195,34 @@ impl Spawner for LinuxSpawner {
             rss_bytes: second.rss.saturating_mul(procfs::page_size()),
             threads: u64::try_from(second.num_threads).unwrap_or(0),
         }))
+    }
+
+    fn begin_startup(&self) -> crate::StartupWindow {
+        self.open_startup_window()
+    }
+
+    async fn settle(
+        &self,
+        leader: &ProcIdentity,
+        limit: Duration,
+    ) -> Result<crate::Settled, ProcError> {
+        self.settle_leader(leader, limit).await
+    }
+
+    async fn orphans(
+        &self,
+        leader: &ProcIdentity,
+        window: &crate::StartupWindow,
+    ) -> Result<crate::Orphans, ProcError> {
+        self.find_orphans(leader, window)
+    }
+
+    async fn fuse_children(&self, parent: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        Ok(self.find_fuse_children(parent))
+    }
+
+    async fn adopt_orphan(&self, orphan: &ProcIdentity) -> Result<(), ProcError> {
+        self.adopt_child(orphan)
     }
 
     /// SIGTERM (then SIGCONT), `grace`, SIGKILL, `kill_wait`, applied to the helper and

@@ -2,11 +2,12 @@
 //! stats, unmount-first kill, and `cleanup --mounts`. The mechanics are in
 //! [`crate::mount`].
 
+use super::daemonize::Handover;
 use super::{Inner, Manager};
 use crate::error::{Error, Result};
 use crate::mount::{self, MountRegistry, PROBE_TIMEOUT};
 use crate::report::{MountAction, MountState, ProcessInfo};
-use dms_proc::{ExitStatus, ProcIdentity, StopOutcome, WaitOutcome};
+use dms_proc::{ExitStatus, ProcIdentity, StartupWindow, StopOutcome, WaitOutcome};
 use dms_store::TargetId;
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,7 +20,7 @@ use tracing::{info, warn};
 /// `None`.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many lines of the helper's log a readiness failure quotes.
-const LOG_TAIL_LINES: usize = 10;
+pub(super) const LOG_TAIL_LINES: usize = 10;
 
 /// A mount point prepared for a spawn.
 pub(super) struct PreparedMount {
@@ -48,7 +49,7 @@ pub(super) struct KillMount {
 const STUCK_MOUNT_KILL_WAIT: Duration = Duration::from_millis(500);
 
 /// The last `n` lines of `log` (reads at most its last 8 KiB).
-fn log_tail(log: &Path, n: usize) -> String {
+pub(super) fn log_tail(log: &Path, n: usize) -> String {
     let Ok(mut f) = std::fs::File::open(log) else {
         return format!("(cannot read {})", log.display());
     };
@@ -66,7 +67,7 @@ fn log_tail(log: &Path, n: usize) -> String {
     }
 }
 
-fn describe(status: &ExitStatus) -> String {
+pub(super) fn describe(status: &ExitStatus) -> String {
     match status {
         ExitStatus::Code(c) => format!("exited with code {c}"),
         ExitStatus::Signaled(s) => format!("was killed by signal {s}"),
@@ -131,6 +132,8 @@ impl Inner {
     /// Waits until the helper's mount appears, the helper exits, or `timeout` passes.
     /// On failure the helper is stopped, anything it mounted is detached, and its
     /// record is removed. Call with the target's lock, after the helper was released.
+    /// A helper that goes into the background is followed (`manager/daemonize.rs`):
+    /// the result says who serves the mount.
     pub(super) async fn await_mount(
         self: &Arc<Self>,
         target: &TargetId,
@@ -138,7 +141,8 @@ impl Inner {
         prepared: PreparedMount,
         timeout: Duration,
         log: &Path,
-    ) -> Result<()> {
+        window: &StartupWindow,
+    ) -> Result<Handover> {
         let path = &prepared.path;
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(timeout, async {
@@ -153,7 +157,14 @@ impl Inner {
             Ok(Ok(Ok(m))) => {
                 info!(target = %target, pid = identity.pid.get(), mount = %path.display(),
                     connection = m.minor, waited_ms = started.elapsed().as_millis() as u64, "helper mounted");
-                return Ok(());
+                let left = timeout.saturating_sub(started.elapsed());
+                let followed = self
+                    .follow_after_mount(target, identity, window, left, log)
+                    .await;
+                if followed.is_err() {
+                    self.undo_mount(target, identity, &prepared).await;
+                }
+                return followed;
             }
             Ok(Ok(Err(e))) => format!("cannot watch {}: {e}", mount::MOUNTINFO),
             Ok(Err(exit)) => {
@@ -163,12 +174,27 @@ impl Inner {
                         .is_some_and(|m| !prepared.before.contains(&m.mount_id))
                         && !matches!(exit, Ok(WaitOutcome::Exited(_)))
                     {
-                        return Ok(());
+                        return Ok(Handover::Leader);
                     }
                 }
                 match exit {
                     Ok(WaitOutcome::Exited(status)) => {
-                        format!("the helper {} before mounting", describe(&status))
+                        // It may have gone into the background: follow what it left.
+                        let left = timeout.saturating_sub(started.elapsed());
+                        match self
+                            .await_daemon_mount(
+                                target, identity, status, window, &prepared, left, log,
+                            )
+                            .await
+                        {
+                            Ok(followed) => {
+                                if followed.is_err() {
+                                    self.undo_mount(target, identity, &prepared).await;
+                                }
+                                return followed;
+                            }
+                            Err(why) => why,
+                        }
                     }
                     Ok(WaitOutcome::TimedOut) => "the helper could not be watched".to_owned(),
                     Err(e) => format!("the helper could not be watched: {e}"),
@@ -180,27 +206,13 @@ impl Inner {
             ),
         };
         warn!(target = %target, pid = identity.pid.get(), mount = %path.display(), why, "helper did not mount");
-        // Leave nothing behind: no helper, no mount, no record.
+        // Leave nothing behind: no helper (nor what it left running), no mount, no record.
         let stop = self.spawner.terminate(identity, self.opts.kill_grace).await;
         if let Err(e) = &stop {
             warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot stop helper that did not mount");
         }
-        if let Ok(table) = mount::read_mountinfo() {
-            for m in mount::fuse_mounts_under(&table, path) {
-                if !prepared.before.contains(&m.mount_id) {
-                    if let Err(e) = mount::detach(&m.mount_point) {
-                        warn!(mount = %m.mount_point.display(), %e, "cannot detach mount of failed helper");
-                    }
-                }
-            }
-        }
-        self.forget(target, Some(identity));
-        if let Err(e) = self.store.remove(target).await {
-            warn!(target = %target, error = %e, "cannot remove the record of a helper that did not mount; cleanup will");
-        }
-        if mount::mount_ids_at(path).is_ok_and(|ids| ids.is_empty()) {
-            let _ = self.registry().remove(target.as_str());
-        }
+        self.stop_orphans(identity, window).await;
+        self.undo_mount(target, identity, &prepared).await;
         if let Ok(out) = stop {
             if !out.stopped && !out.mismatch {
                 return Err(Error::StillRunning {
@@ -217,6 +229,34 @@ impl Inner {
             log: log.to_owned(),
             log_tail: log_tail(log, LOG_TAIL_LINES),
         })
+    }
+
+    /// After a failed start with a mount (the helper is stopped): detaches what it
+    /// mounted, forgets it and removes its record (and the mount record, when nothing is
+    /// mounted there any more).
+    pub(super) async fn undo_mount(
+        &self,
+        target: &TargetId,
+        identity: &ProcIdentity,
+        prepared: &PreparedMount,
+    ) {
+        let path = &prepared.path;
+        if let Ok(table) = mount::read_mountinfo() {
+            for m in mount::fuse_mounts_under(&table, path) {
+                if !prepared.before.contains(&m.mount_id) {
+                    if let Err(e) = mount::detach(&m.mount_point) {
+                        warn!(mount = %m.mount_point.display(), %e, "cannot detach mount of failed helper");
+                    }
+                }
+            }
+        }
+        self.forget(target, Some(identity));
+        if let Err(e) = self.store.remove(target).await {
+            warn!(target = %target, error = %e, "cannot remove the record of a helper that did not mount; cleanup will");
+        }
+        if mount::mount_ids_at(path).is_ok_and(|ids| ids.is_empty()) {
+            let _ = self.registry().remove(target.as_str());
+        }
     }
 
     /// Fills `mount` (from the registry when the store keeps no metadata), `mounted` and
