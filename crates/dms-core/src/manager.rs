@@ -889,6 +889,7 @@ impl Inner {
             }
             return Err(e.into());
         }
+        let waited_mount = prepared.clone().filter(|p| p.wait);
         let handover = if let Some(prepared) = prepared.filter(|p| p.wait) {
             let timeout = spec.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
             self.await_mount(target, &identity, prepared, timeout, &log, &window)
@@ -897,6 +898,7 @@ impl Inner {
             match self.follow_startup(target, &identity, &window, &log).await {
                 Ok(h) => h,
                 Err(e) => {
+                    self.stop_startup(&identity, &window).await;
                     self.forget(target, Some(&identity));
                     if let Err(re) = self.store.remove(target).await {
                         warn!(target = %target, pid, error = %re, "cannot remove the record of a helper that failed to start; cleanup will");
@@ -908,7 +910,12 @@ impl Inner {
         let identity = match handover {
             daemonize::Handover::Leader => identity,
             daemonize::Handover::To(helper) => {
-                self.hand_over(target, &identity, &helper, meta).await?;
+                if let Err(e) = self.hand_over(target, &identity, &helper, meta).await {
+                    if let Some(p) = &waited_mount {
+                        self.undo_mount(target, &identity, p).await;
+                    }
+                    return Err(e);
+                }
                 helper
             }
         };

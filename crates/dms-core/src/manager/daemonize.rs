@@ -109,9 +109,22 @@ impl Inner {
         }
     }
 
+    /// After a start that failed while following the helper: stops the leader (if it
+    /// still runs) and what it left, so nothing runs untracked once the record is gone.
+    pub(super) async fn stop_startup(&self, leader: &ProcIdentity, window: &StartupWindow) {
+        if let Err(e) = self.spawner.terminate(leader, self.opts.kill_grace).await {
+            warn!(pid = leader.pid.get(), error = %e, "cannot stop a helper whose start failed");
+        }
+        self.stop_orphans(leader, window).await;
+    }
+
     /// Decides who the helper is once its leader exited with `status` during its
     /// startup: `Ok(None)` when it left nothing running (the leader was the helper);
     /// otherwise the orphan that is the helper now, or an error after stopping them all.
+    ///
+    /// `known`: processes seen as the leader's own children while it lived (so they are
+    /// its, even when another helper's start overlapped).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn handover_after_exit(
         &self,
         target: &TargetId,
@@ -119,9 +132,15 @@ impl Inner {
         status: ExitStatus,
         window: &StartupWindow,
         mount: bool,
+        known: &[ProcIdentity],
         log: &Path,
     ) -> Result<Option<ProcIdentity>> {
-        let orphans = self.spawner.orphans(leader, window).await?;
+        let mut orphans = self.spawner.orphans(leader, window).await?;
+        let (seen, rest): (Vec<Orphan>, Vec<Orphan>) = std::mem::take(&mut orphans.unattributed)
+            .into_iter()
+            .partition(|o| known.contains(&o.identity));
+        orphans.ours.extend(seen);
+        orphans.unattributed = rest;
         if orphans.ours.is_empty() && orphans.unattributed.is_empty() {
             return Ok(None);
         }
@@ -172,7 +191,7 @@ impl Inner {
             Settled::Waiting | Settled::Busy => Ok(Handover::Leader),
             Settled::Exited(status) => Ok(
                 match self
-                    .handover_after_exit(target, leader, status, window, false, log)
+                    .handover_after_exit(target, leader, status, window, false, &[], log)
                     .await?
                 {
                     Some(helper) => Handover::To(helper),
@@ -195,11 +214,12 @@ impl Inner {
     ) -> Result<Handover> {
         let settled = self.spawner.settle(leader, left).await?;
         tracing::debug!(target = %target, pid = leader.pid.get(), ?settled, "mounted; the helper settled");
+        let mut children = Vec::new();
         let status = match settled {
             Settled::Busy => return Ok(Handover::Leader),
             Settled::Exited(status) => status,
             Settled::Waiting => {
-                let children = self.spawner.fuse_children(leader).await?;
+                children = self.spawner.fuse_children(leader).await?;
                 tracing::debug!(target = %target, pid = leader.pid.get(), ?children, "children holding /dev/fuse");
                 if children.is_empty() {
                     // It may have handed over and exited since it was seen waiting (its
@@ -220,7 +240,7 @@ impl Inner {
         };
         Ok(
             match self
-                .handover_after_exit(target, leader, status, window, true, log)
+                .handover_after_exit(target, leader, status, window, true, &children, log)
                 .await?
             {
                 Some(helper) => Handover::To(helper),
@@ -258,7 +278,7 @@ impl Inner {
             }
             // Left processes behind but failed, or cannot be told apart: say so.
             return Ok(self
-                .handover_after_exit(target, leader, status, window, true, log)
+                .handover_after_exit(target, leader, status, window, true, &[], log)
                 .await
                 .map(|h| h.map_or(Handover::Leader, Handover::To)));
         }
@@ -279,7 +299,7 @@ impl Inner {
         .await;
         match mounted {
             Ok(true) => Ok(self
-                .handover_after_exit(target, leader, status, window, true, log)
+                .handover_after_exit(target, leader, status, window, true, &[], log)
                 .await
                 .map(|h| h.map_or(Handover::Leader, Handover::To))),
             Ok(false) => Err(format!(

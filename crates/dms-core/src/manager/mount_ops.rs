@@ -23,6 +23,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const LOG_TAIL_LINES: usize = 10;
 
 /// A mount point prepared for a spawn.
+#[derive(Clone)]
 pub(super) struct PreparedMount {
     /// The canonical mount directory.
     pub(super) path: PathBuf,
@@ -162,6 +163,7 @@ impl Inner {
                     .follow_after_mount(target, identity, window, left, log)
                     .await;
                 if followed.is_err() {
+                    self.stop_startup(identity, window).await;
                     self.undo_mount(target, identity, &prepared).await;
                 }
                 return followed;
@@ -189,6 +191,7 @@ impl Inner {
                         {
                             Ok(followed) => {
                                 if followed.is_err() {
+                                    self.stop_startup(identity, window).await;
                                     self.undo_mount(target, identity, &prepared).await;
                                 }
                                 return followed;
