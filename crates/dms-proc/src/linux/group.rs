@@ -108,7 +108,11 @@ impl Group {
             else {
                 continue;
             };
-            if self.members.iter().any(|m| m.identity.pid == pid) {
+            // Known already, or one dms must never signal (an ancestor of dms that sits
+            // in the group: the group signal of the leader is the kernel's, this is ours).
+            if self.members.iter().any(|m| m.identity.pid == pid)
+                || spawner.protected(pid).is_some()
+            {
                 continue;
             }
             let Ok(Some(first)) = read_stat(pid) else {
