@@ -38,10 +38,24 @@ async fn member_ignoring_sigterm_is_sigkilled_after_its_leader_died() {
         &spawner,
         &sh(
             dir.path(),
-            r#"(trap "" TERM; exec sleep 300) & echo $! > member.pid; wait"#,
+            r#"(trap "" TERM; exec sleep 300) & echo $! > member.pid; setsid sleep 300 & echo $! > outside.pid; wait"#,
         ),
     )
     .await;
+    // Canaries: a process of the test's own, and a descendant of the helper that left
+    // its group (setsid). Neither is a member: neither may be signalled.
+    let mut own_canary = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let outside = pid_in(dir.path(), "outside.pid").await;
+    wait_comm(outside, "sleep").await;
+    let (_, outside_ticks) = stat(outside).expect("the outside process runs");
+    let _outside_guard = KillOnDrop(dms_proc::ProcIdentity {
+        pid: dms_proc::Pid::try_from(outside).unwrap(),
+        start_ticks: outside_ticks,
+        boot_id: helper.boot_id.clone(),
+    });
     let member = pid_in(dir.path(), "member.pid").await;
     let (_, member_ticks) = stat(member).expect("member runs");
     // The trap is in place once the subshell has exec'd sleep.
@@ -86,6 +100,27 @@ async fn member_ignoring_sigterm_is_sigkilled_after_its_leader_died() {
     if let Some(status) = reap(member, Duration::from_secs(2)) {
         assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
     }
+    assert!(
+        alive(outside, outside_ticks),
+        "a process outside the helper's group was signalled"
+    );
+    assert!(
+        own_canary.try_wait().unwrap().is_none(),
+        "the test's own canary was signalled"
+    );
+    own_canary.kill().unwrap();
+    own_canary.wait().unwrap();
+}
+
+/// Waits until `pid` runs `comm`.
+async fn wait_comm(pid: i32, comm: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .await,
+        "PID {pid} never ran {comm}"
+    );
 }
 
 #[tokio::test]
