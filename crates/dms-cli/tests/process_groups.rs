@@ -124,6 +124,12 @@ fn kill_continues_a_stopped_helper(backend: Backend) {
             .is_some_and(|r| r.trim_start().starts_with('T')))),
         "the helper did not stop"
     );
+    let st = w.run(["status", "frozen"]);
+    st.expect_code(0);
+    assert!(
+        st.stdout.contains("stopped (SIGSTOP)"),
+        "status shows the stop: {st:#?}"
+    );
     let started = Instant::now();
     let r = w.json(["kill", "frozen", "--grace", "30"]);
     let took = started.elapsed();

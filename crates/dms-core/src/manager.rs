@@ -1277,9 +1277,7 @@ impl Inner {
                     info.cmdline = p.cmdline.clone();
                 }
                 if let Some(u) = usage {
-                    info.cpu_percent = Some(u.cpu_percent);
-                    info.rss_bytes = Some(u.rss_bytes);
-                    info.threads = Some(u.threads);
+                    apply_usage(&mut info, &p.identity, Ok(Some(u)));
                 }
                 return (info, Some(p.identity));
             }
@@ -1582,6 +1580,11 @@ fn apply_usage(
             info.cpu_percent = Some(u.cpu_percent);
             info.rss_bytes = Some(u.rss_bytes);
             info.threads = Some(u.threads);
+            if u.stopped {
+                info.detail.get_or_insert_with(|| {
+                    "stopped (SIGSTOP); kill sends SIGCONT after SIGTERM".to_owned()
+                });
+            }
         }
         Ok(None) => {}
         Err(e) => debug!(target = %info.target, pid = id.pid.get(), error = %e, "no usage"),

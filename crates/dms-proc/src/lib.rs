@@ -114,6 +114,9 @@ pub struct Usage {
     pub rss_bytes: u64,
     /// Number of threads.
     pub threads: u64,
+    /// Whether it is stopped (state `T`: SIGSTOP, SIGTSTP; not a traced stop), as the
+    /// same read says. A stopped helper cannot act on SIGTERM until it is continued.
+    pub stopped: bool,
 }
 
 /// The two signals dms sends.

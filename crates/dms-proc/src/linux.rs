@@ -510,6 +510,7 @@ fn lifetime_usage(stat: &ProcStat) -> Usage {
         cpu_percent,
         rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
         threads: u64::try_from(stat.num_threads).unwrap_or(0),
+        stopped: stat.state == 'T',
     }
 }
 
@@ -1194,6 +1195,7 @@ impl Spawner for LinuxSpawner {
             cpu_percent,
             rss_bytes: second.rss.saturating_mul(procfs::page_size()),
             threads: u64::try_from(second.num_threads).unwrap_or(0),
+            stopped: second.state == 'T',
         }))
     }
 
