@@ -369,6 +369,54 @@ fn daemonizing_bindfs_is_tracked_and_killed(backend: Backend) {
     drop(restore);
 }
 
+fn kill_after_unmount_stops_the_group_member_left(backend: Backend) {
+    if let Some(why) = bindfs_skip_reason() {
+        eprintln!("SKIPPED kill_after_unmount_stops_the_group_member_left: {why}");
+        return;
+    }
+    let w = World::new(backend);
+    let src = w.tmp.path().join("src");
+    let mnt = w.tmp.path().join("mnt");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = w.tmp.path().join("member.pid");
+    // A foreground FUSE helper (bindfs -f exits once unmounted) with a member of its
+    // group that ignores SIGTERM.
+    let script = format!(
+        r#"(trap "" TERM; exec sleep {}) & echo $! > {}; exec bindfs -f {} {}"#,
+        unique_sleep(),
+        file.display(),
+        src.display(),
+        mnt.display()
+    );
+    let r = w.json([
+        "spawn",
+        "fg",
+        "--mount",
+        mnt.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let restore = scopeguard(mnt.clone());
+    r.expect_code(0);
+    let pid = pid_of(&r.json());
+    w.track(pid);
+    let member = pid_in(&file);
+    w.track(member);
+    wait_comm(member, "sleep");
+    let k = w.json(["kill", "fg", "--grace", "1"]);
+    k.expect_code(0);
+    let kv = k.json();
+    assert_eq!(kv["stopped"], true, "{kv}");
+    assert_eq!(kv["steps"][0], "unmount", "{kv}");
+    assert_eq!(kv["signal"], "SIGKILL", "the member needed SIGKILL: {kv}");
+    assert!(wait_dead(pid, STOP));
+    assert!(!alive(member), "the member outlived kill: {kv}");
+    assert!(!is_mount_point(&mnt));
+    drop(restore);
+}
+
 /// Lazily detaches `dir` on drop if a failed assertion left it mounted.
 struct MountGuard(std::path::PathBuf);
 
@@ -390,6 +438,7 @@ both_backends!(
     failing_leader_that_leaves_a_process_fails_the_spawn,
     foreground_helper_is_unchanged_and_settles_fast,
     daemonizing_bindfs_is_tracked_and_killed,
+    kill_after_unmount_stops_the_group_member_left,
     cleanup_all_stops_helpers_together,
     kill_stops_a_group_member_that_outlives_sigterm,
     failed_ready_timeout_leaves_no_group_member,

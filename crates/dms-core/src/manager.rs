@@ -24,6 +24,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
 mod daemonize;
+mod members;
 mod memory;
 mod mount_ops;
 mod stop_all;
@@ -783,6 +784,7 @@ impl Inner {
             let mut steps = Vec::new();
             let mut unmounted_exit = false;
             if let Some(m) = mount.as_mut() {
+                let members = self.members_of(&old).await;
                 if self.kill_unmount_first(m, &mut steps) {
                     unmounted_exit = matches!(
                         self.spawner
@@ -790,6 +792,17 @@ impl Inner {
                             .await?,
                         WaitOutcome::Exited(_)
                     );
+                    if unmounted_exit {
+                        let left = self
+                            .stop_members(&members, self.opts.kill_grace, &mut steps)
+                            .await;
+                        if let Some(member) = left.left {
+                            return Err(Error::StillRunning {
+                                target: target.clone(),
+                                pid: member.pid,
+                            });
+                        }
+                    }
                 }
             }
             let out = if unmounted_exit {
@@ -973,12 +986,26 @@ impl Inner {
         for victim in &victims {
             // With a mount: unmount first; a FUSE helper then exits by itself.
             if let Some(m) = mount.as_mut() {
-                if matches!(self.verify(victim).await, Verdict::Own(_))
-                    && self.kill_unmount_first(m, &mut report.steps)
-                {
+                let own = matches!(self.verify(victim).await, Verdict::Own(_));
+                let members = match own {
+                    true => self.members_of(victim).await,
+                    false => Vec::new(),
+                };
+                if own && self.kill_unmount_first(m, &mut report.steps) {
                     if let WaitOutcome::Exited(_) =
                         self.spawner.wait_exit(victim, Some(grace)).await?
                     {
+                        // The members of its group that outlived it (issue 17.3).
+                        let left = self.stop_members(&members, grace, &mut report.steps).await;
+                        if let Some(last) = left.last {
+                            report.signal = Some(last);
+                        }
+                        if let Some(member) = left.left {
+                            return Err(Error::StillRunning {
+                                target: target.clone(),
+                                pid: member.pid,
+                            });
+                        }
                         report.was_running = true;
                         report.stopped = true;
                         info!(target = %target, pid = victim.pid.get(), "helper exited after its mount was unmounted");

@@ -491,6 +491,16 @@ pub trait Spawner: Debug + Send + Sync {
         Ok(None)
     }
 
+    /// The other live members of `leader`'s process group while `leader` is alive and
+    /// leads it, each proven a member (on Linux as `linux/group.rs` describes); empty
+    /// otherwise. For a caller that lets the leader end by other means (a FUSE helper
+    /// exits once its mount is unmounted): it stops these afterwards, each with
+    /// [`Spawner::terminate`] of its own identity. The default finds none.
+    async fn group_members(&self, leader: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        let _ = leader;
+        Ok(Vec::new())
+    }
+
     /// Opens a startup window (issue 17.2): until it is dropped, processes that the
     /// helpers spawned meanwhile leave behind (a daemon whose leader exits, as s3fs,
     /// bindfs, sshfs and `rclone --daemon` do by default) become children of this
@@ -622,6 +632,9 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     }
     fn exit_watch(&self, exited: ExitSender) -> Result<Option<Box<dyn ExitWatch>>, ProcError> {
         (**self).exit_watch(exited)
+    }
+    async fn group_members(&self, leader: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        (**self).group_members(leader).await
     }
     fn begin_startup(&self) -> StartupWindow {
         (**self).begin_startup()

@@ -1199,6 +1199,10 @@ impl Spawner for LinuxSpawner {
         }))
     }
 
+    async fn group_members(&self, leader: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        Ok(self.proven_group_members(leader))
+    }
+
     fn begin_startup(&self) -> crate::StartupWindow {
         self.open_startup_window()
     }

@@ -241,6 +241,23 @@ impl Group {
 }
 
 impl LinuxSpawner {
+    /// See [`Spawner::group_members`](crate::Spawner::group_members).
+    pub(super) fn proven_group_members(&self, leader: &ProcIdentity) -> Vec<ProcIdentity> {
+        if *leader.boot_id != *self.boot_id
+            || !live_in_group(leader.pid, leader.start_ticks, leader.pid.get())
+        {
+            return Vec::new();
+        }
+        let mut group = Group {
+            pgid: leader.pid.get(),
+            leader: leader.clone(),
+            members: Vec::new(),
+            born_by: None,
+        };
+        group.rescan(self);
+        group.members.into_iter().map(|m| m.identity).collect()
+    }
+
     /// See the [module docs](self).
     pub(super) async fn terminate_group(
         &self,
