@@ -254,7 +254,8 @@ pub struct CleanupArgs {
     #[arg(long)]
     pub all: bool,
 
-    /// With --all: seconds to wait after SIGTERM before SIGKILL, per helper.
+    /// With --all: seconds to wait after SIGTERM before SIGKILL (one grace shared by all
+    /// helpers: they are stopped together).
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
     pub grace: Duration,
 

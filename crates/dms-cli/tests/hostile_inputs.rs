@@ -1198,7 +1198,261 @@ fn all_rows() -> Vec<Row> {
     rows.extend(flag_rows());
     rows.extend(mount_rows());
     rows.extend(mount_helper_rows());
+    rows.extend(process_rows());
     rows
+}
+
+/// A member of the helper's group that ignores SIGTERM while its leader (the shell) dies
+/// of it; the member's PID goes to `{run}/member.pid`.
+const MEMBER_IGNORING_TERM: &str =
+    r#"(trap "" TERM; exec sleep 300) & echo $! > "$0/member.pid"; wait"#;
+
+/// The PID in `{run}/member.pid` once it is there and runs `sleep`; tracked.
+fn member_pid(c: &Ctx) -> i32 {
+    let file = c.run().join("member.pid");
+    assert!(
+        wait_for(STOP, || std::fs::read_to_string(&file)
+            .is_ok_and(|s| s.ends_with('\n'))),
+        "no member PID"
+    );
+    let pid: i32 = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    c.w.track(pid);
+    assert!(wait_for(STOP, || std::fs::read_to_string(format!(
+        "/proc/{pid}/comm"
+    ))
+    .is_ok_and(|s| s.trim() == "sleep")));
+    pid
+}
+
+/// Live processes whose command line is exactly `sleep secs`.
+fn sleeps(secs: &str) -> Vec<i32> {
+    common::processes_with_cmdline(&["sleep", secs])
+}
+
+/// Issue 17's process rows: process groups, daemonizing helpers, `cleanup --all` and a
+/// stopped helper.
+fn process_rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut r = row(
+        "processes",
+        "a group member that ignores SIGTERM while the leader dies of it",
+        |c: &Ctx| {
+            std::fs::create_dir_all(c.run()).unwrap();
+            let run = c.run().display().to_string();
+            c.w.spawn("x", &["sh", "-c", MEMBER_IGNORING_TERM, &run]);
+            member_pid(c);
+        },
+        Launch::Host,
+        args(&["kill", "x", "--grace", "1"]),
+        Expect {
+            code: 0,
+            json: vec![("stopped", "true"), ("signal", "\"SIGKILL\"")],
+            pid_file_after: Some(false),
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "the member is gone",
+        Box::new(|c: &Ctx, _: &Outcome| {
+            let pid = std::fs::read_to_string(c.run().join("member.pid")).unwrap();
+            assert!(
+                !alive(pid.trim().parse().unwrap()),
+                "the member survived kill"
+            );
+        }),
+    ));
+    rows.push(r);
+    let mut r = row(
+        "processes",
+        "the same group, and the mount never comes (`--ready-timeout 1`)",
+        |c: &Ctx| std::fs::create_dir_all(c.w.tmp.path().join("m")).unwrap(),
+        Launch::Host,
+        args(&[
+            "spawn",
+            "x",
+            "--mount",
+            "{tmp}/m",
+            "--ready-timeout",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            MEMBER_IGNORING_TERM,
+            "{run}",
+        ]),
+        Expect {
+            code: 1,
+            error: vec!["--ready-timeout", "nothing was kept"],
+            pid_file_after: Some(false),
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "the member is gone",
+        Box::new(|c: &Ctx, _: &Outcome| {
+            let pid = member_pid_if_any(c);
+            assert!(
+                pid.is_some_and(|p| !alive(p)),
+                "the member survived: {pid:?}"
+            );
+        }),
+    ));
+    rows.push(r);
+    let mut r = row(
+        "processes",
+        "a helper that forks into the background (`sh -c 'sleep … & exit 0'`)",
+        |_: &Ctx| {},
+        Launch::Host,
+        args(&[
+            "spawn",
+            "x",
+            "--",
+            "sh",
+            "-c",
+            "sleep 299.{test_pid} & exit 0",
+        ]),
+        Expect {
+            code: 0,
+            json: vec![("state", "\"running\"")],
+            pid_file_after: Some(false), // stopped by the check
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "the recorded PID is the `sleep` the shell left, and `kill x` stops it",
+        Box::new(|c: &Ctx, out: &Outcome| {
+            let info: Value = serde_json::from_str(&out.stdout).unwrap();
+            let pid = i32::try_from(info["pid"].as_i64().unwrap()).unwrap();
+            c.w.track(pid);
+            assert_eq!(sleeps(&c.fill("299.{test_pid}")), vec![pid]);
+            c.w.run(["kill", "x"]).expect_code(0);
+            assert!(wait_dead(pid, STOP));
+        }),
+    ));
+    rows.push(r);
+    let mut r = row(
+        "processes",
+        "a helper that leaves two processes in the background",
+        |_: &Ctx| {},
+        Launch::Host,
+        args(&[
+            "spawn",
+            "x",
+            "--",
+            "sh",
+            "-c",
+            "sleep 298.{test_pid} & sleep 298.{test_pid} & exit 0",
+        ]),
+        Expect {
+            code: 1,
+            error: vec!["went into the background", "--foreground"],
+            pid_file_after: Some(false),
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "both are stopped",
+        Box::new(|c: &Ctx, _: &Outcome| {
+            let left = sleeps(&c.fill("298.{test_pid}"));
+            for pid in &left {
+                c.w.track(*pid);
+            }
+            assert!(left.is_empty(), "left running: {left:?}");
+        }),
+    ));
+    rows.push(r);
+    let since = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let set = since.clone();
+    let mut r = row(
+        "processes",
+        "three helpers that ignore SIGTERM (`x`, `y`, `z`)",
+        move |c: &Ctx| {
+            for t in ["x", "y", "z"] {
+                let ready = c.w.tmp.path().join(format!("{t}.trap"));
+                let script = format!(
+                    "trap '' TERM; touch {}; while :; do sleep 0.1; done",
+                    ready.display()
+                );
+                c.w.spawn(t, &["sh", "-c", &script]);
+                assert!(wait_for(STOP, || ready.exists()));
+            }
+            *set.lock().unwrap() = Some(std::time::Instant::now());
+        },
+        Launch::Host,
+        args(&["cleanup", "--all", "--grace", "1"]),
+        Expect {
+            code: 0,
+            json: vec![("stopped", "[\"x\",\"y\",\"z\"]")],
+            pid_file_after: Some(false),
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "all three stopped together, in under 2.9 s (not one grace after another)",
+        Box::new(move |c: &Ctx, _: &Outcome| {
+            let took = since.lock().unwrap().unwrap().elapsed();
+            assert!(
+                took < Duration::from_millis(2900),
+                "cleanup --all took {took:?}"
+            );
+            for t in ["y", "z"] {
+                assert!(!c.run().join("s3").join(format!("{t}.pid")).exists());
+            }
+        }),
+    ));
+    rows.push(r);
+    let mut r = row(
+        "processes",
+        "a stopped (SIGSTOP) helper",
+        |c: &Ctx| {
+            let pid = common::pid_of(&c.w.spawn("x", &["sleep", "300"]));
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .unwrap();
+            assert!(wait_for(STOP, || std::fs::read_to_string(format!(
+                "/proc/{pid}/stat"
+            ))
+            .is_ok_and(|s| s
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T')))));
+        },
+        Launch::Host,
+        args(&["kill", "x", "--grace", "30"]),
+        Expect {
+            code: 0,
+            json: vec![("stopped", "true"), ("signal", "\"SIGTERM\"")],
+            pid_file_after: Some(false),
+            ..Expect::default()
+        },
+    );
+    r.after = Some((
+        "SIGCONT after SIGTERM: it ends on SIGTERM, within the grace",
+        Box::new(|_: &Ctx, out: &Outcome| {
+            let v: Value = serde_json::from_str(&out.stdout).unwrap();
+            let pid = i32::try_from(v["pid"].as_i64().unwrap()).unwrap();
+            assert!(wait_dead(pid, STOP));
+        }),
+    ));
+    rows.push(r);
+    rows
+}
+
+/// The PID in `{run}/member.pid`, if the helper wrote one.
+fn member_pid_if_any(c: &Ctx) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(c.run().join("member.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    c.w.track(pid);
+    Some(pid)
 }
 
 /// The expected result as one table cell.

@@ -132,6 +132,29 @@ pub enum Error {
         /// Its last lines, joined with ` | `.
         log_tail: String,
     },
+    /// The helper went into the background (its first process exited and left others
+    /// running) and dms could not tell which process is the helper, or the helper
+    /// failed doing so. The processes it left were stopped and its record removed.
+    #[error(
+        "helper of target {target} (PID {pid}) went into the background and {why}; \
+         nothing was kept (the processes it left were stopped, no PID file); run it in \
+         the foreground (its -f / --foreground flag: s3fs -f, bindfs -f, sshfs -f, \
+         rclone mount without --daemon), then spawn again. Last lines of its log ({}): \
+         {log_tail}",
+        log.display()
+    )]
+    Daemonized {
+        /// The target.
+        target: TargetId,
+        /// The PID of the helper's first process.
+        pid: Pid,
+        /// What happened.
+        why: String,
+        /// The helper's log file.
+        log: PathBuf,
+        /// Its last lines, joined with ` | `.
+        log_tail: String,
+    },
     /// A mount operation failed.
     #[error("cannot {op} {}: {source}; check the path and that dms runs as root", path.display())]
     Mount {

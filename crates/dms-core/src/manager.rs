@@ -23,9 +23,12 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+mod daemonize;
+mod members;
 mod memory;
 mod mount_ops;
 mod mount_spawn;
+mod stop_all;
 use memory::Memory;
 pub use mount_ops::DEFAULT_READY_TIMEOUT;
 
@@ -515,24 +518,18 @@ impl Manager {
         self.inner.cleanup_dead().await
     }
 
-    /// Stops every running helper (each with `grace`) after removing dead entries.
-    /// Only ever runs when called: dropping a manager never stops anything.
+    /// Stops every running helper after removing dead entries, all at once: every
+    /// SIGTERM first, one shared `grace`, then SIGKILL for those still there, so the
+    /// whole stop takes about one grace period (up to a few hundred helpers at a time,
+    /// bounded by the open-file limit). Only ever runs when called: dropping a manager
+    /// never stops anything.
     ///
     /// Every target is attempted; the first failure is returned after the others ran.
     pub async fn cleanup_all(&self, grace: Duration) -> Result<CleanupReport> {
         let mut report = self.inner.cleanup_dead().await?;
         let (targets, _) = self.inner.all_targets().await?;
-        let mut first_err = None;
-        for target in targets {
-            match self.inner.kill(&target, grace).await {
-                Ok(k) if k.stopped => report.stopped.push(target),
-                Ok(_) => {}
-                Err(e) => {
-                    error!(target = %target, error = %e, "cannot stop helper");
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+        let (stopped, first_err) = self.inner.kill_all(targets, grace).await;
+        report.stopped.extend(stopped);
         match first_err {
             Some(e) => Err(e),
             None => Ok(report),
@@ -796,6 +793,7 @@ impl Inner {
             let mut steps = Vec::new();
             let mut unmounted_exit = false;
             if let Some(m) = mount.as_mut() {
+                let members = self.members_of(&old).await;
                 if self.kill_unmount_first(m, &mut steps) {
                     unmounted_exit = matches!(
                         self.spawner
@@ -803,6 +801,17 @@ impl Inner {
                             .await?,
                         WaitOutcome::Exited(_)
                     );
+                    if unmounted_exit {
+                        let left = self
+                            .stop_members(&members, self.opts.kill_grace, &mut steps)
+                            .await;
+                        if let Some(member) = left.left {
+                            return Err(Error::StillRunning {
+                                target: target.clone(),
+                                pid: member.pid,
+                            });
+                        }
+                    }
                 }
             }
             let out = if unmounted_exit {
@@ -889,7 +898,10 @@ impl Inner {
             }
             return Err(e.into());
         }
-        self.track(target, identity.clone(), meta);
+        self.track(target, identity.clone(), meta.clone());
+        // From here until the helper is settled, what it leaves running in the
+        // background becomes our child (see manager/daemonize.rs).
+        let window = self.spawner.begin_startup();
         if let Err(e) = pending.gate.release().await {
             warn!(target = %target, pid, error = %e, "helper program did not start");
             self.forget(target, Some(&identity));
@@ -902,12 +914,38 @@ impl Inner {
             }
             return Err(e.into());
         }
-        if let Some(prepared) = prepared.filter(|p| p.wait) {
+        let waited_mount = prepared.clone().filter(|p| p.wait);
+        let handover = if let Some(prepared) = prepared.filter(|p| p.wait) {
             let timeout = spec.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
-            self.await_mount(target, &identity, prepared, timeout, &log)
-                .await?;
-        }
-        info!(target = %target, pid, "spawned helper");
+            self.await_mount(target, &identity, prepared, timeout, &log, &window)
+                .await?
+        } else {
+            match self.follow_startup(target, &identity, &window, &log).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.stop_startup(&identity, &window).await;
+                    self.forget(target, Some(&identity));
+                    if let Err(re) = self.store.remove(target).await {
+                        warn!(target = %target, pid, error = %re, "cannot remove the record of a helper that failed to start; cleanup will");
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let identity = match handover {
+            daemonize::Handover::Leader => identity,
+            daemonize::Handover::To(helper) => {
+                if let Err(e) = self.hand_over(target, &identity, &helper, meta).await {
+                    if let Some(p) = &waited_mount {
+                        self.undo_mount(target, &identity, p).await;
+                    }
+                    return Err(e);
+                }
+                helper
+            }
+        };
+        drop(window);
+        info!(target = %target, pid = identity.pid.get(), "spawned helper");
         self.emit(Event::Spawned {
             target: target.clone(),
             pid: identity.pid,
@@ -960,12 +998,26 @@ impl Inner {
         for victim in &victims {
             // With a mount: unmount first; a FUSE helper then exits by itself.
             if let Some(m) = mount.as_mut() {
-                if matches!(self.verify(victim).await, Verdict::Own(_))
-                    && self.kill_unmount_first(m, &mut report.steps)
-                {
+                let own = matches!(self.verify(victim).await, Verdict::Own(_));
+                let members = match own {
+                    true => self.members_of(victim).await,
+                    false => Vec::new(),
+                };
+                if own && self.kill_unmount_first(m, &mut report.steps) {
                     if let WaitOutcome::Exited(_) =
                         self.spawner.wait_exit(victim, Some(grace)).await?
                     {
+                        // The members of its group that outlived it (issue 17.3).
+                        let left = self.stop_members(&members, grace, &mut report.steps).await;
+                        if let Some(last) = left.last {
+                            report.signal = Some(last);
+                        }
+                        if let Some(member) = left.left {
+                            return Err(Error::StillRunning {
+                                target: target.clone(),
+                                pid: member.pid,
+                            });
+                        }
                         report.was_running = true;
                         report.stopped = true;
                         info!(target = %target, pid = victim.pid.get(), "helper exited after its mount was unmounted");
@@ -1272,9 +1324,7 @@ impl Inner {
                     info.cmdline = p.cmdline.clone();
                 }
                 if let Some(u) = usage {
-                    info.cpu_percent = Some(u.cpu_percent);
-                    info.rss_bytes = Some(u.rss_bytes);
-                    info.threads = Some(u.threads);
+                    apply_usage(&mut info, &p.identity, Ok(Some(u)));
                 }
                 return (info, Some(p.identity));
             }
@@ -1580,6 +1630,11 @@ fn apply_usage(
             info.cpu_percent = Some(u.cpu_percent);
             info.rss_bytes = Some(u.rss_bytes);
             info.threads = Some(u.threads);
+            if u.stopped {
+                info.detail.get_or_insert_with(|| {
+                    "stopped (SIGSTOP); kill sends SIGCONT after SIGTERM".to_owned()
+                });
+            }
         }
         Ok(None) => {}
         Err(e) => debug!(target = %info.target, pid = id.pid.get(), error = %e, "no usage"),

@@ -319,6 +319,7 @@ impl FakeSpawner {
                     cpu_percent: 0.0,
                     rss_bytes: 4096 * 256,
                     threads: 1,
+                    stopped: false,
                 },
                 exec_failure: None,
             },
@@ -1108,6 +1109,7 @@ mod tests {
             cpu_percent: 75.0,
             rss_bytes: 1 << 20,
             threads: 4,
+            stopped: false,
         };
         fake.set_usage(id.pid, want.clone());
         let t0 = tokio::time::Instant::now();

@@ -121,6 +121,9 @@ pub struct Usage {
     pub rss_bytes: u64,
     /// Number of threads.
     pub threads: u64,
+    /// Whether it is stopped (state `T`: SIGSTOP, SIGTSTP; not a traced stop), as the
+    /// same read says. A stopped helper cannot act on SIGTERM until it is continued.
+    pub stopped: bool,
 }
 
 /// The two signals dms sends.
@@ -184,6 +187,86 @@ pub struct StopOutcome {
     pub status: Option<ExitStatus>,
     /// Set when the PID belonged to another process: nothing was sent.
     pub mismatch: bool,
+}
+
+/// How a helper's leader fared in the first moments after its program started
+/// ([`Spawner::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// It waits for something (sleeping, or stopped): a program that stays in the
+    /// foreground has started.
+    Waiting,
+    /// It exited, with this status: it may have left a daemon behind
+    /// ([`Spawner::orphans`]).
+    Exited(ExitStatus),
+    /// It kept running without ever waiting until the limit passed.
+    Busy,
+}
+
+/// A process a helper's leader left running when it exited, now a child of this process
+/// (see [`Spawner::begin_startup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// Its identity.
+    pub identity: ProcIdentity,
+    /// Whether it holds `/dev/fuse` open: the mark of the process serving a FUSE mount.
+    pub holds_fuse: bool,
+}
+
+/// What [`Spawner::orphans`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Orphans {
+    /// The orphans of the leader, proven to descend from it.
+    pub ours: Vec<Orphan>,
+    /// Orphans that may descend from it or from another helper whose start overlapped
+    /// (they left their session): never stopped, never recorded.
+    pub unattributed: Vec<Orphan>,
+}
+
+/// A helper's startup window ([`Spawner::begin_startup`]): while one is open, this
+/// process is the child subreaper of what it spawned. Dropping it closes the window.
+pub struct StartupWindow {
+    id: u64,
+    on_close: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl StartupWindow {
+    /// A window with number `id` (unique per spawner) that calls `on_close` when dropped.
+    pub fn new(id: u64, on_close: Box<dyn FnOnce() + Send + Sync>) -> StartupWindow {
+        StartupWindow {
+            id,
+            on_close: Some(on_close),
+        }
+    }
+
+    /// A window that does nothing (a spawner without subreaping).
+    pub fn none() -> StartupWindow {
+        StartupWindow {
+            id: 0,
+            on_close: None,
+        }
+    }
+
+    /// Its number.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Debug for StartupWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartupWindow")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Drop for StartupWindow {
+    fn drop(&mut self) {
+        if let Some(close) = self.on_close.take() {
+            close();
+        }
+    }
 }
 
 /// How to start a helper.
@@ -347,7 +430,9 @@ pub trait Spawner: Debug + Send + Sync {
     async fn probe(&self, pid: Pid) -> Result<Probe, ProcError>;
 
     /// Sends `signal` to `who` (and its process group, when it leads one), only after
-    /// proving that the process with that PID is still that incarnation.
+    /// proving that the process with that PID is still that incarnation. The Linux
+    /// spawner follows a delivered SIGTERM with SIGCONT to the same processes, so a
+    /// stopped process can act on it.
     async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError>;
 
     /// Waits until `who` exits, or `timeout` passes (`None`: no limit). Works for
@@ -413,6 +498,62 @@ pub trait Spawner: Debug + Send + Sync {
         Ok(None)
     }
 
+    /// The other live members of `leader`'s process group while `leader` is alive and
+    /// leads it, each proven a member (on Linux as `linux/group.rs` describes); empty
+    /// otherwise. For a caller that lets the leader end by other means (a FUSE helper
+    /// exits once its mount is unmounted): it stops these afterwards, each with
+    /// [`Spawner::terminate`] of its own identity. The default finds none.
+    async fn group_members(&self, leader: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        let _ = leader;
+        Ok(Vec::new())
+    }
+
+    /// Opens a startup window (issue 17.2): until it is dropped, processes that the
+    /// helpers spawned meanwhile leave behind (a daemon whose leader exits, as s3fs,
+    /// bindfs, sshfs and `rclone --daemon` do by default) become children of this
+    /// process instead of being lost, so [`Spawner::orphans`] can find them. Open it
+    /// before [`StartGate::release`]. The default does nothing.
+    fn begin_startup(&self) -> StartupWindow {
+        StartupWindow::none()
+    }
+
+    /// Waits until `leader`, just released, first waits for something (its program
+    /// stays in the foreground), exits (it may have daemonized), or `limit` passes. The
+    /// default says [`Settled::Waiting`] unless it has already exited.
+    async fn settle(&self, leader: &ProcIdentity, limit: Duration) -> Result<Settled, ProcError> {
+        let _ = limit;
+        Ok(match self.wait_exit(leader, Some(Duration::ZERO)).await? {
+            WaitOutcome::Exited(status) => Settled::Exited(status),
+            WaitOutcome::TimedOut => Settled::Waiting,
+        })
+    }
+
+    /// The live processes `leader` left behind when it exited during `window`, now
+    /// children of this process. The default finds none.
+    async fn orphans(
+        &self,
+        leader: &ProcIdentity,
+        window: &StartupWindow,
+    ) -> Result<Orphans, ProcError> {
+        let _ = (leader, window);
+        Ok(Orphans::default())
+    }
+
+    /// The live children of `parent` that hold `/dev/fuse` open (a FUSE helper forking
+    /// its daemon). The default finds none.
+    async fn fuse_children(&self, parent: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        let _ = parent;
+        Ok(Vec::new())
+    }
+
+    /// Takes an orphan (see [`Spawner::orphans`]) on as a child of this spawner: it is
+    /// reaped when it exits, and [`Spawner::wait_exit`] knows its status. The default does
+    /// nothing.
+    async fn adopt_orphan(&self, orphan: &ProcIdentity) -> Result<(), ProcError> {
+        let _ = orphan;
+        Ok(())
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to [`DEFAULT_KILL_WAIT`]
     /// for the exit ([`Spawner::terminate_with`]).
     async fn terminate(
@@ -424,6 +565,9 @@ pub trait Spawner: Debug + Send + Sync {
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to `kill_wait` for the exit.
+    /// The Linux spawner applies both, and both waits, to `who` and every member of its
+    /// process group (when it leads one) until all are gone; [`StopOutcome::signals`]
+    /// then lists SIGKILL when a member needed it, even if the leader died of SIGTERM.
     /// A caller that has a further remedy for a process SIGKILL cannot end at once (a
     /// FUSE daemon with a thread stuck in a request to its own mount, freed only by
     /// aborting the connection) passes a short `kill_wait`.
@@ -495,6 +639,28 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     }
     fn exit_watch(&self, exited: ExitSender) -> Result<Option<Box<dyn ExitWatch>>, ProcError> {
         (**self).exit_watch(exited)
+    }
+    async fn group_members(&self, leader: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        (**self).group_members(leader).await
+    }
+    fn begin_startup(&self) -> StartupWindow {
+        (**self).begin_startup()
+    }
+    async fn settle(&self, leader: &ProcIdentity, limit: Duration) -> Result<Settled, ProcError> {
+        (**self).settle(leader, limit).await
+    }
+    async fn orphans(
+        &self,
+        leader: &ProcIdentity,
+        window: &StartupWindow,
+    ) -> Result<Orphans, ProcError> {
+        (**self).orphans(leader, window).await
+    }
+    async fn fuse_children(&self, parent: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        (**self).fuse_children(parent).await
+    }
+    async fn adopt_orphan(&self, orphan: &ProcIdentity) -> Result<(), ProcError> {
+        (**self).adopt_orphan(orphan).await
     }
     async fn terminate(
         &self,

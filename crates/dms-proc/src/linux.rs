@@ -48,6 +48,12 @@
 //! another child, so memory stays bounded by `pid_max`. Nothing in this crate calls
 //! `waitpid(-1)`; a caller that does would steal these statuses.
 //!
+//! While a startup window is open ([`Spawner::begin_startup`]), this process is a child
+//! subreaper, so grandchildren a helper leaves behind become our children too: one that
+//! is adopted as the helper gets a reaper task like a spawned child; the others are
+//! reaped, each by its PID (never "any child"), when they are found dead
+//! (`linux/startup.rs`).
+//!
 //! # Probing
 //!
 //! [`Spawner::probe`] reads `/proc/PID/stat` relative to one `O_PATH` descriptor of
@@ -90,7 +96,13 @@
 //! reaches that group; the leader also receives the signal twice. A zombie leader is
 //! treated as gone: members of its group that outlived it are not signalled.
 //!
-//! [`Spawner::terminate`] escalates SIGTERM to SIGKILL after the grace period.
+//! A SIGTERM is followed by a SIGCONT to the same process or group (as systemd does), so
+//! a stopped (SIGSTOP) helper can act on it.
+//!
+//! [`Spawner::terminate`] escalates SIGTERM to SIGKILL after the grace period, for the
+//! helper and every member of its process group, until all are gone: a member that
+//! outlives its leader is found in `/proc`, proven a member, and signalled through its
+//! own pidfd (`linux/group.rs` describes the proof).
 //!
 //! # Waiting and usage
 //!
@@ -154,6 +166,8 @@ use tokio::io::Interest;
 use tokio::sync::watch;
 
 mod exit_watch;
+mod group;
+mod startup;
 mod stat;
 
 use stat::ProcStat;
@@ -235,6 +249,8 @@ pub struct LinuxSpawner {
     /// reparented to an ancestor subreaper, or to init), so only these can be one; each
     /// is re-checked by its start ticks, since it may have exited and its PID been reused.
     ancestors: Arc<[(i32, u64)]>,
+    /// The open startup windows (see `linux/startup.rs`).
+    windows: startup::SharedWindows,
 }
 
 impl LinuxSpawner {
@@ -250,6 +266,7 @@ impl LinuxSpawner {
             children: Arc::default(),
             next_seq: Arc::default(),
             ancestors: ancestors_with_start_ticks().into(),
+            windows: Arc::default(),
         })
     }
 
@@ -475,7 +492,11 @@ fn rustix_signal(signal: Signal) -> rustix::process::Signal {
 
 /// `pidfd_send_signal(fd, sig, NULL, flags)`; rustix has no flags argument.
 fn pidfd_send_signal_flags(fd: &OwnedFd, signal: Signal, flags: libc::c_uint) -> Result<(), Errno> {
-    let sig = rustix_signal(signal).as_raw();
+    pidfd_send_raw(fd, rustix_signal(signal).as_raw(), flags)
+}
+
+/// [`pidfd_send_signal_flags`] with a raw signal number.
+fn pidfd_send_raw(fd: &OwnedFd, sig: i32, flags: libc::c_uint) -> Result<(), Errno> {
     // SAFETY: plain syscall with a valid descriptor, a valid signal and a null siginfo.
     let rc = unsafe {
         libc::syscall(
@@ -523,6 +544,7 @@ fn lifetime_usage(stat: &ProcStat) -> Usage {
         cpu_percent,
         rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
         threads: u64::try_from(stat.num_threads).unwrap_or(0),
+        stopped: stat.state == 'T',
     }
 }
 
@@ -1127,6 +1149,28 @@ impl Spawner for LinuxSpawner {
         } else {
             to_leader()
         }?;
+        if signal == Signal::Term && outcome == SignalOutcome::Delivered {
+            // As systemd does: a stopped (SIGSTOP) helper cannot act on SIGTERM until it
+            // is continued. Same target as the SIGTERM (the group when it leads one).
+            let cont = rustix::process::Signal::CONT;
+            match leads_group
+                .then(|| pidfd_send_raw(&pidfd, cont.as_raw(), PIDFD_SIGNAL_PROCESS_GROUP))
+            {
+                Some(Ok(())) => {}
+                // Kernel < 6.9, as for the SIGTERM: the leader, then the group by number
+                // while holding the verified pidfd.
+                Some(Err(Errno::INVAL)) => {
+                    let _ = rustix::process::pidfd_send_signal(&pidfd, cont);
+                    let pgid =
+                        rustix::process::Pid::from_raw(who.pid.get()).expect("a Pid is positive");
+                    let _ = rustix::process::kill_process_group(pgid, cont);
+                }
+                // The group is gone (or the leader left it): the leader alone.
+                Some(Err(_)) | None => {
+                    let _ = rustix::process::pidfd_send_signal(&pidfd, cont);
+                }
+            }
+        }
         tracing::info!(
             pid = %who.pid,
             start_ticks = who.start_ticks,
@@ -1197,7 +1241,51 @@ impl Spawner for LinuxSpawner {
             cpu_percent,
             rss_bytes: second.rss.saturating_mul(procfs::page_size()),
             threads: u64::try_from(second.num_threads).unwrap_or(0),
+            stopped: second.state == 'T',
         }))
+    }
+
+    async fn group_members(&self, leader: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        Ok(self.proven_group_members(leader))
+    }
+
+    fn begin_startup(&self) -> crate::StartupWindow {
+        self.open_startup_window()
+    }
+
+    async fn settle(
+        &self,
+        leader: &ProcIdentity,
+        limit: Duration,
+    ) -> Result<crate::Settled, ProcError> {
+        self.settle_leader(leader, limit).await
+    }
+
+    async fn orphans(
+        &self,
+        leader: &ProcIdentity,
+        window: &crate::StartupWindow,
+    ) -> Result<crate::Orphans, ProcError> {
+        self.find_orphans(leader, window)
+    }
+
+    async fn fuse_children(&self, parent: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        Ok(self.find_fuse_children(parent))
+    }
+
+    async fn adopt_orphan(&self, orphan: &ProcIdentity) -> Result<(), ProcError> {
+        self.adopt_child(orphan)
+    }
+
+    /// SIGTERM (then SIGCONT), `grace`, SIGKILL, `kill_wait`, applied to the helper and
+    /// every member of its process group until all are gone (see `linux/group.rs`).
+    async fn terminate_with(
+        &self,
+        who: &ProcIdentity,
+        grace: Duration,
+        kill_wait: Duration,
+    ) -> Result<crate::StopOutcome, ProcError> {
+        self.terminate_group(who, grace, kill_wait).await
     }
 
     fn exit_watch(

@@ -2,12 +2,13 @@
 //! prepared and recorded, and the wait for the helper's mount, which must come up *and
 //! answer* for the spawn to succeed. The mechanics are in [`crate::mount`].
 
+use super::daemonize::Handover;
 use super::mount_ops::{describe, log_tail, LOG_TAIL_LINES};
 use super::{Inner, Verdict};
 use crate::error::{Error, Result};
 use crate::mount::{self, Exact, FuseConn, MountIdentity, MountRecord, PROBE_TIMEOUT};
 use crate::report::MountState;
-use dms_proc::{ProcIdentity, WaitOutcome};
+use dms_proc::{ProcIdentity, StartupWindow, WaitOutcome};
 use dms_store::TargetId;
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// A mount point prepared for a spawn.
+#[derive(Clone)]
 pub(super) struct PreparedMount {
     /// The canonical mount directory.
     pub(super) path: PathBuf,
@@ -214,9 +216,12 @@ impl Inner {
 
     /// Waits until the helper's mount appears, the helper exits, or `timeout` passes;
     /// then records the mount's identity and probes it: a mount that does not answer
-    /// (stale) fails the spawn too. On failure the helper's mount is detached (and its
-    /// FUSE connection aborted), the helper stopped, and its records removed. Call with
-    /// the target's lock, after the helper was released.
+    /// (stale) fails the spawn too. A helper that goes into the background is followed
+    /// (`manager/daemonize.rs`): the result says who serves the mount. On failure the
+    /// helper's mount is detached (and its FUSE connection aborted), the helper and what
+    /// it left running stopped, and its records removed. Call with the target's lock,
+    /// after the helper was released.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn await_mount(
         self: &Arc<Self>,
         target: &TargetId,
@@ -224,9 +229,11 @@ impl Inner {
         prepared: PreparedMount,
         timeout: Duration,
         log: &Path,
-    ) -> Result<()> {
+        window: &StartupWindow,
+    ) -> Result<Handover> {
         let path = &prepared.path;
         let started = std::time::Instant::now();
+        let left = || timeout.saturating_sub(started.elapsed());
         let outcome = tokio::time::timeout(timeout, async {
             tokio::select! {
                 biased;
@@ -245,44 +252,77 @@ impl Inner {
                         info!(target = %target, pid = identity.pid.get(), mount = %path.display(),
                             mount_id = id.mount_id, connection = m.minor,
                             waited_ms = started.elapsed().as_millis() as u64, "helper mounted");
-                        return Ok(());
+                        // The leader may now hand its mount over to a daemon child.
+                        let followed = self
+                            .follow_after_mount(target, identity, window, left(), log)
+                            .await;
+                        if followed.is_err() {
+                            self.stop_startup(identity, window).await;
+                            self.undo_mount(target, identity, &prepared).await;
+                        }
+                        return followed;
                     }
                     Some(why) => why,
                 }
             }
             Ok(Ok(Err(e))) => format!("cannot watch {}: {e}", mount::MOUNTINFO),
             Ok(Err(exit)) => {
-                // A mount that raced an exit that is not final still counts.
-                let raced = mount::read_mountinfo().ok().and_then(|table| {
-                    mount::mount_at(&table, path)
-                        .filter(|m| !prepared.before.contains(&m.mount_id))
-                        .map(|m| MountIdentity::of(m, path))
-                });
-                match (raced, &exit) {
-                    (Some(id), Ok(WaitOutcome::Exited(status))) => {
-                        // Mounted, then gone at once (s3fs with a missing bucket): the
-                        // dead mount is the helper's and goes too.
-                        came_up = Some(id);
-                        format!(
-                            "the helper {} right after its mount came up; the mount does \
-                             not answer (stale)",
-                            describe(status)
-                        )
-                    }
-                    (Some(id), _) => {
-                        came_up = Some(id);
-                        match self.served(target, identity, path, id).await {
-                            None => return Ok(()),
-                            Some(why) => why,
+                // A mount that raced the exit.
+                let raced = self.new_mount(&prepared);
+                match exit {
+                    Ok(WaitOutcome::Exited(status)) => {
+                        // It may have gone into the background: follow what it left.
+                        match self
+                            .await_daemon_mount(
+                                target,
+                                identity,
+                                status,
+                                window,
+                                &prepared,
+                                left(),
+                                log,
+                            )
+                            .await
+                        {
+                            Ok(Ok(handover)) => match raced.or_else(|| self.new_mount(&prepared)) {
+                                Some(id) => {
+                                    came_up = Some(id);
+                                    let server = match &handover {
+                                        Handover::To(helper) => helper,
+                                        Handover::Leader => identity,
+                                    };
+                                    match self.served(target, server, path, id).await {
+                                        None => return Ok(handover),
+                                        Some(why) => why,
+                                    }
+                                }
+                                None => "the helper went into the background and its mount \
+                                         was gone again at once"
+                                    .to_owned(),
+                            },
+                            Ok(Err(e)) => {
+                                self.stop_startup(identity, window).await;
+                                self.undo_mount(target, identity, &prepared).await;
+                                return Err(e);
+                            }
+                            Err(why) => match raced {
+                                // Mounted, then gone at once, leaving nothing (s3fs with
+                                // a missing bucket): the dead mount is the helper's and
+                                // goes too.
+                                Some(id) => {
+                                    came_up = Some(id);
+                                    format!(
+                                        "the helper {} right after its mount came up; the \
+                                         mount does not answer (stale)",
+                                        describe(&status)
+                                    )
+                                }
+                                None => why,
+                            },
                         }
                     }
-                    _ => match exit {
-                        Ok(WaitOutcome::Exited(status)) => {
-                            format!("the helper {} before mounting", describe(&status))
-                        }
-                        Ok(WaitOutcome::TimedOut) => "the helper could not be watched".to_owned(),
-                        Err(e) => format!("the helper could not be watched: {e}"),
-                    },
+                    Ok(WaitOutcome::TimedOut) => "the helper could not be watched".to_owned(),
+                    Err(e) => format!("the helper could not be watched: {e}"),
                 }
             }
             Err(_) => format!(
@@ -291,8 +331,9 @@ impl Inner {
             ),
         };
         warn!(target = %target, pid = identity.pid.get(), mount = %path.display(), why, "helper did not mount");
-        // Leave nothing behind: no mount, no helper, no record. A mount that came up is
-        // detached (and its connection aborted) first, so a helper hung in it can exit.
+        // Leave nothing behind: no mount, no helper (nor what it left running), no
+        // record. A mount that came up is detached (and its connection aborted) first,
+        // so a helper hung in it can exit.
         if let Some(id) = came_up {
             self.drop_failed_mount(path, &id);
         }
@@ -300,26 +341,8 @@ impl Inner {
         if let Err(e) = &stop {
             warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot stop helper that did not mount");
         }
-        if came_up.is_none() {
-            // A mount that appeared after the wait ended: new at the path since the
-            // spawn (the path was not a mount point then and the record is ours).
-            if let Ok(table) = mount::read_mountinfo() {
-                if let Some(m) =
-                    mount::mount_at(&table, path).filter(|m| !prepared.before.contains(&m.mount_id))
-                {
-                    self.drop_failed_mount(path, &MountIdentity::of(m, path));
-                }
-            }
-        }
-        self.forget(target, Some(identity));
-        if let Err(e) = self.store.remove(target).await {
-            warn!(target = %target, error = %e, "cannot remove the record of a helper that did not mount; cleanup will");
-        }
-        let left =
-            came_up.is_some_and(|id| !matches!(mount::prove(path, &id), Ok(mount::Proof::Gone)));
-        if !left {
-            let _ = self.registry().remove(target.as_str());
-        }
+        self.stop_orphans(identity, window).await;
+        self.undo_mount(target, identity, &prepared).await;
         if let Ok(out) = stop {
             if !out.stopped && !out.mismatch {
                 return Err(Error::StillRunning {
@@ -336,6 +359,37 @@ impl Inner {
             log: log.to_owned(),
             log_tail: log_tail(log, LOG_TAIL_LINES),
         })
+    }
+
+    /// The identity of the mount at the prepared path that is new since the spawn (the
+    /// path was not a mount point then, and the record is ours), if there is one.
+    fn new_mount(&self, prepared: &PreparedMount) -> Option<MountIdentity> {
+        let table = mount::read_mountinfo().ok()?;
+        mount::mount_at(&table, &prepared.path)
+            .filter(|m| !prepared.before.contains(&m.mount_id))
+            .map(|m| MountIdentity::of(m, &prepared.path))
+    }
+
+    /// After a failed start with a mount (the helper and what it left are stopped):
+    /// detaches the mount that is new at the path since the spawn (exactly that one, its
+    /// FUSE connection aborted), forgets the helper, removes its PID file, and removes
+    /// the mount record once nothing is mounted at the path any more.
+    pub(super) async fn undo_mount(
+        &self,
+        target: &TargetId,
+        identity: &ProcIdentity,
+        prepared: &PreparedMount,
+    ) {
+        if let Some(id) = self.new_mount(prepared) {
+            self.drop_failed_mount(&prepared.path, &id);
+        }
+        self.forget(target, Some(identity));
+        if let Err(e) = self.store.remove(target).await {
+            warn!(target = %target, error = %e, "cannot remove the record of a helper that did not mount; cleanup will");
+        }
+        if mount::mount_ids_at(&prepared.path).is_ok_and(|ids| ids.is_empty()) {
+            let _ = self.registry().remove(target.as_str());
+        }
     }
 
     /// Records the identity of the helper's new mount `id` at `path` and probes it.
