@@ -171,7 +171,7 @@ pub enum Command {
     Adopt(AdoptArgs),
 
     /// Run the daemon of the run dir: the HTTP API of serve.md on a Unix socket
-    /// (default <run-dir>/dms.sock), in the foreground, logging to stderr.
+    /// (default: dms.sock in the run dir), in the foreground, logging to stderr.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
 
@@ -242,7 +242,7 @@ pub struct SpawnArgs {
 /// Arguments of `dms serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The socket to listen on [default: <run-dir>/dms.sock]; mode 0660.
+    /// The socket to listen on [default: dms.sock in the run dir]; mode 0660.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 

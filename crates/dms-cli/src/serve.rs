@@ -73,6 +73,8 @@ pub async fn run(
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .unwrap_or_else(|| run_dir.join(SOCKET_FILE));
 
+    // Refused before anything is touched: the run dir's recovery waits for a usable socket.
+    check_socket(&socket)?;
     let backend = choose_backend(backend, &run_dir);
     let store: Arc<dyn dms_store::PidStore> = match backend {
         Backend::Pidfile => {
@@ -220,10 +222,9 @@ fn libc_o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-/// Binds the socket, mode 0660, group `gid` when given. A socket file nobody answers on
-/// (a dead daemon's) is replaced; one a live process answers on, or anything that is
-/// not a socket, is left alone and refused.
-fn bind(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener, CliError> {
+/// Refuses a socket path a live process answers on, or that is not a socket; removes
+/// the socket file of a dead daemon.
+fn check_socket(path: &Path) -> Result<(), CliError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
@@ -251,6 +252,12 @@ fn bind(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener, CliEr
         }
         Err(_) => {}
     }
+    Ok(())
+}
+
+/// Binds the socket, mode 0660, group `gid` when given (after [`check_socket`]).
+fn bind(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener, CliError> {
+    check_socket(path)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
