@@ -283,10 +283,17 @@ fn bind(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener, CliEr
 
 /// `WATCHDOG=1` at half of `$WATCHDOG_USEC`, when systemd asks for it.
 fn start_watchdog() {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    // As sd_watchdog_enabled(3): `$WATCHDOG_USEC`, for this process when `$WATCHDOG_PID`
+    // names it or is unset (the sd-notify crate requires it set).
+    let usec = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .is_none_or(|p| p.trim().parse::<u32>().ok() == Some(std::process::id()));
+    let Some(usec) = usec.filter(|&u| u > 0 && for_us) else {
         return;
-    }
+    };
     let every = Duration::from_micros(usec / 2).max(Duration::from_millis(10));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

@@ -30,6 +30,11 @@ struct Served {
 impl Served {
     /// Starts `dms serve` on the world's run dir and waits until its socket answers.
     fn start(world: &World, extra: &[&str]) -> Served {
+        Served::start_with_env(world, extra, &[])
+    }
+
+    /// [`Served::start`] with variables added to the daemon's environment.
+    fn start_with_env(world: &World, extra: &[&str], env: &[(&str, &Path)]) -> Served {
         std::fs::create_dir_all(&world.run_dir).unwrap();
         let log = world.tmp.path().join(format!(
             "serve-{}.log",
@@ -47,6 +52,7 @@ impl Served {
             .args(extra)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -621,4 +627,47 @@ fn curl_works_and_no_environment_value_appears_anywhere() {
         s.log_text().contains("INLINE"),
         "keys may be logged; the log is verbose"
     );
+}
+
+#[test]
+fn ready_and_watchdog_go_to_notify_socket_and_not_to_helpers() {
+    let world = World::new(Backend::Pidfile);
+    let notify_path = world.tmp.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let s = Served::start_with_env(
+        &world,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", &notify_path),
+            ("WATCHDOG_USEC", Path::new("200000")),
+        ],
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while got
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 2
+    {
+        let n = notify.recv(&mut buf).expect("a notification within 30 s");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("READY=1") {
+            // Sent once listening: the socket answers by then.
+            assert!(StdUnixStream::connect(&s.socket).is_ok());
+        }
+        got.push(msg);
+    }
+    assert!(got[0].contains("READY=1"), "{got:?}");
+    let (pid, _) = spawn_sleep(&world, &s, "env");
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
+        .into_owned();
+    assert!(
+        !environ.contains("NOTIFY_SOCKET="),
+        "a helper must not speak for the daemon"
+    );
+    assert!(!environ.contains("WATCHDOG_USEC="));
 }
