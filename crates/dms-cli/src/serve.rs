@@ -48,6 +48,7 @@ pub async fn run(
 ) -> Result<u8, CliError> {
     let run_dir = std::path::absolute(&run_dir)
         .map_err(|e| CliError::Usage(format!("cannot make {} absolute: {e}", run_dir.display())))?;
+    let stop = stop_signal()?;
     let socket_gid = match &args.socket_group {
         None => None,
         Some(name) => Some(group_id(name)?),
@@ -110,14 +111,7 @@ pub async fn run(
         tracing::warn!(error = %e, "cannot send READY=1 to $NOTIFY_SOCKET");
     }
     start_watchdog();
-    dms_server::serve::serve(
-        listener,
-        app,
-        daemon,
-        ServeOptions::default(),
-        stop_signal(),
-    )
-    .await;
+    dms_server::serve::serve(listener, app, daemon, ServeOptions::default(), stop).await;
     // The socket file goes with the daemon (the next one would replace it anyway).
     let _ = std::fs::remove_file(&socket);
     tracing::info!("dms serve stopped; the helpers keep running");
@@ -306,23 +300,20 @@ fn start_watchdog() {
     });
 }
 
-/// Completes at the first SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Installs the SIGTERM and SIGINT handlers (at once, so a signal during startup is not
+/// fatal) and returns a future that completes at the first of them.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (term, int) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
+    let handler =
+        |kind| signal(kind).map_err(|e| failed(format!("cannot handle SIGTERM/SIGINT: {e}")));
+    let (mut term, mut int) = (
+        handler(SignalKind::terminate())?,
+        handler(SignalKind::interrupt())?,
     );
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = int.recv() => tracing::info!("SIGINT: stopping"),
-            }
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
-        _ => {
-            tracing::error!("cannot handle SIGTERM/SIGINT; stop the daemon with SIGKILL");
-            std::future::pending::<()>().await;
-        }
-    }
+    })
 }

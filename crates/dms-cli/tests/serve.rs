@@ -671,3 +671,127 @@ fn ready_and_watchdog_go_to_notify_socket_and_not_to_helpers() {
     );
     assert!(!environ.contains("WATCHDOG_USEC="));
 }
+
+/// The figures of issue 13's goals, printed (not asserted: a timed test would not hold
+/// under load). Run alone:
+/// `cargo test --release -p dms-cli --test serve -- --ignored --nocapture goal_figures`.
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn goal_figures() {
+    const HELPERS: usize = 1000;
+    let world = World::new(Backend::Sqlite);
+    let s = Served::start(&world, &["-q"]);
+    let t0 = Instant::now();
+    for n in 0..HELPERS {
+        spawn_sleep(&world, &s, &format!("t{n}"));
+    }
+    eprintln!("{HELPERS} spawns through the API: {:?}", t0.elapsed());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = s.socket.clone();
+    rt.block_on(async move {
+        async fn client(
+            socket: &Path,
+        ) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>
+        {
+            let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            send
+        }
+        async fn get(
+            send: &mut hyper::client::conn::http1::SendRequest<
+                http_body_util::Empty<hyper::body::Bytes>,
+            >,
+            path: &str,
+        ) -> u16 {
+            send.ready().await.unwrap();
+            let req = hyper::Request::get(path)
+                .header("host", "dms")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            resp.into_body().collect().await.unwrap();
+            status
+        }
+        let mut send = client(&socket).await;
+        let mut lat = Vec::with_capacity(10_000);
+        for n in 0..10_000 {
+            let path = format!("/v1/targets/t{}", n % HELPERS);
+            let t = Instant::now();
+            assert_eq!(get(&mut send, &path).await, 200);
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        eprintln!(
+            "GET /v1/targets/{{t}}, {HELPERS} helpers, one keep-alive connection, 10,000 requests: \
+             p50 {:?}, p99 {:?}, max {:?}",
+            lat[lat.len() / 2],
+            lat[lat.len() * 99 / 100],
+            lat[lat.len() - 1]
+        );
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..100)
+            .map(|c| {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let mut send = client(&socket).await;
+                    let mut errors = 0;
+                    for n in 0..100 {
+                        if get(
+                            &mut send,
+                            &format!("/v1/targets/t{}", (c * 100 + n) % HELPERS),
+                        )
+                        .await
+                            != 200
+                        {
+                            errors += 1;
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        let mut errors = 0;
+        for task in tasks {
+            errors += task.await.unwrap();
+        }
+        eprintln!(
+            "10,000 requests from 100 concurrent connections: {errors} errors, {:?}",
+            t.elapsed()
+        );
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap()
+        .to_owned();
+    eprintln!("daemon {rss} with {HELPERS} helpers");
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap();
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let (c0, t0) = (cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(60));
+    let ticks = cpu() - c0;
+    eprintln!(
+        "idle CPU over {:?}: {ticks} ticks = {:.3} % of one core",
+        t0.elapsed(),
+        ticks as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0
+    );
+    let (code, _, _) = call(
+        &s.socket,
+        "POST",
+        "/v1/cleanup",
+        Some(json!({"all": true, "grace_secs": 5})),
+    );
+    assert_eq!(code, 200);
+}
