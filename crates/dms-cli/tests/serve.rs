@@ -795,3 +795,44 @@ fn goal_figures() {
     );
     assert_eq!(code, 200);
 }
+
+#[test]
+fn members_of_the_socket_group_may_change_things() {
+    let world = World::new(Backend::Pidfile);
+    let r = world.run(["serve", "--socket-group", "no-such-group-dms"]);
+    r.expect_code(2).expect_one_error_line();
+    assert!(r.stderr.contains("no-such-group-dms"), "{}", r.stderr);
+    if !nix::unistd::geteuid().is_root() || !have("curl") || !have("setpriv") {
+        eprintln!("skipped the rest: needs root, curl and setpriv (to connect as nobody)");
+        return;
+    }
+    let s = Served::start(&world, &["--socket-group", "65534"]);
+    let meta = std::fs::metadata(&s.socket).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.gid(), 65534);
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    for dir in [world.tmp.path(), world.run_dir.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // nobody (primary group 65534) reaches the socket through its group and may spawn.
+    let secs = unique_sleep();
+    let body = json!({"argv": ["sleep", secs]}).to_string();
+    let code = curl_as_nobody(
+        &s.socket,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            "http://dms/v1/targets/g/spawn",
+        ],
+    );
+    assert_eq!(code, "201");
+    let (_, info, _) = call(&s.socket, "GET", "/v1/targets/g", None);
+    let pid = info["pid"].as_i64().unwrap() as i32;
+    world.track(pid);
+    assert_eq!(processes_with_cmdline(&["sleep", &secs]), vec![pid]);
+    let code = curl_as_nobody(&s.socket, &["-X", "POST", "http://dms/v1/targets/g/kill"]);
+    assert_eq!(code, "200");
+    assert!(wait_dead(pid, Duration::from_secs(10)));
+}
