@@ -57,6 +57,14 @@ Example:
 
 Exit codes: 0 adopted, 1 refused (PID not alive, target already running), 2 bad usage.";
 
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  dms --run-dir /tmp/d serve &
+  curl --unix-socket /tmp/d/dms.sock http://dms/v1/health
+
+Exit codes: 0 stopped by SIGTERM or SIGINT (the helpers keep running), 1 cannot serve
+(another daemon serves the run dir, the socket is taken), 2 bad usage.";
+
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
   dms completions bash > /etc/bash_completion.d/dms
@@ -162,6 +170,11 @@ pub enum Command {
     #[command(after_help = ADOPT_EXAMPLES)]
     Adopt(AdoptArgs),
 
+    /// Run the daemon of the run dir: the HTTP API of serve.md on a Unix socket
+    /// (default: dms.sock in the run dir), in the foreground, logging to stderr.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+
     /// Print a shell completion script to stdout.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -225,6 +238,19 @@ pub struct SpawnArgs {
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_names = ["PROGRAM", "ARG"])]
     pub command: Vec<OsString>,
+}
+
+/// Arguments of `dms serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The socket to listen on [default: dms.sock in the run dir]; mode 0660.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The socket's group (a name or a number); its members may change things as the
+    /// daemon's own user can [default: the daemon's group].
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 }
 
 /// Arguments of `dms kill`.

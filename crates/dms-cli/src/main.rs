@@ -19,6 +19,7 @@ mod cli;
 mod env;
 mod output;
 mod run;
+mod serve;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -43,6 +44,16 @@ fn main() -> ExitCode {
         Command::Man { command } => return man(command.as_deref()),
         _ => {}
     }
+    if let Command::Serve(_) = cli.command {
+        // The daemon logs what it does (info) unless told otherwise.
+        let verbose = if cli.quiet == 0 {
+            cli.verbose.max(2)
+        } else {
+            0
+        };
+        init_logging(verbose, cli.quiet);
+        return run_serve(cli);
+    }
     init_logging(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -59,6 +70,32 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => report(&e),
     }
+}
+
+/// `dms serve`, on a runtime of two worker threads.
+fn run_serve(cli: Cli) -> ExitCode {
+    let Command::Serve(args) = cli.command else {
+        unreachable!("only called for serve")
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return report(&run::CliError::Failed(format!(
+                "cannot start the async runtime: {e}; check the process limits (ulimit -n, -u)"
+            )))
+        }
+    };
+    let code = match runtime.block_on(serve::run(cli.run_dir, cli.backend, args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => report(&e),
+    };
+    // Tasks still running (watchers, idle connections) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// Prints the one-line error and returns its exit code.

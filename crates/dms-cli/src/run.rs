@@ -107,7 +107,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Stats => Prepared::Stats,
         Command::Cleanup(a) => Prepared::Cleanup(a),
         Command::Adopt(a) => Prepared::Adopt(a),
-        Command::Completions { .. } | Command::Man { .. } => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Serve(_) => {
             unreachable!("handled before the runtime starts")
         }
     };

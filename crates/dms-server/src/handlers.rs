@@ -1,0 +1,435 @@
+//! The endpoints of serve.md that exist so far, and the request documents they take.
+
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::events::{line_text, Line};
+use crate::{peer, Daemon};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dms_core::{HelperSpec, ProcessInfo};
+use dms_store::{Pid, TargetId};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default grace between SIGTERM and SIGKILL (kill, DELETE, cleanup, replace).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// The default time a helper with a mount has to mount it.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest duration a request may ask for (a day): longer is surely a mistake.
+const MAX_SECS: f64 = 86_400.0;
+
+/// How often an idle event stream sends a `heartbeat` line.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The router of every endpoint, with the error documents for unknown paths (404),
+/// wrong methods (405), refused peers (403), a panic (500) and shutdown (503).
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/targets", get(list))
+        .route("/v1/targets/{target}", get(status).delete(forget))
+        .route("/v1/targets/{target}/spawn", post(spawn))
+        .route("/v1/targets/{target}/kill", post(kill))
+        .route("/v1/targets/{target}/adopt", post(adopt))
+        .route("/v1/cleanup", post(cleanup))
+        .route("/v1/stats", get(stats))
+        .route("/v1/events", get(events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            peer::authorize,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .with_state(daemon)
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked; the daemon goes on");
+    ApiError::failed("internal error while handling the request (see the daemon's log)")
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {}; the endpoints are under /v1/ (see GET /v1/health)",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// The target of the path, or 400.
+fn target_of(path: Result<Path<String>, PathRejection>) -> Result<TargetId, ApiError> {
+    let Path(raw) =
+        path.map_err(|e| ApiError::bad_request(format!("bad target in the path: {e}")))?;
+    raw.parse::<TargetId>()
+        .map_err(|e| ApiError::bad_request(format!("in the path: {e}")))
+}
+
+/// A duration in seconds from a request field: finite, not negative, at most a day.
+fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && (0.0..=MAX_SECS).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "field `{field}`: seconds must be a number from 0 to {MAX_SECS} (decimals allowed)"
+        ))),
+    }
+}
+
+/// The info object of the daemon: the manager's, plus `supervision` (`null`: nothing is
+/// supervised yet).
+fn info_doc(info: &ProcessInfo) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(info)
+        .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("supervision".into(), Value::Null);
+    }
+    Ok(v)
+}
+
+fn doc(v: &impl serde::Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::failed(format!("cannot encode the answer: {e}")))
+}
+
+async fn health(State(d): State<Arc<Daemon>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": d.uptime_secs(),
+        "run_dir": d.run_dir,
+        "backend": d.backend,
+    }))
+}
+
+async fn list(State(d): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
+    let mut infos = d.manager.list().await?;
+    infos.sort_by(|a, b| a.target.cmp(&b.target));
+    let docs = infos.iter().map(info_doc).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(Value::Array(docs)))
+}
+
+async fn status(
+    State(d): State<Arc<Daemon>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let target = target_of(path)?;
+    let info = d.manager.process_info(&target).await?;
+    Ok(Json(info_doc(&info)?))
+}
+
+/// The `restart` object of a spawn request. Supervision is not built yet: only the
+/// policy `never` (the default) is accepted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RestartRequest {
+    policy: Option<RestartPolicy>,
+    initial_delay_secs: Option<f64>,
+    max_delay_secs: Option<f64>,
+    reset_after_secs: Option<f64>,
+    max_failures: Option<u32>,
+    window_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RestartPolicy {
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// The spawn request of serve.md.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SpawnRequest {
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    env_files: Vec<PathBuf>,
+    mount: Option<PathBuf>,
+    ready_timeout_secs: Option<f64>,
+    log: Option<PathBuf>,
+    replace: bool,
+    grace_secs: Option<f64>,
+    restart: Option<RestartRequest>,
+}
+
+fn absolute(field: &str, p: &std::path::Path) -> Result<(), ApiError> {
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "field `{field}`: {:?} is not an absolute path; the daemon has no working \
+             directory of yours, so give the full path",
+            p.display().to_string()
+        )))
+    }
+}
+
+/// Checks a spawn request and builds its helper spec (the environment included).
+fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<HelperSpec, ApiError> {
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return Err(ApiError::bad_request(
+            "field `argv`: required, a non-empty array whose first item is the program",
+        ));
+    }
+    if let Some(n) = req.argv.iter().position(|a| a.contains('\0')) {
+        return Err(ApiError::bad_request(format!(
+            "field `argv[{n}]`: contains a NUL byte, which no program argument can hold"
+        )));
+    }
+    if let Some(policy) = req.restart.as_ref().and_then(|r| r.policy) {
+        if policy != RestartPolicy::Never {
+            return Err(ApiError::bad_request(
+                "field `restart.policy`: only \"never\" is supported yet (supervision is \
+                 not built); leave `restart` out or use \"never\"",
+            ));
+        }
+    }
+    let mut items = Vec::with_capacity(req.env.len());
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "field `env`: key {:?} is not a variable name (empty, or holds '=' or NUL)",
+                k.escape_debug().to_string()
+            )));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "field `env.{k}`: the value contains a NUL byte, which no environment \
+                 value can hold"
+            )));
+        }
+        items.push(OsString::from(format!("{k}={v}")));
+    }
+    for (n, f) in req.env_files.iter().enumerate() {
+        absolute(&format!("env_files[{n}]"), f)?;
+    }
+    if let Some(m) = &req.mount {
+        absolute("mount", m)?;
+    }
+    if let Some(l) = &req.log {
+        absolute("log", l)?;
+    }
+    if req.ready_timeout_secs.is_some() && req.mount.is_none() {
+        return Err(ApiError::bad_request(
+            "field `ready_timeout_secs`: only with `mount` (it is the time the helper has to \
+             mount it)",
+        ));
+    }
+    let ready = secs(
+        "ready_timeout_secs",
+        req.ready_timeout_secs,
+        DEFAULT_READY_TIMEOUT,
+    )?;
+    let env = d
+        .build_env(&req.env_files, &items)
+        .map_err(ApiError::bad_request)?;
+    let mut argv = req.argv.into_iter().map(OsString::from);
+    Ok(HelperSpec {
+        program: argv.next().unwrap_or_default(),
+        args: argv.collect(),
+        env,
+        log: req.log,
+        ready_timeout: req.mount.as_ref().map(|_| ready),
+        mount: req.mount,
+        replace: req.replace,
+    })
+}
+
+async fn spawn(
+    State(d): State<Arc<Daemon>>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<SpawnRequest>,
+) -> Result<Response, ApiError> {
+    let target = target_of(path)?;
+    let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
+    let explicit_grace = req.grace_secs.is_some();
+    let spec = spawn_spec(&d, req)?;
+    if spec.replace && explicit_grace {
+        // The manager replaces with its own grace; a request's grace stops the old
+        // helper first (if another spawn starts one in between, it is replaced with the
+        // default grace).
+        d.manager.kill(&target, grace).await?;
+    }
+    let info = d.manager.spawn(&target, spec).await?;
+    Ok((StatusCode::CREATED, Json(info_doc(&info)?)).into_response())
+}
+
+/// The body of `kill` (and of `DELETE`, where it is optional too).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct KillRequest {
+    grace_secs: Option<f64>,
+}
+
+async fn kill(
+    State(d): State<Arc<Daemon>>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<KillRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let target = target_of(path)?;
+    let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
+    let report = d.manager.kill(&target, grace).await?;
+    Ok(Json(doc(&report)?))
+}
+
+async fn forget(
+    State(d): State<Arc<Daemon>>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<KillRequest>,
+) -> Result<Json<Value>, ApiError> {
+    // No spec is kept yet (supervision is not built), so forgetting is stopping.
+    kill(State(d), path, JsonBody(req)).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AdoptRequest {
+    pid: Option<i64>,
+}
+
+async fn adopt(
+    State(d): State<Arc<Daemon>>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<AdoptRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let target = target_of(path)?;
+    let raw = req
+        .pid
+        .ok_or_else(|| ApiError::bad_request("field `pid`: required, the PID to adopt"))?;
+    let pid = Pid::new(raw).map_err(|e| ApiError::bad_request(format!("field `pid`: {e}")))?;
+    let info = d.manager.adopt(&target, pid).await?;
+    Ok(Json(info_doc(&info)?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CleanupRequest {
+    all: bool,
+    grace_secs: Option<f64>,
+    mounts: bool,
+}
+
+async fn cleanup(
+    State(d): State<Arc<Daemon>>,
+    JsonBody(req): JsonBody<CleanupRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
+    let mut report = if req.all {
+        d.manager.cleanup_all(grace).await?
+    } else {
+        d.manager.cleanup_dead().await?
+    };
+    if req.mounts {
+        report.mounts = d.manager.cleanup_mounts().await?;
+    }
+    Ok(Json(doc(&report)?))
+}
+
+async fn stats(State(d): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
+    let stats = d.manager.stats().await?;
+    let mut v = doc(&stats)?;
+    if let Some(o) = v.as_object_mut() {
+        // Supervision is not built: nothing is supervised, backing off, failed or restarted.
+        for key in ["supervised", "backoff", "failed", "restarts_total"] {
+            o.insert(key.into(), json!(0));
+        }
+    }
+    Ok(Json(v))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    since: Option<u64>,
+}
+
+/// The state of one event stream.
+struct Stream {
+    replay: std::vec::IntoIter<Line>,
+    rx: tokio::sync::broadcast::Receiver<Line>,
+    last: u64,
+    beat: tokio::time::Interval,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn events(
+    State(d): State<Arc<Daemon>>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad query: {}; the only parameter is since=SEQ (a whole number)",
+            e.body_text()
+        ))
+    })?;
+    let since = q.since.unwrap_or(0);
+    let (replay, rx, last) = d.events.subscribe(since);
+    let start = tokio::time::Instant::now() + HEARTBEAT;
+    let state = Stream {
+        replay: replay.into_iter(),
+        rx,
+        last: since.min(last),
+        beat: tokio::time::interval_at(start, HEARTBEAT),
+        shutdown: d.shutdown_signal(),
+    };
+    let stream = futures_util::stream::unfold(state, next_line);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The next line of an event stream: the replay first, then live events (a `heartbeat`
+/// after 15 s without one); the stream ends when the daemon shuts down or when the
+/// client fell so far behind that events were lost (it resumes with `since`).
+async fn next_line(mut s: Stream) -> Option<(Result<Bytes, std::convert::Infallible>, Stream)> {
+    if let Some(line) = s.replay.next() {
+        s.last = line.seq;
+        return Some((Ok(Bytes::copy_from_slice(line.text.as_bytes())), s));
+    }
+    if *s.shutdown.borrow() {
+        return None;
+    }
+    loop {
+        tokio::select! {
+            r = s.rx.recv() => match r {
+                Ok(line) if line.seq <= s.last => continue,
+                Ok(line) => {
+                    s.last = line.seq;
+                    s.beat.reset();
+                    return Some((Ok(Bytes::copy_from_slice(line.text.as_bytes())), s));
+                }
+                Err(_) => return None,
+            },
+            _ = s.beat.tick() => {
+                let text = line_text(s.last, "heartbeat", Value::Null, Value::Null, Map::new());
+                return Some((Ok(Bytes::copy_from_slice(text.as_bytes())), s));
+            }
+            _ = s.shutdown.changed() => return None,
+        }
+    }
+}
