@@ -48,17 +48,7 @@ impl From<EnvError> for CliError {
 
 /// A manager error: what failed, with its causes, on one line.
 fn failed(e: &(dyn std::error::Error + 'static)) -> CliError {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
-        source = s.source();
-    }
-    CliError::Failed(msg)
+    CliError::Failed(dms_server::chain(e))
 }
 
 /// The backend actually used.

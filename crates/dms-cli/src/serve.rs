@@ -12,7 +12,7 @@ use crate::cli::ServeArgs;
 use crate::env;
 use crate::run::{choose_backend, Backend, CliError};
 use dms_core::{Manager, ManagerOptions};
-use dms_server::{serve::ServeOptions, Access, Daemon};
+use dms_server::{chain, serve::ServeOptions, Access, Daemon};
 use std::ffi::OsString;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
@@ -116,20 +116,6 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     tracing::info!("dms serve stopped; the helpers keep running");
     Ok(0)
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 /// The helper environment of a spawn request: the daemon's own (without the variables

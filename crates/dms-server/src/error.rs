@@ -65,8 +65,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `e` and its causes on one line, each cause once.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// `e` and its causes on one line, each cause once (a cause whose text the message
+/// already holds is not repeated). The API's error messages and the CLI's error line
+/// are both made with it.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -21,7 +21,7 @@ mod peer;
 pub mod serve;
 
 pub use body::{JsonBody, BODY_TIMEOUT, MAX_BODY_BYTES};
-pub use error::ApiError;
+pub use error::{chain, ApiError};
 pub use events::EventLog;
 pub use handlers::router;
 pub use peer::{Access, Peer};
