@@ -260,6 +260,24 @@ fn manager_error(e: dms_core::Error) -> CliError {
                 path.display()
             ))
         }
+        dms_core::Error::NotReplaced {
+            target,
+            pid,
+            source,
+        } => CliError::Failed(format!(
+            "target {target}: the new helper cannot be started, so the running helper (PID \
+             {pid}) was left running and nothing changed: {}",
+            manager_error(*source)
+        )),
+        dms_core::Error::ReplacedThenFailed {
+            target,
+            old_pid,
+            source,
+        } => CliError::Failed(format!(
+            "target {target}: the old helper (PID {old_pid}) was stopped; the new one \
+             failed: {}; the target has no helper now",
+            manager_error(*source)
+        )),
         other => failed(&other),
     }
 }
@@ -272,29 +290,37 @@ struct Out {
 impl Out {
     /// Prints `value` as JSON, or `human(value)` as text. A closed stdout (`dms status |
     /// head -1`) is not an error.
-    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
+    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), CliError> {
         self.write(if self.json {
             value.to_string()
         } else {
-            human(value)
-        });
+            output::escape_lines(human(value))
+        })
     }
 
     /// Writes `text` (already in the chosen form) and a final newline.
-    fn write(&self, mut text: String) {
+    fn write(&self, mut text: String) -> Result<(), CliError> {
         if !text.ends_with('\n') {
             text.push('\n');
         }
         let mut stdout = std::io::stdout().lock();
-        if let Err(e) = stdout
+        stdout
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
-        {
-            if e.kind() != std::io::ErrorKind::BrokenPipe {
-                tracing::error!(error = %e, "cannot write to stdout");
-            }
-        }
+            .or_else(stdout_error)
     }
+}
+
+/// A write to stdout that failed: a closed pipe (`dms status | head -1`) is not an
+/// error; anything else (`dms status >/dev/full`) is, with exit code 1.
+fn stdout_error(e: std::io::Error) -> Result<(), CliError> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Ok(());
+    }
+    Err(CliError::Failed(format!(
+        "cannot write to stdout: {e}; the output is lost (check the file or device stdout \
+         goes to)"
+    )))
 }
 
 fn to_value(v: &impl Serialize) -> Result<Value, CliError> {
@@ -313,7 +339,7 @@ async fn spawn(session: &Session, p: PreparedSpawn, out: &Out) -> Result<u8, Cli
         .await
         .map_err(manager_error)?;
     let log = p.log_shown.display().to_string();
-    out.print(&to_value(&info)?, |v| output::spawn_line(v, &log));
+    out.print(&to_value(&info)?, |v| output::spawn_line(v, &log))?;
     Ok(0)
 }
 
@@ -324,7 +350,7 @@ async fn kill(session: &Session, a: KillArgs, out: &Out) -> Result<u8, CliError>
         .await
         .map_err(manager_error)?;
     let v = to_value(&report)?;
-    out.print(&v, output::kill_line);
+    out.print(&v, output::kill_line)?;
     Ok(match (flag(&v, "was_running"), flag(&v, "stopped")) {
         (false, _) => EXIT_NOT_RUNNING,
         (true, true) => 0,
@@ -374,7 +400,7 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
         let v = to_value(&info)?;
         out.print(&v, |v| {
             output::status_table(std::slice::from_ref(v), &[detail])
-        });
+        })?;
         return Ok(if flag(&v, "running") {
             0
         } else {
@@ -421,11 +447,10 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
             table.write_to(&mut w)
         }
     };
-    if let Err(e) = failure.map_or(written, Err).and_then(|()| w.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            tracing::error!(error = %e, "cannot write to stdout");
-        }
-    }
+    failure
+        .map_or(written, Err)
+        .and_then(|()| w.flush())
+        .or_else(stdout_error)?;
     Ok(0)
 }
 
@@ -438,7 +463,7 @@ async fn stats(session: &Session, out: &Out) -> Result<u8, CliError> {
         let running = o.get("running").cloned().unwrap_or(Value::Null);
         o.insert("total_tracked".into(), running);
     }
-    out.print(&v, output::stats_line);
+    out.print(&v, output::stats_line)?;
     Ok(0)
 }
 
@@ -469,7 +494,7 @@ async fn cleanup(session: &Session, a: CleanupArgs, out: &Out) -> Result<u8, Cli
             t(a).cmp(&t(b))
         });
     }
-    out.print(&v, output::cleanup_line);
+    out.print(&v, output::cleanup_line)?;
     Ok(0)
 }
 
@@ -479,7 +504,7 @@ async fn adopt(session: &Session, a: AdoptArgs, out: &Out) -> Result<u8, CliErro
         .adopt(&a.target, a.pid)
         .await
         .map_err(manager_error)?;
-    out.print(&to_value(&info)?, output::adopt_line);
+    out.print(&to_value(&info)?, output::adopt_line)?;
     Ok(0)
 }
 
