@@ -125,14 +125,22 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     };
     let session = open_manager(&run_dir, backend, one_shot, read_only, kill_grace).await?;
     let out = Out { json: cli.json };
-    match prepared {
+    let result = match prepared {
         Prepared::Spawn(p) => spawn(&session, *p, &out).await,
         Prepared::Kill(a) => kill(&session, a, &out).await,
         Prepared::Status(a) => status(&session, a, &out).await,
         Prepared::Stats => stats(&session, &out).await,
         Prepared::Cleanup(a) => cleanup(&session, a, &out).await,
         Prepared::Adopt(a) => adopt(&session, a, &out).await,
+    };
+    // A database locked by another process costs a wait and the identity checks of the
+    // database: said at the default level (with -v the log's warning says it already).
+    if let Some(notice) = session.sqlite.as_ref().and_then(|s| s.busy_notice()) {
+        if cli.verbose == 0 && cli.quiet == 0 {
+            eprintln!("dms: warning: {}", output::escaped(&notice));
+        }
     }
+    result
 }
 
 enum Prepared {
@@ -190,6 +198,10 @@ fn prepare_spawn(args: SpawnArgs, run_dir: &Path) -> Result<PreparedSpawn, CliEr
 /// An open manager, and what its startup recovery did in this invocation.
 struct Session {
     manager: Manager,
+    /// The SQLite store, when that is the backend (for its [`busy_notice`]).
+    ///
+    /// [`busy_notice`]: dms_store::SqliteStore::busy_notice
+    sqlite: Option<dms_store::SqliteStore>,
     /// Entries whose PID was dead, removed by startup recovery (the existing deployment's
     /// startup rule; only `cleanup` runs it). `cleanup` reports them as removed.
     cleared: BTreeMap<TargetId, Pid>,
@@ -205,17 +217,19 @@ async fn open_manager(
     read_only: bool,
     kill_grace: Option<std::time::Duration>,
 ) -> Result<Session, CliError> {
-    let store: Arc<dyn dms_store::PidStore> = match backend {
-        Backend::Pidfile if read_only => {
+    let sqlite = match backend {
+        Backend::Pidfile => None,
+        Backend::Sqlite if read_only => {
+            Some(dms_store::SqliteStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
+        }
+        Backend::Sqlite => Some(dms_store::SqliteStore::open(run_dir).map_err(|e| failed(&e))?),
+    };
+    let store: Arc<dyn dms_store::PidStore> = match &sqlite {
+        Some(s) => Arc::new(s.clone()),
+        None if read_only => {
             Arc::new(dms_store::PidFileStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
         }
-        Backend::Pidfile => {
-            Arc::new(dms_store::PidFileStore::open(run_dir).map_err(|e| failed(&e))?)
-        }
-        Backend::Sqlite if read_only => {
-            Arc::new(dms_store::SqliteStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
-        }
-        Backend::Sqlite => Arc::new(dms_store::SqliteStore::open(run_dir).map_err(|e| failed(&e))?),
+        None => Arc::new(dms_store::PidFileStore::open(run_dir).map_err(|e| failed(&e))?),
     };
     let spawner = Arc::new(dms_proc::linux::LinuxSpawner::new().map_err(|e| failed(&e))?);
     let mut opts = ManagerOptions::new(run_dir.to_owned());
@@ -236,7 +250,11 @@ async fn open_manager(
         .into_iter()
         .map(|tp| (tp.target, tp.pid))
         .collect();
-    Ok(Session { manager, cleared })
+    Ok(Session {
+        manager,
+        sqlite,
+        cleared,
+    })
 }
 
 /// A manager error, with the command line's wording where it has its own.

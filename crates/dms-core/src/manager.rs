@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+mod adopt_check;
 mod memory;
 mod mount_ops;
 mod preflight;
@@ -1067,6 +1068,13 @@ impl Inner {
                 })
             }
         };
+        if let Some(other) = self.tracked_on_disk(target, &info.identity).await? {
+            return Err(Error::AlreadyTracked {
+                target: target.clone(),
+                pid,
+                other,
+            });
+        }
         if let Some(live) = self.live_helper(target).await? {
             if live != info.identity {
                 return Err(Error::AlreadyRunning {
