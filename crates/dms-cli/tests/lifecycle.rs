@@ -618,6 +618,21 @@ fn status_and_stats_only_read_and_leave_a_stale_pid_file(backend: Backend) {
         .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
         .unwrap();
     let names = names_under(&w.run_dir);
+    // The rows of the SQLite database (a hand-written PID file has none: a reader must
+    // not add one).
+    let rows = || -> Vec<(String, i64)> {
+        let conn = rusqlite::Connection::open(w.run_dir.join("dms.sqlite3")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT target, pid FROM records ORDER BY target")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    let rows_before = (backend == Backend::Sqlite).then(rows);
 
     let r = w.json(["status"]);
     r.expect_code(0);
@@ -654,6 +669,9 @@ fn status_and_stats_only_read_and_leave_a_stale_pid_file(backend: Backend) {
         names,
         "status or stats wrote in the run dir"
     );
+    if let Some(before) = rows_before {
+        assert_eq!(rows(), before, "status or stats wrote rows");
+    }
 
     let r = w.json(["cleanup"]);
     r.expect_code(0);

@@ -1,7 +1,8 @@
 //! The read-only open of the database, for readers (`dms status`, `dms stats`).
 //!
-//! A reader changes nothing: the database is opened `SQLITE_OPEN_READONLY` and never
-//! created, migrated, switched to WAL, moved aside or repaired; rows that disagree with
+//! A reader changes nothing: the database is opened without `SQLITE_OPEN_CREATE`, with
+//! `PRAGMA query_only` (or `SQLITE_OPEN_READONLY` where it cannot be opened for
+//! writing), and is never created, migrated, switched to WAL, moved aside or repaired; rows that disagree with
 //! their PID files are ignored for the answer (the PID file is authoritative) and left for
 //! the next writer to repair. A missing database, a corrupt one, one of another schema
 //! version, or one that is locked, is left as it is, and the answer comes from the PID
@@ -66,10 +67,15 @@ fn open_conn_read_only(path: &Path) -> Result<Connection, (String, bool)> {
         };
         (why, busy)
     };
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    let conn = Connection::open_with_flags(path, flags).map_err(fail)?;
+    // Read-write without create, every statement refused a write (`query_only`): a
+    // read-only connection to a WAL database would leave `-wal` and `-shm` files behind
+    // (only a writable last connection removes them on close). Where the file cannot be
+    // opened for writing (a read-only file system, permissions), a read-only one.
+    let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .or_else(|_| Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_READ_ONLY))
+        .map_err(fail)?;
+    conn.pragma_update(None, "query_only", true).map_err(fail)?;
     conn.busy_timeout(READ_BUSY_TIMEOUT).map_err(fail)?;
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
