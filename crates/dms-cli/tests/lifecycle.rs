@@ -862,6 +862,41 @@ fn relative_paths_are_resolved_against_the_callers_directory(backend: Backend) {
     let r = w.run(["kill", "rel"]);
     r.expect_code(0);
     assert!(wait_dead(pid, STOP));
+
+    // A bare name found through a relative PATH entry (`bin`, here `base/bin`) is run
+    // from there too, not from `/bin`.
+    std::fs::create_dir(base.join("bin")).unwrap();
+    let ready2 = base.join("bin-script-ran");
+    std::fs::write(
+        base.join("bin/dms-rel-helper"),
+        format!("#!/bin/sh\ntouch {}\nexec sleep 300\n", ready2.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        base.join("bin/dms-rel-helper"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut c = w.cmd();
+    c.current_dir(base).args([
+        "--json",
+        "spawn",
+        "relpath",
+        "--env",
+        "PATH=bin:/usr/bin:/bin",
+        "--",
+        "dms-rel-helper",
+    ]);
+    let r = common::run(&mut c);
+    r.expect_code(0);
+    let pid = pid_of(&r.json());
+    w.track(pid);
+    assert!(
+        wait_for(STOP, || ready2.exists()),
+        "bin/dms-rel-helper did not run"
+    );
+    w.run(["kill", "relpath"]).expect_code(0);
+    assert!(wait_dead(pid, STOP));
 }
 
 both_backends!(
