@@ -217,15 +217,19 @@ pub struct SpawnArgs {
 
     /// Add the KEY=VALUE lines of FILE to the helper's environment ('#' comments and
     /// blank lines allowed; values are taken verbatim). Repeatable; --env wins over files.
+    /// FILE must be a regular file (a FIFO, as from `<(...)`, is refused: it could block).
     #[arg(long, value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
 
     /// The helper's log file, stdout and stderr appended [default: logs/TARGET.log in the
-    /// run dir].
+    /// run dir]. A regular file or a character device (/dev/null); a symlink, FIFO or
+    /// socket is refused.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
 
-    /// Stop a running helper of TARGET first, instead of refusing.
+    /// Stop a running helper of TARGET first, instead of refusing. What can fail without
+    /// starting anything (program, log, mount path, env files) is checked before the old
+    /// helper is stopped: if it fails, the old helper keeps running.
     #[arg(long)]
     pub replace: bool,
 

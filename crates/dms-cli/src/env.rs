@@ -4,7 +4,9 @@
 //! file and the line, and nothing else.
 
 use std::ffi::{OsStr, OsString};
+use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Bad `--env` or `--env-file` input (exit code 2). Never holds a value.
@@ -27,6 +29,15 @@ pub enum EnvError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The env file is not a regular file (a FIFO would block dms, a device might never
+    /// end).
+    #[error("env file {} is {kind}, not a regular file; write the variables to a regular file and pass that", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
     },
     /// A line of the env file is not `KEY=VALUE`, a comment or blank.
     #[error("{}:{line}: {problem}; each line must be KEY=VALUE, a '#' comment or blank", path.display())]
@@ -103,11 +114,45 @@ fn parse_item(
 /// are skipped; a trailing `\r` is dropped; the value is everything after the first `=`,
 /// verbatim (no quote or escape processing).
 pub fn read_env_file(path: &Path) -> Result<Vec<(OsString, OsString)>, EnvError> {
-    let content = std::fs::read(path).map_err(|source| EnvError::Read {
+    let read_err = |source| EnvError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    // O_NONBLOCK: a FIFO opens at once (instead of blocking dms until a writer comes)
+    // and is then refused by its type, as is anything but a regular file.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(EnvError::NotRegular {
+            path: path.to_owned(),
+            kind: kind_name(&meta.file_type()),
+        });
+    }
+    let mut content = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut content).map_err(read_err)?;
     parse_env_file(path, &content)
+}
+
+/// What a file type is, in words.
+fn kind_name(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn parse_env_file(path: &Path, content: &[u8]) -> Result<Vec<(OsString, OsString)>, EnvError> {

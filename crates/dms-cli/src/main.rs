@@ -100,7 +100,8 @@ fn run_serve(cli: Cli) -> ExitCode {
 
 /// Prints the one-line error and returns its exit code.
 fn report(e: &run::CliError) -> ExitCode {
-    eprintln!("dms: error: {}", one_line(&e.to_string()));
+    // Escaped: a message may quote a path or a process's name holding escape sequences.
+    eprintln!("dms: error: {}", output::escaped(&one_line(&e.to_string())));
     ExitCode::from(e.exit_code())
 }
 

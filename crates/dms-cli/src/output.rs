@@ -54,6 +54,60 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.1}{}", UNITS[unit])
 }
 
+/// Whether `s` holds a control character (C0, DEL, or a C1 control, which some
+/// terminals obey as escape sequences): one scan of the bytes, no decoding. In UTF-8 a
+/// C1 control is 0xC2 followed by 0x80..=0x9F; 0xC2 alone sends the string to the
+/// careful path, which checks.
+pub fn has_control(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2)
+}
+
+/// Appends `s` to `out` with every control character escaped (`\n`, `\t`, `\r`,
+/// `\u{1b}`, ...), so text output cannot fake rows or send escape sequences to the
+/// operator's terminal. JSON output is exact and never goes through this.
+pub fn push_escaped(out: &mut String, s: &str) {
+    if !has_control(s) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// `s` with its control characters escaped ([`push_escaped`]); borrowed when it has none.
+pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    if has_control(s) {
+        let mut out = String::with_capacity(s.len() + 8);
+        push_escaped(&mut out, s);
+        out.into()
+    } else {
+        s.into()
+    }
+}
+
+/// Every line of `text` with its control characters escaped; the line breaks stay.
+pub fn escape_lines(text: String) -> String {
+    if !text
+        .bytes()
+        .any(|b| (b < 0x20 && b != b'\n') || b == 0x7f || b == 0xc2)
+    {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for (n, line) in text.split('\n').enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        push_escaped(&mut out, line);
+    }
+    out
+}
+
 /// The mount column: the path, with its state when it is not plainly mounted.
 fn mount_cell(info: &Value) -> String {
     let Some(mount) = str_of(info, "mount") else {
@@ -106,7 +160,7 @@ pub fn status_row(i: &Value, detail: Option<&str>) -> StatusRow {
             format!("{command} ({detail})")
         };
     }
-    [
+    let row = [
         or_dash(str_of(i, "target").map(str::to_owned)),
         or_dash(int_of(i, "pid").map(|p| p.to_string())),
         or_dash(str_of(i, "state").map(str::to_owned)),
@@ -117,7 +171,8 @@ pub fn status_row(i: &Value, detail: Option<&str>) -> StatusRow {
         or_dash(int_of(i, "threads").map(|t| t.to_string())),
         mount_cell(i),
         command,
-    ]
+    ];
+    row.map(|cell| escaped(&cell).into_owned())
 }
 
 /// The name an enum value has in the JSON shapes (`"running"`, `"disk"`, ...).
@@ -214,6 +269,12 @@ impl RowWriter<'_> {
         }
         let start = self.row.len();
         write(&mut *self.row);
+        if has_control(&self.row[start..]) {
+            // Rare: a command line or path with a newline, an escape sequence or a NUL
+            // (which would also split the row's cells).
+            let raw = self.row.split_off(start);
+            push_escaped(self.row, &raw);
+        }
         let w = self.row[start..].chars().count();
         self.widths[self.col] = self.widths[self.col].max(w);
         self.col += 1;

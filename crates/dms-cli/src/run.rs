@@ -115,14 +115,22 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     };
     let session = open_manager(&run_dir, backend, one_shot, read_only, kill_grace).await?;
     let out = Out { json: cli.json };
-    match prepared {
+    let result = match prepared {
         Prepared::Spawn(p) => spawn(&session, *p, &out).await,
         Prepared::Kill(a) => kill(&session, a, &out).await,
         Prepared::Status(a) => status(&session, a, &out).await,
         Prepared::Stats => stats(&session, &out).await,
         Prepared::Cleanup(a) => cleanup(&session, a, &out).await,
         Prepared::Adopt(a) => adopt(&session, a, &out).await,
+    };
+    // A database locked by another process costs a wait and the identity checks of the
+    // database: said at the default level (with -v the log's warning says it already).
+    if let Some(notice) = session.sqlite.as_ref().and_then(|s| s.busy_notice()) {
+        if cli.verbose == 0 && cli.quiet == 0 {
+            eprintln!("dms: warning: {}", output::escaped(&notice));
+        }
     }
+    result
 }
 
 enum Prepared {
@@ -180,6 +188,10 @@ fn prepare_spawn(args: SpawnArgs, run_dir: &Path) -> Result<PreparedSpawn, CliEr
 /// An open manager, and what its startup recovery did in this invocation.
 struct Session {
     manager: Manager,
+    /// The SQLite store, when that is the backend (for its [`busy_notice`]).
+    ///
+    /// [`busy_notice`]: dms_store::SqliteStore::busy_notice
+    sqlite: Option<dms_store::SqliteStore>,
     /// Entries whose PID was dead, removed by startup recovery (the existing deployment's
     /// startup rule; only `cleanup` runs it). `cleanup` reports them as removed.
     cleared: BTreeMap<TargetId, Pid>,
@@ -195,17 +207,19 @@ async fn open_manager(
     read_only: bool,
     kill_grace: Option<std::time::Duration>,
 ) -> Result<Session, CliError> {
-    let store: Arc<dyn dms_store::PidStore> = match backend {
-        Backend::Pidfile if read_only => {
+    let sqlite = match backend {
+        Backend::Pidfile => None,
+        Backend::Sqlite if read_only => {
+            Some(dms_store::SqliteStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
+        }
+        Backend::Sqlite => Some(dms_store::SqliteStore::open(run_dir).map_err(|e| failed(&e))?),
+    };
+    let store: Arc<dyn dms_store::PidStore> = match &sqlite {
+        Some(s) => Arc::new(s.clone()),
+        None if read_only => {
             Arc::new(dms_store::PidFileStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
         }
-        Backend::Pidfile => {
-            Arc::new(dms_store::PidFileStore::open(run_dir).map_err(|e| failed(&e))?)
-        }
-        Backend::Sqlite if read_only => {
-            Arc::new(dms_store::SqliteStore::open_for_reading(run_dir).map_err(|e| failed(&e))?)
-        }
-        Backend::Sqlite => Arc::new(dms_store::SqliteStore::open(run_dir).map_err(|e| failed(&e))?),
+        None => Arc::new(dms_store::PidFileStore::open(run_dir).map_err(|e| failed(&e))?),
     };
     let spawner = Arc::new(dms_proc::linux::LinuxSpawner::new().map_err(|e| failed(&e))?);
     let mut opts = ManagerOptions::new(run_dir.to_owned());
@@ -226,7 +240,11 @@ async fn open_manager(
         .into_iter()
         .map(|tp| (tp.target, tp.pid))
         .collect();
-    Ok(Session { manager, cleared })
+    Ok(Session {
+        manager,
+        sqlite,
+        cleared,
+    })
 }
 
 /// A manager error, with the command line's wording where it has its own.
@@ -253,6 +271,24 @@ fn manager_error(e: dms_core::Error) -> CliError {
         e @ dms_core::Error::MountRefused {
             bad_input: true, ..
         } => CliError::Usage(e.to_string()),
+        dms_core::Error::NotReplaced {
+            target,
+            pid,
+            source,
+        } => CliError::Failed(format!(
+            "target {target}: the new helper cannot be started, so the running helper (PID \
+             {pid}) was left running and nothing changed: {}",
+            manager_error(*source)
+        )),
+        dms_core::Error::ReplacedThenFailed {
+            target,
+            old_pid,
+            source,
+        } => CliError::Failed(format!(
+            "target {target}: the old helper (PID {old_pid}) was stopped; the new one \
+             failed: {}; the target has no helper now",
+            manager_error(*source)
+        )),
         other => failed(&other),
     }
 }
@@ -265,29 +301,37 @@ struct Out {
 impl Out {
     /// Prints `value` as JSON, or `human(value)` as text. A closed stdout (`dms status |
     /// head -1`) is not an error.
-    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
+    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), CliError> {
         self.write(if self.json {
             value.to_string()
         } else {
-            human(value)
-        });
+            output::escape_lines(human(value))
+        })
     }
 
     /// Writes `text` (already in the chosen form) and a final newline.
-    fn write(&self, mut text: String) {
+    fn write(&self, mut text: String) -> Result<(), CliError> {
         if !text.ends_with('\n') {
             text.push('\n');
         }
         let mut stdout = std::io::stdout().lock();
-        if let Err(e) = stdout
+        stdout
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
-        {
-            if e.kind() != std::io::ErrorKind::BrokenPipe {
-                tracing::error!(error = %e, "cannot write to stdout");
-            }
-        }
+            .or_else(stdout_error)
     }
+}
+
+/// A write to stdout that failed: a closed pipe (`dms status | head -1`) is not an
+/// error; anything else (`dms status >/dev/full`) is, with exit code 1.
+fn stdout_error(e: std::io::Error) -> Result<(), CliError> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Ok(());
+    }
+    Err(CliError::Failed(format!(
+        "cannot write to stdout: {e}; the output is lost (check the file or device stdout \
+         goes to)"
+    )))
 }
 
 fn to_value(v: &impl Serialize) -> Result<Value, CliError> {
@@ -306,7 +350,7 @@ async fn spawn(session: &Session, p: PreparedSpawn, out: &Out) -> Result<u8, Cli
         .await
         .map_err(manager_error)?;
     let log = p.log_shown.display().to_string();
-    out.print(&to_value(&info)?, |v| output::spawn_line(v, &log));
+    out.print(&to_value(&info)?, |v| output::spawn_line(v, &log))?;
     Ok(0)
 }
 
@@ -317,7 +361,7 @@ async fn kill(session: &Session, a: KillArgs, out: &Out) -> Result<u8, CliError>
         .await
         .map_err(manager_error)?;
     let v = to_value(&report)?;
-    out.print(&v, output::kill_line);
+    out.print(&v, output::kill_line)?;
     Ok(match (flag(&v, "was_running"), flag(&v, "stopped")) {
         (false, _) => EXIT_NOT_RUNNING,
         (true, true) => 0,
@@ -367,7 +411,7 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
         let v = to_value(&info)?;
         out.print(&v, |v| {
             output::status_table(std::slice::from_ref(v), &[detail])
-        });
+        })?;
         return Ok(if flag(&v, "running") {
             0
         } else {
@@ -414,11 +458,10 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
             table.write_to(&mut w)
         }
     };
-    if let Err(e) = failure.map_or(written, Err).and_then(|()| w.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            tracing::error!(error = %e, "cannot write to stdout");
-        }
-    }
+    failure
+        .map_or(written, Err)
+        .and_then(|()| w.flush())
+        .or_else(stdout_error)?;
     Ok(0)
 }
 
@@ -431,7 +474,7 @@ async fn stats(session: &Session, out: &Out) -> Result<u8, CliError> {
         let running = o.get("running").cloned().unwrap_or(Value::Null);
         o.insert("total_tracked".into(), running);
     }
-    out.print(&v, output::stats_line);
+    out.print(&v, output::stats_line)?;
     Ok(0)
 }
 
@@ -462,7 +505,7 @@ async fn cleanup(session: &Session, a: CleanupArgs, out: &Out) -> Result<u8, Cli
             t(a).cmp(&t(b))
         });
     }
-    out.print(&v, output::cleanup_line);
+    out.print(&v, output::cleanup_line)?;
     Ok(0)
 }
 
@@ -472,7 +515,7 @@ async fn adopt(session: &Session, a: AdoptArgs, out: &Out) -> Result<u8, CliErro
         .adopt(&a.target, a.pid)
         .await
         .map_err(manager_error)?;
-    out.print(&to_value(&info)?, output::adopt_line);
+    out.print(&to_value(&info)?, output::adopt_line)?;
     Ok(0)
 }
 

@@ -225,6 +225,15 @@ fn auto_backend_picks_sqlite_when_the_database_exists_and_env_vars_are_honoured(
     assert!(!w.run_dir.join("dms.sqlite3").exists());
     assert_eq!(backend_of(&["--backend", "sqlite"]), "sqlite");
     assert!(
+        !w.run_dir.join("dms.sqlite3").exists(),
+        "stats (read-only) created the database"
+    );
+    let mut c = dms();
+    c.arg("--run-dir")
+        .arg(&w.run_dir)
+        .args(["--backend", "sqlite", "cleanup"]);
+    run(&mut c).expect_code(0);
+    assert!(
         w.run_dir.join("dms.sqlite3").exists(),
         "the sqlite backend made no database"
     );
@@ -242,7 +251,10 @@ fn auto_backend_picks_sqlite_when_the_database_exists_and_env_vars_are_honoured(
     let v = r.json();
     assert_eq!(v["backend"], "sqlite");
     assert_eq!(v["run_dir"].as_str().unwrap(), other.to_str().unwrap());
-    assert!(other.join("dms.sqlite3").exists());
+    assert!(
+        !other.join("dms.sqlite3").exists(),
+        "stats wrote a database"
+    );
 }
 
 #[test]

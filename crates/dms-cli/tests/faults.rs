@@ -294,11 +294,12 @@ fn row_count(w: &World, target: &str) -> i64 {
 
 /// Another process holds a write transaction on dms.sqlite3 longer than the busy timeout
 /// (5 s) while `dms spawn` opens the store: dms warns, works from the PID files, and the
-/// helper is recorded. Once the lock is gone, the next command records its row.
+/// helper is recorded. Once the lock is gone, `status` reads it (and writes nothing), and
+/// the next writing command records its row.
 #[test]
 fn sqlite_busy_beyond_the_timeout_works_from_pid_files() {
     let w = World::new(Backend::Sqlite);
-    w.run(["status"]).expect_code(0);
+    w.run(["cleanup"]).expect_code(0); // creates the database
     let conn = open_db(&w);
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     let started = Instant::now();
@@ -326,6 +327,8 @@ fn sqlite_busy_beyond_the_timeout_works_from_pid_files() {
     r.expect_code(0);
     assert_eq!(r.json()["state"], "running");
     assert_eq!(r.json()["pid"], pid);
+    assert_eq!(row_count(&w, "t"), 0, "status wrote a row");
+    w.run(["cleanup"]).expect_code(0);
     assert_eq!(row_count(&w, "t"), 1, "the row was not repaired");
     w.run(["kill", "t"]).expect_code(0);
     assert!(wait_dead(pid, STOP));
@@ -352,9 +355,46 @@ fn sqlite_locked_exclusively_works_from_pid_files() {
     assert!(wait_dead(pid, STOP));
     assert!(!w.pid_file("t").exists());
     drop(conn);
-    // Unlocked: the leftover row (the kill could not delete it) is dropped on read.
+    // Unlocked: the leftover row (the kill could not delete it) is kept by a reader and
+    // dropped by the next writer.
     w.json(["status"]).expect_code(0);
+    assert_eq!(row_count(&w, "t"), 1, "status deleted a row");
+    w.json(["cleanup"]).expect_code(0);
     assert_eq!(row_count(&w, "t"), 0);
+}
+
+/// A database locked by another process: `status` waits at most the readers' short busy
+/// timeout (not the writers' 5 s), says so at the default verbosity as one
+/// `dms: warning:` line, and answers from the PID files.
+#[test]
+fn sqlite_locked_costs_status_a_short_wait_and_a_warning() {
+    let w = World::new(Backend::Sqlite);
+    let pid = pid_of(&w.spawn("t", &["sleep", &marker(25)]));
+    let conn = open_db(&w);
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;").unwrap();
+    for args in [&["status", "t"][..], &["stats"][..]] {
+        let started = Instant::now();
+        let r = w.json(args);
+        let took = started.elapsed();
+        r.expect_code(0);
+        assert!(
+            took < dms_store::BUSY_TIMEOUT,
+            "{args:?} waited the writers' busy timeout: {took:?}"
+        );
+        let warnings: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(warnings.len(), 1, "{r:#?}");
+        assert!(warnings[0].starts_with("dms: warning: "), "{r:#?}");
+        assert!(warnings[0].contains("dms.sqlite3"), "{r:#?}");
+        assert!(warnings[0].contains("locked"), "{r:#?}");
+    }
+    assert_eq!(w.json(["status", "t"]).json()["state"], "running");
+    // -q: no warning.
+    assert_eq!(w.json(["-q", "status", "t"]).stderr, "");
+    drop(conn);
+    w.run(["kill", "t"]).expect_code(0);
+    assert!(wait_dead(pid, STOP));
 }
 
 /// The database is busy exactly when the row of a new helper is written (dms already
@@ -415,9 +455,10 @@ fn sqlite_busy_at_the_row_write_still_records_the_helper() {
     assert!(wait_dead(pid, STOP));
 }
 
-/// A database overwritten with garbage while helpers run: the next command warns, moves
-/// it aside (kept for inspection), rebuilds it from the PID files, and every helper is
-/// still tracked and can be stopped.
+/// A database overwritten with garbage while helpers run: `status` warns, leaves it as it
+/// is and answers from the PID files; the next writing command moves it aside (kept for
+/// inspection), rebuilds it from the PID files, and every helper is still tracked and
+/// can be stopped.
 #[test]
 fn corrupt_database_is_moved_aside_and_nothing_is_lost() {
     let w = World::new(Backend::Sqlite);
@@ -429,7 +470,21 @@ fn corrupt_database_is_moved_aside_and_nothing_is_lost() {
 
     let r = w.json(["-v", "status"]);
     r.expect_code(0);
-    assert!(r.stderr.contains("moved it aside"), "{r:#?}");
+    assert!(r.stderr.contains("unusable"), "{r:#?}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "status changed the database"
+    );
+    assert!(
+        !files_under(&w.run_dir)
+            .iter()
+            .any(|p| p.to_string_lossy().contains("corrupt-")),
+        "status moved the database aside"
+    );
+    let r2 = w.json(["-v", "cleanup"]);
+    r2.expect_code(0);
+    assert!(r2.stderr.contains("moved it aside"), "{r2:#?}");
     let got: Vec<(String, i64)> = r
         .json()
         .as_array()

@@ -21,6 +21,8 @@
 //! "## Hostile inputs" section, the test checks that every row's line is in it.
 
 mod common;
+#[path = "hostile_inputs/inputs.rs"]
+mod inputs;
 
 use common::{alive, is_our_child, reap_zombies, run, wait_dead, wait_for, Backend, World};
 use serde_json::Value;
@@ -70,8 +72,15 @@ impl Ctx<'_> {
         std::fs::create_dir_all(self.s3()).unwrap();
         std::fs::write(self.pid_file(), content).unwrap();
     }
-    /// Replaces `{run}`, `{tmp}`, `{outside}`, `{test_pid}`, `{mnt}` and `{fuse}` in `s`.
+    /// Replaces `{run}`, `{tmp}`, `{outside}`, `{test_pid}`, `{mnt}`, `{fuse}` and
+    /// `{pid_of_y}` (the PID in `s3/y.pid`) in `s`.
     fn fill(&self, s: &str) -> String {
+        let s = if s.contains("{pid_of_y}") {
+            let pid = std::fs::read_to_string(self.s3().join("y.pid")).unwrap();
+            s.replace("{pid_of_y}", pid.trim())
+        } else {
+            s.to_owned()
+        };
         s.replace("{run}", &self.run().display().to_string())
             .replace("{mnt}", &mnt_root(self).display().to_string())
             .replace("{fuse}", &fuse_bin().display().to_string())
@@ -1199,6 +1208,7 @@ fn all_rows() -> Vec<Row> {
     rows.extend(mount_rows());
     rows.extend(mount_helper_rows());
     rows.extend(process_rows());
+    rows.extend(inputs::rows());
     rows
 }
 
@@ -2041,8 +2051,13 @@ fn hostile_inputs_table() {
     let mut ran = 0;
     let mut skipped = 0;
     let started = std::time::Instant::now();
+    // DMS_HOSTILE_ROWS=TEXT runs only the rows whose input contains TEXT.
+    let only = std::env::var("DMS_HOSTILE_ROWS").ok();
     for backend in [Backend::Pidfile, Backend::Sqlite] {
         for row in &rows {
+            if only.as_deref().is_some_and(|o| !row.input.contains(o)) {
+                continue;
+            }
             match run_row(row, backend, canary_pid) {
                 Some(()) => ran += 1,
                 None => skipped += 1,

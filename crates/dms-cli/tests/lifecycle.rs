@@ -618,6 +618,21 @@ fn status_and_stats_only_read_and_leave_a_stale_pid_file(backend: Backend) {
         .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
         .unwrap();
     let names = names_under(&w.run_dir);
+    // The rows of the SQLite database (a hand-written PID file has none: a reader must
+    // not add one).
+    let rows = || -> Vec<(String, i64)> {
+        let conn = rusqlite::Connection::open(w.run_dir.join("dms.sqlite3")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT target, pid FROM records ORDER BY target")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    let rows_before = (backend == Backend::Sqlite).then(rows);
 
     let r = w.json(["status"]);
     r.expect_code(0);
@@ -654,6 +669,9 @@ fn status_and_stats_only_read_and_leave_a_stale_pid_file(backend: Backend) {
         names,
         "status or stats wrote in the run dir"
     );
+    if let Some(before) = rows_before {
+        assert_eq!(rows(), before, "status or stats wrote rows");
+    }
 
     let r = w.json(["cleanup"]);
     r.expect_code(0);
@@ -843,6 +861,41 @@ fn relative_paths_are_resolved_against_the_callers_directory(backend: Backend) {
     assert!(base.join("out.log").is_file());
     let r = w.run(["kill", "rel"]);
     r.expect_code(0);
+    assert!(wait_dead(pid, STOP));
+
+    // A bare name found through a relative PATH entry (`bin`, here `base/bin`) is run
+    // from there too, not from `/bin`.
+    std::fs::create_dir(base.join("bin")).unwrap();
+    let ready2 = base.join("bin-script-ran");
+    std::fs::write(
+        base.join("bin/dms-rel-helper"),
+        format!("#!/bin/sh\ntouch {}\nexec sleep 300\n", ready2.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        base.join("bin/dms-rel-helper"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut c = w.cmd();
+    c.current_dir(base).args([
+        "--json",
+        "spawn",
+        "relpath",
+        "--env",
+        "PATH=bin:/usr/bin:/bin",
+        "--",
+        "dms-rel-helper",
+    ]);
+    let r = common::run(&mut c);
+    r.expect_code(0);
+    let pid = pid_of(&r.json());
+    w.track(pid);
+    assert!(
+        wait_for(STOP, || ready2.exists()),
+        "bin/dms-rel-helper did not run"
+    );
+    w.run(["kill", "relpath"]).expect_code(0);
     assert!(wait_dead(pid, STOP));
 }
 

@@ -173,14 +173,52 @@ pub enum Error {
     #[error("process: {0}")]
     Proc(#[from] ProcError),
     /// A per-target lock file could not be opened or locked.
-    #[error(
-        "cannot lock {}: {source}; the run directory must be writable by this user",
-        path.display()
-    )]
+    #[error("cannot lock {}: {source}; {}", path.display(), lock_hint(source))]
     Lock {
         /// The lock file.
         path: PathBuf,
         /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `spawn --replace`: the new helper would fail to start (checked before anything
+    /// was stopped), so the running helper was left as it is.
+    #[error(
+        "target {target}: the new helper cannot be started, so the running helper (PID \
+         {pid}) was left running and nothing changed: {source}"
+    )]
+    NotReplaced {
+        /// The target.
+        target: TargetId,
+        /// The PID of the running helper, still running.
+        pid: Pid,
+        /// Why the new helper cannot start.
+        source: Box<Error>,
+    },
+    /// `spawn --replace`: the old helper was stopped, then the new one failed to start.
+    #[error(
+        "target {target}: the old helper (PID {old_pid}) was stopped; the new one failed: \
+         {source}; the target has no helper now"
+    )]
+    ReplacedThenFailed {
+        /// The target.
+        target: TargetId,
+        /// The PID of the old helper, stopped.
+        old_pid: Pid,
+        /// Why the new helper failed.
+        source: Box<Error>,
+    },
+    /// A relative path of a helper spec could not be made absolute.
+    #[error(
+        "cannot make the {what} {} absolute: {source}; pass an absolute path",
+        path.display()
+    )]
+    Path {
+        /// The path as given.
+        path: PathBuf,
+        /// Which path of the spec.
+        what: &'static str,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -196,6 +234,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to do about a lock file that cannot be created or locked, by its errno.
+fn lock_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+            "free some space (or inodes) in the run directory's file system"
+        }
+        Some(libc::EROFS) => {
+            "the run directory's file system is read-only; choose another --run-dir"
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) => "the run directory must be writable by this user",
+        Some(libc::ELOOP) => "it is a symbolic link; remove it (dms recreates the lock file)",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "too many open files; raise the limit (ulimit -n)"
+        }
+        _ => "check the run directory's locks/ folder and its file system",
+    }
 }
 
 /// The manager's result type.

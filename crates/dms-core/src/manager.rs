@@ -23,11 +23,13 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+mod adopt_check;
 mod daemonize;
 mod members;
 mod memory;
 mod mount_ops;
 mod mount_spawn;
+mod preflight;
 mod stop_all;
 use memory::Memory;
 pub use mount_ops::DEFAULT_READY_TIMEOUT;
@@ -775,7 +777,14 @@ impl Inner {
         Ok(())
     }
 
-    async fn spawn(self: &Arc<Self>, target: &TargetId, spec: HelperSpec) -> Result<ProcIdentity> {
+    /// The spawn under the target's lock; `stopped` is set once an old helper was
+    /// stopped for a replace (see [`preflight`]).
+    async fn spawn_replacing(
+        self: &Arc<Self>,
+        target: &TargetId,
+        spec: HelperSpec,
+        stopped: &mut Option<Pid>,
+    ) -> Result<ProcIdentity> {
         let _guard = self.locks.lock(target).await?;
         if let Some(dir) = &spec.mount {
             self.check_mount_dir(target, dir).await?;
@@ -787,6 +796,17 @@ impl Inner {
                     pid: old.pid,
                 });
             }
+            // Whatever can fail without a fork is checked before the old helper stops.
+            let new_log = spec
+                .log
+                .clone()
+                .unwrap_or_else(|| target.log_file_in(&self.opts.logs_dir()));
+            self.preflight(&spec, &new_log)
+                .map_err(|e| Error::NotReplaced {
+                    target: target.clone(),
+                    pid: old.pid,
+                    source: Box::new(e),
+                })?;
             info!(target = %target, pid = old.pid.get(), "replacing running helper");
             // With a mount: unmount first, as `kill` does.
             let mut mount = self.kill_mount(target);
@@ -836,6 +856,7 @@ impl Inner {
                 self.kill_mount_after(target, m, &mut steps).await;
             }
             debug!(target = %target, ?steps, "old helper stopped");
+            *stopped = Some(old.pid);
             self.forget(target, None);
             self.store.remove(target).await?;
             if !out.signals.is_empty() || unmounted_exit {
@@ -1118,6 +1139,13 @@ impl Inner {
                 })
             }
         };
+        if let Some(other) = self.tracked_on_disk(target, &info.identity).await? {
+            return Err(Error::AlreadyTracked {
+                target: target.clone(),
+                pid,
+                other,
+            });
+        }
         if let Some(live) = self.live_helper(target).await? {
             if live != info.identity {
                 return Err(Error::AlreadyRunning {

@@ -426,6 +426,15 @@ pub trait Spawner: Debug + Send + Sync {
     /// output appended to the log) held at the start barrier. See [`Pending`].
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError>;
 
+    /// Checks what [`Spawner::spawn`] of `spec` would fail on, without starting anything:
+    /// on Linux, that the program is found and executable and that the log opens (it is
+    /// created when missing). `spawn --replace` calls it before it stops the old helper.
+    /// The default checks nothing.
+    fn preflight(&self, spec: &SpawnSpec) -> Result<(), ProcError> {
+        let _ = spec;
+        Ok(())
+    }
+
     /// Looks at whatever process has `pid` now.
     async fn probe(&self, pid: Pid) -> Result<Probe, ProcError>;
 

@@ -156,7 +156,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -166,6 +166,7 @@ use tokio::io::Interest;
 use tokio::sync::watch;
 
 mod exit_watch;
+mod files;
 mod group;
 mod startup;
 mod stat;
@@ -615,7 +616,10 @@ fn resolve_program(spec: &SpawnSpec) -> Result<PathBuf, ProcError> {
         } else {
             Path::new(OsStr::from_bytes(dir))
         };
+        // The child runs in its working directory (`/` by default), not in dms's: a
+        // relative `PATH` entry (`.`, or empty) is resolved here, against dms's.
         let candidate = dir.join(program);
+        let candidate = std::path::absolute(&candidate).unwrap_or(candidate);
         let executable = std::fs::metadata(&candidate)
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         if executable {
@@ -698,16 +702,7 @@ fn prepare(spec: &SpawnSpec) -> Result<(ChildPlan, ParentEnds), ProcError> {
         cwd_path.as_os_str().as_bytes(),
     )?;
 
-    let log = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOCTTY)
-        .open(&spec.log)
-        .map_err(|source| ProcError::Log {
-            path: spec.log.clone(),
-            source,
-        })?;
+    let log = files::open_log(&spec.log)?;
     let setup = |what: &str, e: io::Error| {
         exec_error(program, io::Error::new(e.kind(), format!("{what}: {e}")))
     };
@@ -968,6 +963,10 @@ async fn reap(pid: i32, pidfd: Option<OwnedFd>) -> ExitStatus {
 
 #[async_trait]
 impl Spawner for LinuxSpawner {
+    fn preflight(&self, spec: &SpawnSpec) -> Result<(), ProcError> {
+        files::preflight(spec)
+    }
+
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError> {
         let (plan, ends) = prepare(spec)?;
         // SAFETY: the child runs only `child_main`, which is async-signal-safe and never

@@ -41,7 +41,7 @@ pub use memory::{MemoryStore, StoreOp};
 pub use pid::{pid_max, InvalidPid, Pid, PID_MAX_LIMIT};
 pub use pidfile::{PidFileStore, DIR_MODE, MAX_PID_FILE_LEN, PID_FILE_MODE, PID_SUBDIR};
 pub use record::{Corrupt, Entry, EntryState, Identity, Lookup, Metadata, Record};
-pub use sqlite::{SqliteStore, BUSY_TIMEOUT, DB_FILE_NAME, SCHEMA_VERSION};
+pub use sqlite::{SqliteStore, BUSY_TIMEOUT, DB_FILE_NAME, READ_BUSY_TIMEOUT, SCHEMA_VERSION};
 pub use target::{InvalidTargetId, TargetId, TARGET_ID_MAX_LEN, TARGET_ID_RULE};
 
 use async_trait::async_trait;

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+mod read_only;
+pub use read_only::READ_BUSY_TIMEOUT;
+
 /// File name of the database inside the run directory.
 pub const DB_FILE_NAME: &str = "dms.sqlite3";
 
@@ -216,8 +219,11 @@ fn is_environmental(e: &rusqlite::Error) -> Option<&'static str> {
 enum OpenFailure {
     /// The file is not a usable database: move it aside and start afresh.
     Unusable(String),
-    /// It is busy or from a newer dms: leave it alone and run without metadata.
+    /// It is from a newer dms, or its file system refuses: leave it alone and run
+    /// without metadata.
     LeaveAlone(String),
+    /// Another process holds it beyond the busy timeout: as `LeaveAlone`.
+    Busy(String),
 }
 
 /// The database connection, or none when it could not be opened (metadata is then not
@@ -226,6 +232,12 @@ enum OpenFailure {
 struct Db {
     path: PathBuf,
     conn: Option<Connection>,
+    /// Opened for a reader ([`SqliteStore::open_for_reading`]): nothing is written,
+    /// moved or repaired.
+    read_only: bool,
+    /// The first time another process's lock made the store go without the database
+    /// ([`SqliteStore::busy_notice`]).
+    notice: Option<String>,
 }
 
 impl Db {
@@ -236,6 +248,8 @@ impl Db {
         let mut db = Db {
             path: path.to_owned(),
             conn: None,
+            read_only: false,
+            notice: None,
         };
         match open_conn(path) {
             Ok((conn, fresh)) => {
@@ -246,6 +260,13 @@ impl Db {
             }
             Err(OpenFailure::LeaveAlone(why)) => {
                 tracing::warn!(path = %path.display(), "{why}; running without metadata (identity, command line) until dms is restarted");
+            }
+            Err(OpenFailure::Busy(why)) => {
+                tracing::warn!(path = %path.display(), "{why}; running without metadata (identity, command line) until dms is restarted");
+                db.notice = Some(format!(
+                    "{}: {why}; worked from the PID files alone (identity and metadata unknown)",
+                    path.display()
+                ));
             }
             Err(OpenFailure::Unusable(why)) => db.rebuild(files, &why),
         }
@@ -349,14 +370,27 @@ impl Db {
             };
             match f(conn) {
                 Ok(v) => return Ok(Some(v)),
+                Err(e) if is_corruption(&e) && self.read_only => {
+                    // A reader moves nothing aside: the next writer rebuilds it.
+                    tracing::warn!(path = %self.path.display(), "SQLite database is unusable ({e}); answering from the PID files alone");
+                    self.conn = None;
+                    return Ok(None);
+                }
                 Err(e) if is_corruption(&e) && attempt == 0 => {
                     self.rebuild(files, &e.to_string());
                 }
                 Err(e) => {
+                    if is_busy(&e) && self.notice.is_none() {
+                        self.notice = Some(format!(
+                            "{}: SQLite database is busy: {e}; worked from the PID files alone \
+                             (identity and metadata unknown)",
+                            self.path.display()
+                        ));
+                    }
                     return Err(Error::Sqlite {
                         path: self.path.clone(),
                         source: e,
-                    })
+                    });
                 }
             }
         }
@@ -369,7 +403,7 @@ fn open_conn(path: &Path) -> Result<(Connection, bool), OpenFailure> {
     let fresh = fs::symlink_metadata(path).is_err();
     let unusable = |e: rusqlite::Error| {
         if is_busy(&e) {
-            OpenFailure::LeaveAlone(format!("SQLite database is busy: {e}"))
+            OpenFailure::Busy(format!("SQLite database is busy: {e}"))
         } else if let Some(fix) = is_environmental(&e) {
             OpenFailure::LeaveAlone(format!(
                 "SQLite database cannot be opened: {e}; it is left as it is ({fix})"
@@ -612,7 +646,7 @@ impl Inner {
         let Some(row) = row else {
             return Ok(lookup); // no database: the PID file alone
         };
-        if reconcile(target, &mut lookup, stamp, row.as_ref()) != Fix::None {
+        if reconcile(target, &mut lookup, stamp, row.as_ref()) != Fix::None && !db.read_only {
             self.repair(&mut db, std::slice::from_ref(target));
         }
         Ok(lookup)
@@ -655,6 +689,10 @@ impl Inner {
                 };
             }
             entries.push(entry);
+        }
+        if db.read_only {
+            // A reader repairs nothing: the PID files answered; the next writer repairs.
+            return Ok(entries);
         }
         // Rows left over have no PID file at all.
         for name in rows.into_keys() {
@@ -763,6 +801,14 @@ fn placeholder() -> crate::Corrupt {
 /// I/O error) is left alone, and so is one that cannot be moved aside: the store then
 /// works from the PID files alone, with a warning, until it is opened again.
 ///
+/// # Reading
+///
+/// A store opened with [`SqliteStore::open_for_reading`] (`dms status`, `dms stats`)
+/// writes nothing: the database is opened read-only, waits at most
+/// [`READ_BUSY_TIMEOUT`] for a lock, and is never created, migrated, moved aside or
+/// repaired; when it is missing, corrupt, of another schema version or locked, the answer
+/// comes from the PID files alone, with a warning.
+///
 /// The database uses WAL, `synchronous=FULL`, a [`BUSY_TIMEOUT`], and `user_version` as
 /// its schema version with forward migrations. One connection, behind a mutex, is used
 /// from tokio's blocking pool; operations of one store are serialised.
@@ -806,18 +852,35 @@ impl SqliteStore {
     /// [`SqliteStore::open`] for a reader (`dms status`): stale temporary files of
     /// interrupted writes in `s3/` are left for the next [`SqliteStore::open`] to remove
     /// (a listing never shows them).
+    ///
+    /// The database is opened read-only and nothing in it is changed: see
+    /// "Reading" in the type's documentation.
     pub fn open_for_reading(run_dir: &Path) -> Result<SqliteStore> {
-        SqliteStore::open_with(PidDir::open_unswept(run_dir)?, run_dir)
+        let files = PidDir::open_unswept(run_dir)?;
+        let db = Db::open_read_only(&run_dir.join(DB_FILE_NAME));
+        Ok(SqliteStore::with_db(files, db))
     }
 
     fn open_with(files: PidDir, run_dir: &Path) -> Result<SqliteStore> {
         let db = Db::open(&run_dir.join(DB_FILE_NAME), &files);
-        Ok(SqliteStore {
+        Ok(SqliteStore::with_db(files, db))
+    }
+
+    fn with_db(files: PidDir, db: Db) -> SqliteStore {
+        SqliteStore {
             inner: Arc::new(Inner {
                 files,
                 db: Mutex::new(db),
             }),
-        })
+        }
+    }
+
+    /// Why this store went without its database because another process held it locked
+    /// beyond the busy timeout, the first time that happened; `None` when it never did.
+    /// A command line says it at its default verbosity: the wait is what the operator
+    /// notices.
+    pub fn busy_notice(&self) -> Option<String> {
+        self.inner.lock().notice.clone()
     }
 
     /// The run directory this store was opened in.

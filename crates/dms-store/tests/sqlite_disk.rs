@@ -468,3 +468,71 @@ fn two_stores_on_one_run_dir_see_each_others_writes() {
         |e| matches!(e, Entry::Target { state: EntryState::Valid(r), .. } if r.identity.is_some())
     ));
 }
+
+/// A reader ([`SqliteStore::open_for_reading`], `dms status`) changes nothing: a hand
+/// edit is seen but not repaired, a missing database is not created, a corrupt one is
+/// neither moved aside nor rewritten; the PID files answer, with identity where a good
+/// row matches.
+#[test]
+fn a_reader_writes_nothing() {
+    let rt = rt();
+    let names = |run: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Missing: not created.
+    let run = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_for_reading(run.path()).unwrap();
+    assert!(!store.has_database());
+    fs::write(run.path().join("s3/a.pid"), b"12345").unwrap();
+    assert_eq!(
+        present(rt.block_on(store.get(&t("a"))).unwrap()).pid.get(),
+        12345
+    );
+    assert!(
+        !run.path().join(DB_FILE_NAME).exists(),
+        "a reader created the database"
+    );
+
+    // Good database, edited by hand: read, not repaired.
+    let writer = SqliteStore::open(run.path()).unwrap();
+    rt.block_on(writer.put(&t("kept"), &full(300))).unwrap();
+    rt.block_on(writer.put(&t("gone"), &full(301))).unwrap();
+    drop(writer);
+    fs::remove_file(run.path().join("s3/gone.pid")).unwrap();
+    fs::write(run.path().join("s3/new.pid"), b"4242").unwrap();
+    let rows = db_rows(run.path());
+    let before = names(run.path());
+    let store = SqliteStore::open_for_reading(run.path()).unwrap();
+    assert!(store.has_database());
+    let list = rt.block_on(store.list()).unwrap();
+    assert_eq!(list.len(), 3, "{list:?}"); // a (no row), kept, new
+    assert!(present(rt.block_on(store.get(&t("kept"))).unwrap())
+        .identity
+        .is_some());
+    assert!(present(rt.block_on(store.get(&t("new"))).unwrap())
+        .identity
+        .is_none());
+    drop(store);
+    assert_eq!(db_rows(run.path()), rows, "a reader changed rows");
+    assert_eq!(names(run.path()), before, "a reader left files behind");
+
+    // Corrupt: left exactly as it is.
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 13 + 1) as u8).collect();
+    fs::write(run.path().join(DB_FILE_NAME), &garbage).unwrap();
+    for f in ["-wal", "-shm"] {
+        let _ = fs::remove_file(run.path().join(format!("{DB_FILE_NAME}{f}")));
+    }
+    let before = names(run.path());
+    let store = SqliteStore::open_for_reading(run.path()).unwrap();
+    assert!(!store.has_database());
+    assert_eq!(rt.block_on(store.list()).unwrap().len(), 3);
+    drop(store);
+    assert_eq!(fs::read(run.path().join(DB_FILE_NAME)).unwrap(), garbage);
+    assert_eq!(names(run.path()), before);
+    assert!(moved_aside(run.path()).is_empty());
+}

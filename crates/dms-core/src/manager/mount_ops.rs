@@ -78,7 +78,17 @@ const STUCK_MOUNT_KILL_WAIT: Duration = Duration::from_millis(500);
 
 /// The last `n` lines of `log` (reads at most its last 8 KiB).
 pub(super) fn log_tail(log: &Path, n: usize) -> String {
-    let Ok(mut f) = std::fs::File::open(log) else {
+    // O_NONBLOCK and O_NOFOLLOW: a FIFO or a symlink put at the log path never blocks
+    // or redirects the read (the spawn refused them, but the path may have changed since).
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(log);
+    let Ok(mut f) = opened.and_then(|f| match f.metadata()?.is_file() {
+        true => Ok(f),
+        false => Err(std::io::Error::other("not a regular file")),
+    }) else {
         return format!("(cannot read {})", log.display());
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);

@@ -32,7 +32,7 @@ pub(super) struct PreparedMount {
 /// symbolic links are looked at (`readlink`), never the attributes of a directory: a
 /// mount point whose FUSE daemon hangs (the old helper of a `--replace`) would hang a
 /// `stat`.
-fn resolve(dir: &Path) -> PathBuf {
+pub(super) fn resolve(dir: &Path) -> PathBuf {
     let mut out = if dir.is_relative() {
         std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
     } else {
