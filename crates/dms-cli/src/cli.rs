@@ -255,6 +255,12 @@ pub struct ServeArgs {
     /// daemon's own user can [default: the daemon's group].
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+
+    /// Also serve GET /metrics (Prometheus text format, and nothing else) over TCP on
+    /// ADDR, an IP address and port such as 127.0.0.1:9464, for a Prometheus that cannot
+    /// reach the Unix socket (which serves /metrics too).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of `dms kill`.
