@@ -66,7 +66,13 @@ impl Snapshot {
     /// running helper the daemon holds in memory (through its exact identity: a PID that
     /// was reused since is not read).
     pub async fn take(d: &Daemon) -> Result<Snapshot, ApiError> {
-        let mut infos = d.manager.list().await?;
+        // The listing shows the mounts of listed targets; the stats count every recorded
+        // mount that is stale, also one whose helper is gone and no longer listed (a
+        // SIGKILLed FUSE helper's mount, as `dms stats` and `cleanup --mounts` see it).
+        // Both probe the mounts (2 s at most for hung ones): run together.
+        let (infos, stats) = tokio::join!(d.manager.list(), d.manager.stats());
+        let mut infos = infos?;
+        let stale_mounts = stats?.stale_mounts.unwrap_or(0) as u64;
         infos.sort_by(|a, b| a.target.cmp(&b.target));
         let held: HashMap<_, _> = d.manager.memory_snapshot().into_iter().collect();
         let spawner = d.manager.spawner();
@@ -99,6 +105,11 @@ impl Snapshot {
                 rss_bytes: info.rss_bytes,
             });
         }
+        let stale = MOUNT_STATES
+            .iter()
+            .position(|(s, _)| *s == MountState::Stale)
+            .unwrap_or(0);
+        snap.mounts[stale] = snap.mounts[stale].max(stale_mounts);
         Ok(snap)
     }
 
@@ -151,7 +162,7 @@ impl Collector for Snapshot {
         family(
             &mut enc,
             "dms_mounts",
-            "Recorded mounts, by state (mounted, stale: its FUSE daemon is gone or does not answer, unmounted)",
+            "Recorded mounts, by state (mounted; stale: its FUSE daemon is gone or does not answer, its helper listed or not; unmounted)",
             "state",
             g,
             MOUNT_STATES
