@@ -11,7 +11,7 @@
 //!   `GET /v1/targets` serves (`dms_helpers{state}`, `dms_mounts{state}` and the
 //!   per-target series), so a target that is gone has no series left: one series per
 //!   target and per metric, none per PID.
-//! - The daemon's own `process_*` series come from `/proc/self` ([`process`]).
+//! - The daemon's own `process_*` series come from `/proc/self` ([`ProcessCollector`]).
 //!
 //! [`router`] is the TCP side of `--metrics-listen`: `/metrics` and nothing else.
 
