@@ -228,7 +228,7 @@ set -euo pipefail
 . $WORK/common.sh
 s6_pids() { pgrep -x 's6-svscan|s6-supervise'; }
 t0=\$(now)
-s6-svscan "$WORK/scan" >"$WORK/s6.log" 2>&1 &
+s6-svscan -c $((N + 16)) "$WORK/scan" >"$WORK/s6.log" 2>&1 &
 scan=\$!
 if wait_count "$N"; then echo "a \$(secs "\$t0" "\$(now)")"; else echo "a timeout"; fi
 echo "b \$(kill_and_wait)"
