@@ -193,6 +193,8 @@ else
 fi
 echo "c \$(rss \$daemon)"
 echo "p \$(pss \$daemon)"
+# Not a comparison: what one GET /metrics costs with N helpers (5 scrapes, seconds each).
+echo "scrape \$(for _ in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_total} ' --unix-socket "\$s" http://dms/metrics; done)"
 echo "d \$(idle_cpu "echo \$daemon")"
 kill -TERM \$daemon; wait \$daemon || true
 EOF
