@@ -81,9 +81,7 @@ def dms_bin() -> str:
     path = os.environ.get("DMS_BIN") or str(REPO / "target" / "debug" / "dms")
     path = os.path.abspath(path)
     if not os.access(path, os.X_OK):
-        pytest.fail(
-            f"no dms binary at {path}: build it (cargo build -p dms-cli) or set $DMS_BIN"
-        )
+        pytest.fail(f"no dms binary at {path}: build it (cargo build -p dms-cli) or set $DMS_BIN")
     return path
 
 
@@ -162,9 +160,9 @@ class Daemon:
         reap_zombies()
         return self.proc.returncode
 
-    def client(self, **kwargs: float) -> Client:
+    def client(self, timeout: float = 30.0) -> Client:
         """A client of this daemon."""
-        return Client(self.run_dir, **kwargs)
+        return Client(self.run_dir, timeout=timeout)
 
 
 def stop_everything(dms_bin: str, run_dir: Path, daemons: list[Daemon]) -> None:
@@ -233,3 +231,67 @@ def client(daemon: Daemon) -> Iterator[Client]:
 def is_root() -> bool:
     """Whether the tests run as root."""
     return os.geteuid() == 0
+
+
+def zombie_pid() -> int:
+    """The PID of a child that exited and is left unreaped: a dead PID that cannot be
+    reused while the test holds it (``reap_zombies`` may reap it later)."""
+    proc = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while not is_dead(proc.pid):
+        if time.monotonic() > deadline:
+            pytest.fail("`true` did not exit within 10 s")
+        time.sleep(0.005)
+    # Forget the Popen without reaping (its __del__ only reaps an exited child later).
+    proc.returncode = 0
+    return proc.pid
+
+
+#: A stand-in for /usr/bin/s3vaultfuse.py: mounts $STANDIN_SOURCE on
+#: $vault_data_directory (a bind mount, so a real mount point that answers statfs) and
+#: stays in the foreground until SIGTERM.
+STANDIN = """\
+#!/usr/bin/python3
+import os, signal, subprocess, sys
+mnt = os.environ["vault_data_directory"]
+subprocess.run(["mount", "--bind", os.environ["STANDIN_SOURCE"], mnt], check=True)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    signal.pause()
+"""
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether ``path`` is in this process's mount table (``os.path.ismount`` misses a
+    bind mount from the same file system)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return str(path) in points
+
+
+def can_bind_mount(tmp: Path) -> bool:
+    """Whether this process may make bind mounts (root, not in a locked-down container)."""
+    if not is_root():
+        return False
+    a, b = tmp / "probe-a", tmp / "probe-b"
+    a.mkdir(exist_ok=True)
+    b.mkdir(exist_ok=True)
+    ok = subprocess.run(["mount", "--bind", str(a), str(b)], capture_output=True).returncode
+    if ok == 0:
+        subprocess.run(["umount", str(b)], check=True)
+    return ok == 0
+
+
+@pytest.fixture
+def standin(run_dir: Path) -> Path:
+    """The stand-in helper script, executable; skips the test where it cannot mount."""
+    top = run_dir.parent
+    if not can_bind_mount(top):
+        pytest.skip("needs root and bind mounts (the stand-in helper mounts its directory)")
+    (top / "mnt").mkdir(exist_ok=True)
+    (top / "source").mkdir(exist_ok=True)
+    (top / "source" / "in-the-bucket").write_text("hello\n")
+    script = top / "s3vaultfuse.py"
+    script.write_text(STANDIN)
+    script.chmod(0o755)
+    return script

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, is_dead, wait_dead, wait_for
+from conftest import Daemon, is_dead, wait_dead, wait_for, zombie_pid
 
 from dms_client import Client, Conflict, NotFound
 from dms_client.types import Event
@@ -77,7 +77,9 @@ def test_spawn_env_env_files_and_log_reach_the_helper_and_no_value_comes_back(
         env_files=[env_file],
         log=log,
     )
-    wait_for("the helper to write its environment", lambda: out.exists() and out.stat().st_size)
+    wait_for(
+        "the helper to write its environment", lambda: out.exists() and out.stat().st_size > 0
+    )
     assert out.read_text().split() == ["s3cr3t-value-987", "file-value-123"]
     wait_for("the helper's log line", lambda: b"to-the-log" in log.read_bytes())
     everything = repr(info) + repr(client.status()) + repr(client.stats())
@@ -129,9 +131,8 @@ def test_forget_stops_the_helper(client: Client) -> None:
 def test_cleanup_removes_stale_entries_and_all_stops_every_helper(
     client: Client, run_dir: Path
 ) -> None:
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (run_dir / "s3" / "stale.pid").write_text(f"{dead.pid}\n")
+    dead = zombie_pid()
+    (run_dir / "s3" / "stale.pid").write_text(f"{dead}\n")
     report = client.cleanup()
     assert {"target": "stale", "reason": "stale"} in report["removed"]
     assert report["stopped"] == []
