@@ -41,6 +41,8 @@ _STREAM_SILENCE = 45.0
 def _target_path(target: str, suffix: str = "") -> str:
     if not isinstance(target, str):
         raise TypeError(f"target must be a str, not {type(target).__name__}")
+    if not target:
+        raise ValueError("the target ID is empty; it must be 1 to 200 bytes of [A-Za-z0-9._-]")
     return f"/v1/targets/{quote(target, safe='')}{suffix}"
 
 

@@ -38,7 +38,7 @@ from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Any, Callable, TypeVar
 
 from .client import DEFAULT_TIMEOUT, Client
-from .errors import ApiError, BadRequest, DaemonUnavailable, DmsError
+from .errors import ApiError, BadRequest, Conflict, DaemonUnavailable, DmsError
 from .types import Info
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class ProcessesView(Mapping[str, Mapping[str, Any]]):
             raise KeyError(target_id)
         try:
             info = self._manager._call(lambda c: c.status(target_id))
-        except BadRequest:
+        except (BadRequest, ValueError):
             raise KeyError(target_id) from None
         if not _in_memory(info):
             raise KeyError(target_id)
@@ -342,6 +342,14 @@ class S3VaultFuseManager:
                         ready_timeout=self.ready_timeout,
                     )
                 )
+            except Conflict as e:
+                # Already running: started by someone else in between (or by this call,
+                # answered by a daemon that restarted and adopted it): it runs, as asked.
+                if self.is_running(target_id):
+                    logger.info("s3vaultfuse already running for target %s", target_id)
+                    return True
+                logger.error("Failed to spawn s3vaultfuse for target %s: %s", target_id, e)
+                return False
             except DmsError as e:
                 logger.error("Failed to spawn s3vaultfuse for target %s: %s", target_id, e)
                 return False
@@ -365,7 +373,7 @@ class S3VaultFuseManager:
         with self._lock:
             try:
                 report = self._call(lambda c: c.kill(target_id, grace=grace))
-            except DmsError as e:
+            except (DmsError, ValueError, TypeError) as e:
                 logger.error("Failed to kill s3vaultfuse for target %s: %s", target_id, e)
                 return False
         self._env_keys.pop(target_id, None)
@@ -385,7 +393,7 @@ class S3VaultFuseManager:
         disk: a PID file written by hand whose process is ours counts)."""
         try:
             return self._call(lambda c: c.is_running(target_id))
-        except BadRequest:
+        except (BadRequest, ValueError, TypeError):
             return False
 
     def get_process_info(self, target_id: str) -> dict[str, Any] | None:
@@ -395,7 +403,7 @@ class S3VaultFuseManager:
         ``uptime_seconds``, ...), or None when dms records no PID for it."""
         try:
             info = self._call(lambda c: c.status(target_id))
-        except BadRequest:
+        except (BadRequest, ValueError, TypeError):
             return None
         if info.get("pid") is None:
             return None
