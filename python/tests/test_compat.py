@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, is_dead, is_mount_point, wait_dead, zombie_pid
 
-from dms_client import Client
+from dms_client import Client, DaemonUnavailable
 from dms_client.compat import S3VaultFuseManager
 
 
@@ -231,3 +231,33 @@ def test_spawn_s3vaultfuse_with_a_real_mount(
     wait_dead(pid)
     assert not is_mount_point(mnt)
     assert m.is_running("t1") is False
+
+
+def test_a_daemon_gone_mid_life_is_started_again_and_adopts_the_helpers(
+    dms_bin: str, run_dir: Path, daemons: list[Daemon], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dms_client.compat")
+    m = S3VaultFuseManager(pid_dir=str(run_dir / "s3"), dms_bin=dms_bin)
+    assert m.daemon_process is not None
+    first = Daemon(dms_bin, run_dir)
+    first.proc = m.daemon_process
+    daemons.append(first)
+    pid = m.client.spawn("t", ["sleep", "300"])["pid"]
+    assert pid is not None
+    first.seen_pids.add(pid)
+    assert first.stop() == 0  # the daemon this test started (through the manager)
+    assert not is_dead(pid)
+
+    assert m.is_running("t") is True  # a new daemon, started by this call
+    assert m.daemon_process is not None and m.daemon_process is not first.proc
+    second = Daemon(dms_bin, run_dir)
+    second.proc = m.daemon_process
+    daemons.append(second)
+    started = [r for r in caplog.records if "no dms serve answered" in r.getMessage()]
+    assert len(started) == 2
+    assert m.get_process_info("t")["pid"] == pid  # type: ignore[index]
+
+
+def test_without_start_daemon_no_daemon_is_an_error(run_dir: Path) -> None:
+    with pytest.raises(DaemonUnavailable, match="dms serve --run-dir"):
+        S3VaultFuseManager(pid_dir=str(run_dir / "s3"), start_daemon=False)
