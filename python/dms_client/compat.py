@@ -76,6 +76,7 @@ def process_info(info: Info) -> dict[str, Any]:
         "num_threads": info.get("threads"),
         "uptime_seconds": info.get("uptime_secs"),
         "cmdline": info.get("cmdline"),
+        "detail": info.get("detail"),
     }
 
 

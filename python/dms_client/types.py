@@ -57,6 +57,7 @@ class Info(TypedDict):
     mounted: bool | None
     mount_state: MountState | None
     supervision: Supervision | None
+    detail: str | None
 
 
 class KillReport(TypedDict):
