@@ -17,6 +17,7 @@
 
 mod cli;
 mod env;
+mod logs;
 mod output;
 mod run;
 mod serve;

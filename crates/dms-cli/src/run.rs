@@ -97,6 +97,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Stats => Prepared::Stats,
         Command::Cleanup(a) => Prepared::Cleanup(a),
         Command::Adopt(a) => Prepared::Adopt(a),
+        Command::Logs(a) => return crate::logs::run(&run_dir, cli.backend, cli.json, a).await,
         Command::Completions { .. } | Command::Man { .. } | Command::Serve(_) => {
             unreachable!("handled before the runtime starts")
         }

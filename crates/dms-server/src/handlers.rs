@@ -43,6 +43,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/targets/{target}/spawn", post(spawn))
         .route("/v1/targets/{target}/kill", post(kill))
         .route("/v1/targets/{target}/adopt", post(adopt))
+        .route(
+            "/v1/targets/{target}/logs",
+            get(crate::logs::endpoint::logs),
+        )
         .route("/v1/cleanup", post(cleanup))
         .route("/v1/stats", get(stats))
         .route("/v1/events", get(events))
@@ -78,7 +82,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 /// The target of the path, or 400.
-fn target_of(path: Result<Path<String>, PathRejection>) -> Result<TargetId, ApiError> {
+pub(crate) fn target_of(path: Result<Path<String>, PathRejection>) -> Result<TargetId, ApiError> {
     let Path(raw) =
         path.map_err(|e| ApiError::bad_request(format!("bad target in the path: {e}")))?;
     raw.parse::<TargetId>()

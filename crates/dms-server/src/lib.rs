@@ -17,6 +17,7 @@ mod body;
 mod error;
 pub mod events;
 mod handlers;
+pub mod logs;
 mod peer;
 pub mod serve;
 
