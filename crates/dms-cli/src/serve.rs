@@ -105,7 +105,12 @@ pub async fn run(
         access.socket_gid = gid;
     }
     let daemon = Daemon::new(Arc::new(manager), &recovery, access, Box::new(build_env));
-    let _bounder = dms_server::logs::bound::spawn_log_bounder(&daemon.manager, args.log_max_bytes);
+    if let Err(e) = dms_server::logs::bound::spawn_log_bounder(&daemon.manager, args.log_max_bytes)
+    {
+        return Err(failed(format!(
+            "cannot start the thread that bounds the helper logs: {e}; check the process limits (ulimit -u)"
+        )));
+    }
     let app = dms_server::router(daemon.clone());
     tracing::info!(socket = %socket.display(), run_dir = %run_dir.display(), pid = std::process::id(), "dms serve is listening");
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {

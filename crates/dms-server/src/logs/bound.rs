@@ -24,7 +24,7 @@ use std::time::Duration;
 
 /// How often the logs are checked (serve.md asks for a truncation within 2 s of a log
 /// passing its bound).
-pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// What [`bound_log`] did to one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,34 +176,25 @@ pub fn bound_all(logs: &[PathBuf], max: u64) {
     }
 }
 
-/// Starts the task that bounds the logs of `manager`'s helpers and of
-/// `<run-dir>/logs/` to `max` bytes each, every [`CHECK_EVERY`] (the file work on the
-/// blocking pool). It runs until the manager is dropped.
+/// Starts the thread that bounds the logs of `manager`'s helpers and of
+/// `<run-dir>/logs/` to `max` bytes each, every [`CHECK_EVERY`]. A thread of its own,
+/// not a task: a runtime busy with requests never delays it. It ends once the manager
+/// is dropped.
 pub fn spawn_log_bounder(
     manager: &Arc<dms_core::Manager>,
     max: u64,
-) -> tokio::task::JoinHandle<()> {
+) -> io::Result<std::thread::JoinHandle<()>> {
     let weak = Arc::downgrade(manager);
     let logs_dir = manager.options().logs_dir();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHECK_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+    std::thread::Builder::new()
+        .name("dms-log-bound".into())
+        .spawn(move || loop {
             let Some(manager) = weak.upgrade() else { break };
-            let tracked = manager.log_files().into_iter().map(|(_, p)| p);
-            let tracked: Vec<PathBuf> = tracked.collect();
+            let tracked: Vec<PathBuf> = manager.log_files().into_iter().map(|(_, p)| p).collect();
             drop(manager);
-            let dir = logs_dir.clone();
-            let work = tokio::task::spawn_blocking(move || {
-                let logs = logs_to_check(&dir, tracked);
-                bound_all(&logs, max);
-            });
-            if let Err(e) = work.await {
-                tracing::warn!(error = %e, "the log bounding pass failed");
-            }
-        }
-    })
+            bound_all(&logs_to_check(&logs_dir, tracked), max);
+            std::thread::sleep(CHECK_EVERY);
+        })
 }
 
 #[cfg(test)]
