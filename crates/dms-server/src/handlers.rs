@@ -101,12 +101,14 @@ fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiE
 }
 
 /// The info object of the daemon: the manager's, plus `supervision` (`null`: nothing is
-/// supervised yet).
+/// supervised yet) and `detail` (why the state is what it is, in words, or `null`: the
+/// text the command line shows beside a row; `dms --json` leaves it out).
 fn info_doc(info: &ProcessInfo) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(info)
         .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
     if let Some(o) = v.as_object_mut() {
         o.insert("supervision".into(), Value::Null);
+        o.insert("detail".into(), json!(info.detail));
     }
     Ok(v)
 }
@@ -259,6 +261,7 @@ fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<HelperSpec, ApiError> {
         ready_timeout: req.mount.as_ref().map(|_| ready),
         mount: req.mount,
         replace: req.replace,
+        replace_grace: None,
     })
 }
 
@@ -269,14 +272,10 @@ async fn spawn(
 ) -> Result<Response, ApiError> {
     let target = target_of(path)?;
     let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
-    let explicit_grace = req.grace_secs.is_some();
-    let spec = spawn_spec(&d, req)?;
-    if spec.replace && explicit_grace {
-        // The manager replaces with its own grace; a request's grace stops the old
-        // helper first (if another spawn starts one in between, it is replaced with the
-        // default grace).
-        d.manager.kill(&target, grace).await?;
-    }
+    let mut spec = spawn_spec(&d, req)?;
+    // The old helper of a replace gets the request's grace; what can fail without
+    // starting anything is checked before it is stopped (the manager's replace).
+    spec.replace_grace = Some(grace);
     let info = d.manager.spawn(&target, spec).await?;
     Ok((StatusCode::CREATED, Json(info_doc(&info)?)).into_response())
 }
