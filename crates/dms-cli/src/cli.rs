@@ -361,6 +361,12 @@ pub struct ServeArgs {
     /// K, M or G suffix (KiB, MiB, GiB).
     #[arg(long, value_name = "N", value_parser = parse_bytes, default_value = "16M")]
     pub log_max_bytes: u64,
+
+    /// Also serve GET /metrics (Prometheus text format, and nothing else) over TCP on
+    /// ADDR, an IP address and port such as 127.0.0.1:9464, for a Prometheus that cannot
+    /// reach the Unix socket (which serves /metrics too).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of `dms logs`.

@@ -1,4 +1,5 @@
-//! The endpoints of serve.md that exist so far, and the request documents they take.
+//! The endpoints of serve.md that exist so far, and the request documents they take
+//! (`GET /metrics` is in [`crate::metrics`]).
 
 use crate::body::JsonBody;
 use crate::error::ApiError;
@@ -50,6 +51,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/cleanup", post(cleanup))
         .route("/v1/stats", get(stats))
         .route("/v1/events", get(events))
+        .route("/metrics", get(crate::metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -57,6 +59,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             peer::authorize,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        // Outermost, so that refused, failed and panicked requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            crate::metrics::track,
+        ))
         .with_state(daemon)
 }
 
@@ -103,7 +110,7 @@ fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiE
 /// The info object of the daemon: the manager's, plus `supervision` (`null`: nothing is
 /// supervised yet) and `detail` (why the state is what it is, in words, or `null`: the
 /// text the command line shows beside a row; `dms --json` leaves it out).
-fn info_doc(info: &ProcessInfo) -> Result<Value, ApiError> {
+pub(crate) fn info_doc(info: &ProcessInfo) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(info)
         .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
     if let Some(o) = v.as_object_mut() {
