@@ -19,12 +19,14 @@ pub mod events;
 mod handlers;
 mod peer;
 pub mod serve;
+pub mod supervise;
 
 pub use body::{JsonBody, BODY_TIMEOUT, MAX_BODY_BYTES};
 pub use error::{chain, ApiError};
 pub use events::EventLog;
 pub use handlers::router;
 pub use peer::{Access, Peer};
+pub use supervise::{SuperviseOptions, Supervisor};
 
 use dms_core::{Manager, RecoveryReport};
 use serde_json::{json, Map};
@@ -54,6 +56,8 @@ pub struct Daemon {
     pub run_dir: PathBuf,
     /// The backend's name (`pidfile`, `sqlite`).
     pub backend: String,
+    /// Supervision: restart policies, mount health, specs, declared targets.
+    pub supervisor: Supervisor,
     env_builder: Box<EnvBuilder>,
     started: Instant,
     shutdown: watch::Sender<bool>,
@@ -90,6 +94,7 @@ impl Daemon {
             manager,
             events: EventLog::new(),
             access,
+            supervisor: Supervisor::new(&run_dir),
             run_dir,
             backend,
             env_builder,
@@ -115,7 +120,10 @@ impl Daemon {
                 let event = rx.recv().await;
                 let Some(daemon) = weak.upgrade() else { break };
                 match event {
-                    Ok(e) => daemon.events.push_event(&e),
+                    Ok(e) => {
+                        daemon.events.push_event(&e);
+                        supervise::on_event(&daemon, &e);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "the event log fell behind the manager");
                     }
