@@ -139,17 +139,15 @@ fn parse(file: &Path, text: &str) -> Result<StoredSpec, (Option<usize>, String)>
     })
 }
 
-/// Reads the targets directory: the declared specs, the targets of bad files, the errors.
-fn read_dir(
-    dir: &Path,
-) -> Result<
-    (
-        BTreeMap<TargetId, StoredSpec>,
-        BTreeSet<TargetId>,
-        Vec<FileError>,
-    ),
-    FileError,
-> {
+/// The declared specs, the targets of bad files, the errors.
+type DirRead = (
+    BTreeMap<TargetId, StoredSpec>,
+    BTreeSet<TargetId>,
+    Vec<FileError>,
+);
+
+/// Reads the targets directory.
+fn read_dir(dir: &Path) -> Result<DirRead, FileError> {
     let entries = std::fs::read_dir(dir).map_err(|e| FileError {
         file: dir.to_owned(),
         line: None,

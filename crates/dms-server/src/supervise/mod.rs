@@ -168,8 +168,10 @@ impl Supervisor {
         if let Some(s) = slots.get(target) {
             return (s.clone(), false);
         }
-        let mut doc = Persisted::default();
-        doc.state = SupState::Stopped;
+        let doc = Persisted {
+            state: SupState::Stopped,
+            ..Default::default()
+        };
         let slot = Arc::new(Slot::new(Entry::new(doc, Some(Vec::new()))));
         slots.insert(target.clone(), slot.clone());
         (slot, true)

@@ -87,8 +87,13 @@ pub async fn spawn(
 }
 
 /// Starts `target` from its record (under its operation lock): the state is `running`
-/// on success; the error otherwise.
-async fn start(d: &Arc<Daemon>, target: &TargetId, slot: &Slot) -> Result<ProcessInfo, String> {
+/// on success (one more restart counted when `restart`); the error otherwise.
+async fn start(
+    d: &Arc<Daemon>,
+    target: &TargetId,
+    slot: &Slot,
+    restart: bool,
+) -> Result<ProcessInfo, String> {
     let (helper, mount) = {
         let e = slot.entry();
         (helper_spec(d, &e)?, e.doc.spec.mount.clone())
@@ -107,6 +112,7 @@ async fn start(d: &Arc<Daemon>, target: &TargetId, slot: &Slot) -> Result<Proces
     e.doc.state = SupState::Running;
     e.doc.next_restart_at = None;
     e.doc.reason = None;
+    e.doc.restarts += u64::from(restart);
     d.supervisor.persist(target, &e);
     Ok(info)
 }
@@ -185,12 +191,8 @@ pub(crate) fn schedule(
                 return;
             }
         }
-        match start(&d, &target, &slot).await {
-            Ok(_) => {
-                let mut e = slot.entry();
-                e.doc.restarts += 1;
-                d.supervisor.persist(&target, &e);
-            }
+        match start(&d, &target, &slot, true).await {
+            Ok(_) => {}
             Err(why) => {
                 tracing::warn!(target = %target, error = %why, "restart failed");
                 slot.entry().doc.reason = Some(format!("restart failed: {why}"));
@@ -334,13 +336,8 @@ pub async fn restart(
     }
     d.manager.kill(target, grace).await?;
     slot.entry().doc.series.reset();
-    match start(d, target, &slot).await {
-        Ok(info) => {
-            let mut e = slot.entry();
-            e.doc.restarts += 1;
-            d.supervisor.persist(target, &e);
-            Ok(info)
-        }
+    match start(d, target, &slot, true).await {
+        Ok(info) => Ok(info),
         Err(why) => {
             let mut e = slot.entry();
             stopped(&mut e, &format!("restart failed: {why}"));
@@ -360,7 +357,7 @@ pub(crate) async fn start_locked(
     slot: &Arc<Slot>,
 ) -> Result<(), String> {
     slot.entry().generation += 1;
-    match start(d, target, slot).await {
+    match start(d, target, slot, false).await {
         Ok(_) => Ok(()),
         Err(why) => {
             slot.entry().doc.reason = Some(format!("start failed: {why}"));

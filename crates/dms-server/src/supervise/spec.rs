@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What is needed to start a target's helper again, without any environment value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StoredSpec {
     /// The program and its arguments.
@@ -31,21 +31,6 @@ pub struct StoredSpec {
     pub restart: Policy,
     /// Declared by a file of `--targets DIR` (its name), rather than by a spawn request.
     pub declared: Option<String>,
-}
-
-impl Default for StoredSpec {
-    fn default() -> Self {
-        StoredSpec {
-            argv: Vec::new(),
-            env_keys: Vec::new(),
-            env_files: Vec::new(),
-            mount: None,
-            ready_timeout_secs: None,
-            log: None,
-            restart: Policy::default(),
-            declared: None,
-        }
-    }
 }
 
 /// The supervision state of a target (the `state` of the info object's `supervision`).
@@ -104,6 +89,9 @@ pub struct Persisted {
     pub reason: Option<String>,
 }
 
+/// What [`SpecStore::load`] found: the documents, and the unreadable files with why.
+pub type Loaded = (Vec<(TargetId, Persisted)>, Vec<(PathBuf, String)>);
+
 /// The directory of spec documents.
 #[derive(Debug, Clone)]
 pub struct SpecStore {
@@ -156,7 +144,7 @@ impl SpecStore {
     }
 
     /// Every readable document; unreadable ones are reported (path, reason) and skipped.
-    pub fn load(&self) -> (Vec<(TargetId, Persisted)>, Vec<(PathBuf, String)>) {
+    pub fn load(&self) -> Loaded {
         let mut docs = Vec::new();
         let mut bad = Vec::new();
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
