@@ -21,7 +21,7 @@ use std::time::Duration;
 
 const KEY_ID: &str = "AKIDdmsTestKeyId4711";
 const SECRET: &str = "dmsTestSecretNeverShown0815xyz";
-const T: Duration = Duration::from_secs(60);
+const T: Duration = Duration::from_secs(120);
 
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
