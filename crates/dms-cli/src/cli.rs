@@ -65,6 +65,26 @@ Examples:
 Exit codes: 0 stopped by SIGTERM or SIGINT (the helpers keep running), 1 cannot serve
 (another daemon serves the run dir, the socket is taken), 2 bad usage.";
 
+const RESTART_EXAMPLES: &str = "\
+Examples:
+  dms restart target-1
+  dms --json restart target-1 --grace 2
+
+Exit codes: 0 restarted, 1 failed (nothing recorded to restart, no daemon), 2 bad usage.";
+
+const EVENTS_EXAMPLES: &str = "\
+Examples:
+  dms events                 # follow from now on
+  dms --json events --since 0  # replay the kept events, then follow
+
+Exit codes: 0 the daemon ended the stream (it stopped), 1 no daemon.";
+
+const RELOAD_EXAMPLES: &str = "\
+Example:
+  dms reload
+
+Exit codes: 0 reloaded (bad files are reported and skipped), 1 no daemon.";
+
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
   dms completions bash > /etc/bash_completion.d/dms
@@ -125,6 +145,14 @@ pub struct Cli {
     )]
     pub backend: BackendChoice,
 
+    /// Do not ask the daemon: act on the run dir from this process (for emergencies, or
+    /// when `dms serve` hangs). Without it, `spawn`, `kill`, `status`, `stats`, `cleanup`
+    /// and `adopt` are answered by the daemon whose socket (`<run-dir>/dms.sock`) accepts
+    /// a connection, with the same output and exit codes. The per-target locks keep both
+    /// paths safe together.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub direct: bool,
+
     /// Machine-readable output on stdout: one JSON document per command.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -169,6 +197,19 @@ pub enum Command {
     /// Record an already-running process as TARGET's helper.
     #[command(after_help = ADOPT_EXAMPLES)]
     Adopt(AdoptArgs),
+
+    /// Stop TARGET's helper and start it again from the spec the daemon recorded (needs
+    /// `dms serve`).
+    #[command(after_help = RESTART_EXAMPLES)]
+    Restart(RestartArgs),
+
+    /// Print the daemon's events as they happen, one a line (needs `dms serve`).
+    #[command(after_help = EVENTS_EXAMPLES)]
+    Events(EventsArgs),
+
+    /// Make the daemon re-read its declared targets (`dms serve --targets DIR`).
+    #[command(after_help = RELOAD_EXAMPLES)]
+    Reload,
 
     /// Run the daemon of the run dir: the HTTP API of serve.md on a Unix socket
     /// (default: dms.sock in the run dir), in the foreground, logging to stderr.
@@ -239,9 +280,56 @@ pub struct SpawnArgs {
           requires = "replace")]
     pub grace: Duration,
 
+    /// Restart the helper when it exits (needs `dms serve`, which supervises it): `never`
+    /// (the default) only records the exit.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub restart: Option<RestartPolicy>,
+
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_names = ["PROGRAM", "ARG"])]
     pub command: Vec<OsString>,
+}
+
+/// A restart policy of `dms spawn --restart` (serve.md "Supervision"; needs `dms serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartPolicy {
+    /// Only record the exit.
+    Never,
+    /// Restart after an exit with a non-zero status or by a signal, or a stale mount.
+    OnFailure,
+    /// Restart after any exit.
+    Always,
+}
+
+impl RestartPolicy {
+    /// The policy's name in the API (`never`, `on-failure`, `always`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}
+
+/// Arguments of `dms restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// The target ID.
+    #[arg(value_parser = parse_target)]
+    pub target: TargetId,
+
+    /// Seconds to wait after SIGTERM before SIGKILL (decimals allowed).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    pub grace: Duration,
+}
+
+/// Arguments of `dms events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// First replay the kept events after this sequence number (0: all that are kept).
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
 }
 
 /// Arguments of `dms serve`.

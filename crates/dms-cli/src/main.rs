@@ -16,8 +16,10 @@
 //! (`kill`, `status TARGET`). Errors are one line on stderr starting `dms: error:`.
 
 mod cli;
+mod client;
 mod env;
 mod output;
+mod remote;
 mod run;
 mod serve;
 

@@ -101,12 +101,14 @@ fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiE
 }
 
 /// The info object of the daemon: the manager's, plus `supervision` (`null` for an
-/// unsupervised helper).
+/// unsupervised helper) and `detail` (why the state is what it is, in words, or `null`:
+/// the text the command line shows beside a row; `dms --json` leaves it out).
 fn info_doc(d: &Daemon, info: &ProcessInfo) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(info)
         .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
     if let Some(o) = v.as_object_mut() {
         o.insert("supervision".into(), d.supervisor.doc(&info.target));
+        o.insert("detail".into(), json!(info.detail));
     }
     Ok(v)
 }
@@ -289,6 +291,7 @@ fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<Spawnable, ApiError> {
         ready_timeout: req.mount.as_ref().map(|_| ready),
         mount: req.mount,
         replace: req.replace,
+        replace_grace: None,
     };
     Ok(Spawnable {
         helper,
@@ -304,15 +307,10 @@ async fn spawn(
 ) -> Result<Response, ApiError> {
     let target = target_of(path)?;
     let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
-    let explicit_grace = req.grace_secs.is_some();
-    let spec = spawn_spec(&d, req)?;
-    if spec.helper.replace && explicit_grace {
-        // The manager replaces with its own grace; a request's grace stops the old
-        // helper first (if another spawn starts one in between, it is replaced with the
-        // default grace).
-        supervise::stop(&d, &target, "replaced");
-        d.manager.kill(&target, grace).await?;
-    }
+    let mut spec = spawn_spec(&d, req)?;
+    // The old helper of a replace gets the request's grace; what can fail without
+    // starting anything is checked before it is stopped (the manager's replace).
+    spec.helper.replace_grace = Some(grace);
     let info = supervise::spawn(&d, &target, spec.stored, spec.inline, spec.helper).await?;
     Ok((StatusCode::CREATED, Json(info_doc(&d, &info)?)).into_response())
 }

@@ -38,6 +38,7 @@ fn helper_spec(d: &Daemon, entry: &Entry) -> Result<HelperSpec, String> {
         ready_timeout: spec.mount.as_ref().map(|_| ready),
         mount: spec.mount.clone(),
         replace: false,
+        replace_grace: None,
     })
 }
 
