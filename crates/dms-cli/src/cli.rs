@@ -367,6 +367,16 @@ pub struct ServeArgs {
     /// reach the Unix socket (which serves /metrics too).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// A directory of declared targets, one `<target>.toml` each (argv, env_files, mount,
+    /// log, [restart]); applied at start and at each reload (SIGHUP, POST /v1/reload).
+    #[arg(long, value_name = "DIR")]
+    pub targets: Option<PathBuf>,
+
+    /// Seconds between the checks of supervised mounts (decimals allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10",
+          env = "DMS_MOUNT_CHECK_SECS", hide = true)]
+    pub mount_check_secs: Duration,
 }
 
 /// Arguments of `dms logs`.

@@ -50,6 +50,9 @@ pub async fn run(
     let run_dir = std::path::absolute(&run_dir)
         .map_err(|e| CliError::Usage(format!("cannot make {} absolute: {e}", run_dir.display())))?;
     let stop = stop_signal()?;
+    // Installed at once too: a SIGHUP during startup must not end the daemon.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failed(format!("cannot handle SIGHUP: {e}")))?;
     let socket_gid = match &args.socket_group {
         None => None,
         Some(name) => Some(group_id(name)?),
@@ -121,6 +124,18 @@ pub async fn run(
             "cannot start the thread that bounds the helper logs: {e}; check the process limits (ulimit -u)"
         )));
     }
+    let targets = args
+        .targets
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let sup = dms_server::SuperviseOptions {
+        targets_dir: targets,
+        mount_check: args.mount_check_secs,
+    };
+    if let Some(report) = dms_server::supervise::start(&daemon, sup).await {
+        log_reload(&report);
+    }
+    start_reload_on_hangup(&daemon, hup);
     let app = dms_server::router(daemon.clone());
     if let Some(l) = metrics_listener {
         if let Ok(addr) = l.local_addr() {
@@ -304,6 +319,31 @@ fn start_watchdog() {
             if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]) {
                 tracing::warn!(error = %e, "cannot send WATCHDOG=1");
             }
+        }
+    });
+}
+
+fn log_reload(report: &dms_server::supervise::ReloadReport) {
+    tracing::info!(
+        started = report.started.len(),
+        stopped = report.stopped.len(),
+        restarted = report.restarted.len(),
+        unchanged = report.unchanged,
+        "declared targets applied"
+    );
+    for e in &report.errors {
+        tracing::warn!(file = %e.file.display(), line = e.line, "{}", e.message);
+    }
+}
+
+/// SIGHUP: re-reads `--targets DIR`, as `POST /v1/reload` does.
+fn start_reload_on_hangup(daemon: &Arc<Daemon>, mut hup: tokio::signal::unix::Signal) {
+    let weak = Arc::downgrade(daemon);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(d) = weak.upgrade() else { break };
+            tracing::info!("SIGHUP: reloading the declared targets");
+            log_reload(&dms_server::supervise::reload(&d).await);
         }
     });
 }
