@@ -1,9 +1,9 @@
 """One HTTP/1.1 request and answer on a connected socket, for the request/answer calls.
 
-``http.client`` spends about 180 µs of CPU per call on its own (an email parser for the
-headers, a new file object per answer), more than the daemon takes to answer a lookup;
+With ``http.client`` (an email parser for the headers, a new file object per answer) a
+lookup cost the client about 230 µs of CPU, more than the daemon takes to answer it; with
 this reader of the daemon's answers (status line, headers, a ``Content-Length`` or
-chunked body) spends about 50 µs. The event stream still uses ``http.client``.
+chunked body) about 100 µs, JSON included. The event stream still uses ``http.client``.
 """
 
 from __future__ import annotations
