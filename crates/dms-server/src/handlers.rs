@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The default grace between SIGTERM and SIGKILL (kill, DELETE, cleanup, replace).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -96,15 +96,25 @@ fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiE
     }
 }
 
-/// The info object of the daemon: the manager's, plus `supervision` (`null`: nothing is
-/// supervised yet).
-fn info_doc(info: &ProcessInfo) -> Result<Value, ApiError> {
+/// The info object of the daemon: the manager's, plus `usage_sampled_at` (when its
+/// usage columns were read, RFC 3339 with milliseconds; `null` when they are empty) and
+/// `supervision` (`null`: nothing is supervised yet).
+fn info_doc(info: &ProcessInfo, sampled_at: Option<SystemTime>) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(info)
         .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
     if let Some(o) = v.as_object_mut() {
+        let at = sampled_at.map_or(Value::Null, |t| {
+            Value::String(humantime::format_rfc3339_millis(t).to_string())
+        });
+        o.insert("usage_sampled_at".into(), at);
         o.insert("supervision".into(), Value::Null);
     }
     Ok(v)
+}
+
+/// When the usage of an info object made just now was read: now, when it has any.
+fn read_now(info: &ProcessInfo) -> Option<SystemTime> {
+    info.rss_bytes.map(|_| SystemTime::now())
 }
 
 fn doc(v: &impl serde::Serialize) -> Result<Value, ApiError> {
@@ -123,9 +133,12 @@ async fn health(State(d): State<Arc<Daemon>>) -> Json<Value> {
 }
 
 async fn list(State(d): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
-    let mut infos = d.manager.list().await?;
-    infos.sort_by(|a, b| a.target.cmp(&b.target));
-    let docs = infos.iter().map(info_doc).collect::<Result<Vec<_>, _>>()?;
+    let mut infos = d.manager.list_sampled().await?;
+    infos.sort_by(|a, b| a.0.target.cmp(&b.0.target));
+    let docs = infos
+        .iter()
+        .map(|(info, at)| info_doc(info, *at))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(Value::Array(docs)))
 }
 
@@ -134,8 +147,8 @@ async fn status(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let target = target_of(path)?;
-    let info = d.manager.process_info(&target).await?;
-    Ok(Json(info_doc(&info)?))
+    let (info, sampled_at) = d.manager.process_info_sampled(&target).await?;
+    Ok(Json(info_doc(&info, sampled_at)?))
 }
 
 /// The `restart` object of a spawn request. Supervision is not built yet: only the
@@ -274,7 +287,7 @@ async fn spawn(
         d.manager.kill(&target, grace).await?;
     }
     let info = d.manager.spawn(&target, spec).await?;
-    Ok((StatusCode::CREATED, Json(info_doc(&info)?)).into_response())
+    Ok((StatusCode::CREATED, Json(info_doc(&info, read_now(&info))?)).into_response())
 }
 
 /// The body of `kill` (and of `DELETE`, where it is optional too).
@@ -321,7 +334,7 @@ async fn adopt(
         .ok_or_else(|| ApiError::bad_request("field `pid`: required, the PID to adopt"))?;
     let pid = Pid::new(raw).map_err(|e| ApiError::bad_request(format!("field `pid`: {e}")))?;
     let info = d.manager.adopt(&target, pid).await?;
-    Ok(Json(info_doc(&info)?))
+    Ok(Json(info_doc(&info, read_now(&info))?))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,6 +19,7 @@ pub mod events;
 mod handlers;
 mod peer;
 pub mod serve;
+pub mod sync;
 
 pub use body::{JsonBody, BODY_TIMEOUT, MAX_BODY_BYTES};
 pub use error::{chain, ApiError};
