@@ -424,8 +424,9 @@ impl Manager {
                     let (i, id, usage) = joined.map_err(|e| {
                         Error::Proc(ProcError::Injected(format!("usage task failed: {e}")))
                     })?;
-                    apply_usage(&mut infos[i].0, &id, usage);
-                    infos[i].1 = Some(SystemTime::now());
+                    if apply_usage(&mut infos[i].0, &id, usage) {
+                        infos[i].1 = Some(SystemTime::now());
+                    }
                 }
             }
         }
@@ -533,7 +534,7 @@ impl Manager {
         let mut info = d.info;
         if let (Some(interval), Some(id), false) = (interval, d.live, inline) {
             let usage = self.inner.spawner.usage(&id, interval).await;
-            apply_usage(&mut info, &id, usage);
+            let _ = apply_usage(&mut info, &id, usage);
         }
         info
     }
@@ -1580,12 +1581,14 @@ fn verify_probed(id: &ProcIdentity, probe: std::result::Result<Probe, ProcError>
     }
 }
 
-/// Puts a usage sample of the running helper `id` into its info object.
+/// Puts a usage sample of the running helper `id` into its info object; returns
+/// whether there was one.
 fn apply_usage(
     info: &mut ProcessInfo,
     id: &ProcIdentity,
     usage: std::result::Result<Option<dms_proc::Usage>, ProcError>,
-) {
+) -> bool {
+    let read = matches!(usage, Ok(Some(_)));
     match usage {
         Ok(Some(u)) => {
             info.cpu_percent = Some(u.cpu_percent);
@@ -1600,6 +1603,7 @@ fn apply_usage(
         Ok(None) => {}
         Err(e) => debug!(target = %info.target, pid = id.pid.get(), error = %e, "no usage"),
     }
+    read
 }
 
 /// How long the handling of a reported exit waits for the exit status.

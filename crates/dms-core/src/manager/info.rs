@@ -117,15 +117,16 @@ impl Inner {
         let (mut live, mut sampled_at) = (None, None);
         match sample.filter(|s| s.at.elapsed() <= MAX_SAMPLE_AGE) {
             Some(s) => {
-                apply_usage(&mut info, &id, Ok(Some(s.usage())));
+                let _ = apply_usage(&mut info, &id, Ok(Some(s.usage())));
                 sampled_at = Some(wall_time_of(s.at));
             }
             None if inline => match self.spawner.usage(&id, Duration::ZERO).await {
                 // Gone: the exit watcher is about to say so; the probe tells now.
                 Ok(None) => return None,
                 usage => {
-                    apply_usage(&mut info, &id, usage);
-                    sampled_at = Some(SystemTime::now());
+                    if apply_usage(&mut info, &id, usage) {
+                        sampled_at = Some(SystemTime::now());
+                    }
                 }
             },
             None => live = Some(id.clone()),
@@ -155,8 +156,9 @@ impl Inner {
     pub(super) async fn finish_usage(&self, mut d: Described) -> (ProcessInfo, Option<SystemTime>) {
         if let (Some(interval), Some(id)) = (self.opts.usage_interval, d.live.take()) {
             let sampled = self.spawner.usage(&id, interval).await;
-            apply_usage(&mut d.info, &id, sampled);
-            d.sampled_at = Some(SystemTime::now());
+            if apply_usage(&mut d.info, &id, sampled) {
+                d.sampled_at = Some(SystemTime::now());
+            }
         }
         (d.info, d.sampled_at)
     }
@@ -173,8 +175,9 @@ impl Inner {
         let mut d = self.info_listed(target, disk, None, inline).await;
         if let (Some(interval), Some(id), false) = (usage, d.live.take(), inline) {
             let sampled = self.spawner.usage(&id, interval).await;
-            apply_usage(&mut d.info, &id, sampled);
-            d.sampled_at = Some(SystemTime::now());
+            if apply_usage(&mut d.info, &id, sampled) {
+                d.sampled_at = Some(SystemTime::now());
+            }
         }
         d
     }
@@ -274,7 +277,7 @@ impl Inner {
                 }
                 match usage {
                     Some(u) => {
-                        apply_usage(&mut info, &p.identity, Ok(Some(u)));
+                        let _ = apply_usage(&mut info, &p.identity, Ok(Some(u)));
                         sampled_at = Some(SystemTime::now());
                     }
                     None if !inline_usage => live = Some(p.identity),
