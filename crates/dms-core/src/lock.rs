@@ -141,6 +141,15 @@ impl TargetLocks {
         }
     }
 
+    /// Whether a task of this process holds or awaits the target's lock (a spawn, kill or
+    /// adopt in progress); no lock is taken.
+    pub(crate) fn in_use(&self, target: &TargetId) -> bool {
+        self.mutexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(target)
+    }
+
     /// Whether someone (another task of this process, or another process) holds the
     /// `flock` of `target` right now. Creates its lock file if missing.
     pub(crate) fn is_held(&self, target: &TargetId) -> bool {

@@ -400,3 +400,42 @@ async fn a_watched_helper_is_answered_from_memory_without_a_probe() {
     assert_eq!(info.threads, Some(3));
     assert!(at.is_some());
 }
+
+/// A helper is tracked before its program runs (held at the start barrier, with dms's
+/// command line): a sampler probing all the time never keeps that as the helper's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_being_spawned_is_not_observed_before_its_program_runs() {
+    init_tracing();
+    let dir = run_dir();
+    let m = open_with(Backend::PidFile, dir.path(), |o| {
+        o.usage_sampling = Some(Duration::from_millis(10));
+    })
+    .await;
+    for n in 0..20 {
+        let target = t(&format!("s{n}"));
+        let spec = HelperSpec {
+            program: "sleep".into(),
+            args: vec![format!("{}", 300 + n).into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            ..HelperSpec::default()
+        };
+        m.spawn(&target, spec).await.unwrap();
+    }
+    // Sampled a few times over.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 0..20 {
+        let target = t(&format!("s{n}"));
+        let info = m.process_info(&target).await.unwrap();
+        assert_eq!(
+            info.cmdline,
+            Some(vec!["sleep".to_owned(), format!("{}", 300 + n)]),
+            "{info:?}"
+        );
+        assert!(
+            m.kill(&target, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .stopped
+        );
+    }
+}

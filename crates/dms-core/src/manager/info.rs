@@ -62,12 +62,22 @@ impl Inner {
     }
 
     /// Keeps the start time and live command line of a tracked helper a probe proved
-    /// alive, so that later lookups need no probe.
+    /// alive, so that later lookups need no probe. The caller checks first, before its
+    /// probe, that no change of the target was in progress ([`Inner::may_observe`]) or
+    /// holds the target's lock itself.
     pub(super) fn observe(&self, target: &TargetId, p: &dms_proc::ProcInfo) {
         let mut memory = self.write_memory();
         if let Some(t) = memory.get_mut(target).filter(|t| t.is(&p.identity)) {
             t.observe(p.started_at, p.cmdline.as_deref());
         }
+    }
+
+    /// Whether a probe made now may be kept as what the target's helper is: not while
+    /// a change of the target is in progress, since a helper being spawned is held at
+    /// its start barrier, with dms's command line, until its program runs (under the
+    /// lock). Checked before the probe: once the lock is free, its program ran.
+    pub(super) fn may_observe(&self, target: &TargetId) -> bool {
+        !self.locks.in_use(target)
     }
 
     /// A blank info object of `target`.
@@ -207,10 +217,11 @@ impl Inner {
         let mem = self.memory_view(target);
         let mut info = self.blank_info(target, mem.is_some(), pid_file_exists);
         let mut usage = None;
-        let mut in_memory = false;
+        // Held in memory, and its probe may be kept.
+        let mut observable = false;
         let (verdict, meta, recorded_cmdline) = match (mem, disk) {
             (Some(view), _) => {
-                in_memory = true;
+                observable = self.may_observe(target);
                 let id = view.identity;
                 info.pid = Some(id.pid);
                 let verdict = if inline_usage {
@@ -260,7 +271,7 @@ impl Inner {
         let (mut live, mut sampled_at) = (None, None);
         match verdict {
             Verdict::Own(p) => {
-                if in_memory {
+                if observable {
                     self.observe(target, &p);
                 }
                 info.state = ProcessState::Running;

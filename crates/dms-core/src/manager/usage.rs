@@ -62,6 +62,9 @@ impl Inner {
     /// holds that very helper.
     async fn sample_one(&self, target: &TargetId, id: &ProcIdentity, observed: bool) {
         if !observed {
+            if !self.may_observe(target) {
+                return;
+            }
             match self.spawner.probe_with_usage(id.pid).await {
                 Ok((Probe::Alive(p), usage)) if p.identity == *id => {
                     self.observe(target, &p);
