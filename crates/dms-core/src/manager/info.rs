@@ -7,7 +7,8 @@ use super::mount_ops::Mounts;
 use super::{apply_usage, verify_probed, Inner, Verdict};
 use crate::report::{ProcessInfo, ProcessState, Source};
 use dms_proc::ProcIdentity;
-use dms_store::{Lookup, Metadata, TargetId};
+use dms_store::{Lookup, TargetId};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +30,7 @@ pub(super) struct Described {
 /// A memory entry as an info object needs it.
 struct MemoryView {
     identity: ProcIdentity,
-    meta: Metadata,
+    mount: Option<PathBuf>,
     /// The command line to show (the live one when observed and different).
     cmdline: Option<Vec<String>>,
     /// Set when the entry can be answered without a probe: watched by a working exit
@@ -55,7 +56,7 @@ impl Inner {
             .map(|o| (o.started_at, o.sample));
         Some(MemoryView {
             identity: t.identity(),
-            meta: t.meta(target, &self.opts.logs_dir()),
+            mount: t.mount(),
             cmdline: t.cmdline(),
             known,
         })
@@ -142,7 +143,7 @@ impl Inner {
             None => live = Some(id.clone()),
         }
         info.pid = Some(id.pid);
-        info.mount = view.meta.mount;
+        info.mount = view.mount;
         self.fill_mount(target, &mut info, mounts).await;
         info.cmdline = view.cmdline;
         info.state = ProcessState::Running;
@@ -219,7 +220,7 @@ impl Inner {
         let mut usage = None;
         // Held in memory, and its probe may be kept.
         let mut observable = false;
-        let (verdict, meta, recorded_cmdline) = match (mem, disk) {
+        let (verdict, mount, recorded_cmdline) = match (mem, disk) {
             (Some(view), _) => {
                 observable = self.may_observe(target);
                 let id = view.identity;
@@ -231,7 +232,7 @@ impl Inner {
                 } else {
                     self.verify(&id).await
                 };
-                (verdict, view.meta, view.cmdline)
+                (verdict, view.mount, view.cmdline)
             }
             (None, Lookup::Present(r)) => {
                 info.pid = Some(r.pid);
@@ -242,8 +243,7 @@ impl Inner {
                 } else {
                     self.classify(target, &r).await
                 };
-                let cmdline = r.meta.cmdline.clone();
-                (verdict, r.meta, cmdline)
+                (verdict, r.meta.mount, r.meta.cmdline)
             }
             (None, Lookup::Corrupt(c)) => {
                 info.state = ProcessState::Corrupt;
@@ -265,7 +265,7 @@ impl Inner {
                 };
             }
         };
-        info.mount = meta.mount;
+        info.mount = mount;
         self.fill_mount(target, &mut info, mounts).await;
         info.cmdline = recorded_cmdline;
         let (mut live, mut sampled_at) = (None, None);

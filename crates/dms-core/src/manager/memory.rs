@@ -203,6 +203,11 @@ impl Tracked {
         self.meta.expand(target, logs_dir)
     }
 
+    /// Its recorded mount point.
+    pub(super) fn mount(&self) -> Option<PathBuf> {
+        self.meta.mount.as_deref().map(Path::to_path_buf)
+    }
+
     /// What a probe of its live process told, if one did.
     pub(super) fn observed(&self) -> Option<&Observed> {
         self.observed.as_deref()
