@@ -65,6 +65,33 @@ Examples:
 Exit codes: 0 stopped by SIGTERM or SIGINT (the helpers keep running), 1 cannot serve
 (another daemon serves the run dir, the socket is taken), 2 bad usage.";
 
+const LOGS_EXAMPLES: &str = "\
+Examples:
+  dms logs target-1            # its last 100 lines
+  dms logs target-1 -n 20 -f   # the last 20, then what it writes, across truncations
+
+Exit codes: 0 printed (or followed until interrupted), 1 no log to read, 2 bad usage.";
+
+const RESTART_EXAMPLES: &str = "\
+Examples:
+  dms restart target-1
+  dms --json restart target-1 --grace 2
+
+Exit codes: 0 restarted, 1 failed (nothing recorded to restart, no daemon), 2 bad usage.";
+
+const EVENTS_EXAMPLES: &str = "\
+Examples:
+  dms events                 # follow from now on
+  dms --json events --since 0  # replay the kept events, then follow
+
+Exit codes: 0 the daemon ended the stream (it stopped), 1 no daemon.";
+
+const RELOAD_EXAMPLES: &str = "\
+Example:
+  dms reload
+
+Exit codes: 0 reloaded (bad files are reported and skipped), 1 no daemon.";
+
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
   dms completions bash > /etc/bash_completion.d/dms
@@ -125,6 +152,14 @@ pub struct Cli {
     )]
     pub backend: BackendChoice,
 
+    /// Do not ask the daemon: act on the run dir from this process (for emergencies, or
+    /// when `dms serve` hangs). Without it, `spawn`, `kill`, `status`, `stats`, `cleanup`
+    /// and `adopt` are answered by the daemon whose socket (`<run-dir>/dms.sock`) accepts
+    /// a connection, with the same output and exit codes. The per-target locks keep both
+    /// paths safe together.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub direct: bool,
+
     /// Machine-readable output on stdout: one JSON document per command.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -170,10 +205,28 @@ pub enum Command {
     #[command(after_help = ADOPT_EXAMPLES)]
     Adopt(AdoptArgs),
 
+    /// Stop TARGET's helper and start it again from the spec the daemon recorded (needs
+    /// `dms serve`).
+    #[command(after_help = RESTART_EXAMPLES)]
+    Restart(RestartArgs),
+
+    /// Print the daemon's events as they happen, one a line (needs `dms serve`).
+    #[command(after_help = EVENTS_EXAMPLES)]
+    Events(EventsArgs),
+
+    /// Make the daemon re-read its declared targets (`dms serve --targets DIR`).
+    #[command(after_help = RELOAD_EXAMPLES)]
+    Reload,
+
     /// Run the daemon of the run dir: the HTTP API of serve.md on a Unix socket
     /// (default: dms.sock in the run dir), in the foreground, logging to stderr.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+
+    /// Print the last lines of TARGET's helper log (and its older generation, .1);
+    /// with -f, follow it as `tail -F` does. Reads the files, with or without a daemon.
+    #[command(after_help = LOGS_EXAMPLES)]
+    Logs(LogsArgs),
 
     /// Print a shell completion script to stdout.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
@@ -239,9 +292,56 @@ pub struct SpawnArgs {
           requires = "replace")]
     pub grace: Duration,
 
+    /// Restart the helper when it exits (needs `dms serve`, which supervises it): `never`
+    /// (the default) only records the exit.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub restart: Option<RestartPolicy>,
+
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_names = ["PROGRAM", "ARG"])]
     pub command: Vec<OsString>,
+}
+
+/// A restart policy of `dms spawn --restart` (serve.md "Supervision"; needs `dms serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartPolicy {
+    /// Only record the exit.
+    Never,
+    /// Restart after an exit with a non-zero status or by a signal, or a stale mount.
+    OnFailure,
+    /// Restart after any exit.
+    Always,
+}
+
+impl RestartPolicy {
+    /// The policy's name in the API (`never`, `on-failure`, `always`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}
+
+/// Arguments of `dms restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// The target ID.
+    #[arg(value_parser = parse_target)]
+    pub target: TargetId,
+
+    /// Seconds to wait after SIGTERM before SIGKILL (decimals allowed).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    pub grace: Duration,
+}
+
+/// Arguments of `dms events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// First replay the kept events after this sequence number (0: all that are kept).
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
 }
 
 /// Arguments of `dms serve`.
@@ -255,6 +355,46 @@ pub struct ServeArgs {
     /// daemon's own user can [default: the daemon's group].
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+
+    /// The bound of each helper log: within 2 s of a log passing it, its tail is kept as
+    /// LOG.1 (one older generation) and the log is truncated in place. Bytes, or with a
+    /// K, M or G suffix (KiB, MiB, GiB).
+    #[arg(long, value_name = "N", value_parser = parse_bytes, default_value = "16M")]
+    pub log_max_bytes: u64,
+
+    /// Also serve GET /metrics (Prometheus text format, and nothing else) over TCP on
+    /// ADDR, an IP address and port such as 127.0.0.1:9464, for a Prometheus that cannot
+    /// reach the Unix socket (which serves /metrics too).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// A directory of declared targets, one `<target>.toml` each (argv, env_files, mount,
+    /// log, [restart]); applied at start and at each reload (SIGHUP, POST /v1/reload).
+    #[arg(long, value_name = "DIR")]
+    pub targets: Option<PathBuf>,
+
+    /// Seconds between the checks of supervised mounts (decimals allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10",
+          env = "DMS_MOUNT_CHECK_SECS", hide = true)]
+    pub mount_check_secs: Duration,
+}
+
+/// Arguments of `dms logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The target ID.
+    #[arg(value_parser = parse_target)]
+    pub target: TargetId,
+
+    /// How many of the last lines to print.
+    #[arg(short = 'n', long, value_name = "N", default_value = "100",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub lines: u64,
+
+    /// Keep printing what the helper writes, across truncations and replacements of the
+    /// log (as `tail -F`), until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// Arguments of `dms kill`.
@@ -315,6 +455,33 @@ fn parse_pid(s: &str) -> Result<Pid, String> {
     Pid::parse(s.as_bytes()).map_err(|e| format!("invalid PID: {e}"))
 }
 
+/// Parses a size in bytes: `1048576`, `512K`, `16M`, `1G` (binary units; `KiB`, `MiB`,
+/// `GiB` too). At least 1.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size: write bytes, or a number with K, M or G (e.g. 16M)"
+            ))
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size: write bytes, or a number with K, M or G (e.g. 16M)")
+    })?;
+    match n.checked_mul(mult) {
+        Some(0) => Err(format!("{s:?}: the bound must be at least 1 byte")),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
 /// Parses a non-negative number of seconds, decimals allowed (`10`, `0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -352,6 +519,17 @@ mod tests {
         assert_eq!(parse_secs("0.25").unwrap(), Duration::from_millis(250));
         for bad in ["-1", "x", "inf", "NaN", ""] {
             assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bytes_parse() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_bytes("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        for bad in ["0", "-1", "x", "1T", "", "1.5M", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
         }
     }
 

@@ -16,8 +16,11 @@
 //! (`kill`, `status TARGET`). Errors are one line on stderr starting `dms: error:`.
 
 mod cli;
+mod client;
 mod env;
+mod logs;
 mod output;
+mod remote;
 mod run;
 mod serve;
 

@@ -1,10 +1,13 @@
 //! Running one command: pick the backend, open the manager, act, print, choose the exit code.
 
 use crate::cli::{
-    AdoptArgs, BackendChoice, CleanupArgs, Cli, Command, KillArgs, SpawnArgs, StatusArgs,
+    AdoptArgs, BackendChoice, CleanupArgs, Cli, Command, EventsArgs, KillArgs, RestartArgs,
+    RestartPolicy, SpawnArgs, StatusArgs,
 };
+use crate::client::{self, Client};
 use crate::env::{self, EnvError};
 use crate::output;
+use crate::remote;
 use crate::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE};
 use dms_core::{HelperSpec, Manager, ManagerOptions, ProcessInfo, ProcessState};
 use dms_store::{Pid, TargetId};
@@ -97,9 +100,43 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Stats => Prepared::Stats,
         Command::Cleanup(a) => Prepared::Cleanup(a),
         Command::Adopt(a) => Prepared::Adopt(a),
+        Command::Restart(a) => Prepared::Restart(a),
+        Command::Events(a) => Prepared::Events(a),
+        Command::Reload => Prepared::Reload,
+        Command::Logs(a) => return crate::logs::run(&run_dir, cli.backend, cli.json, a).await,
         Command::Completions { .. } | Command::Man { .. } | Command::Serve(_) => {
             unreachable!("handled before the runtime starts")
         }
+    };
+    let out = Out { json: cli.json };
+    // The daemon answers where its socket accepts a connection (serve.md "The CLI with
+    // a daemon"); else this process acts on the run dir itself.
+    let prepared = if cli.direct {
+        prepared
+    } else {
+        match Client::connect(&client::socket_of(&run_dir)).await {
+            Ok(mut c) => return through_daemon(&mut c, prepared, &out).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "no daemon answers; acting on the run dir directly");
+                prepared
+            }
+        }
+    };
+    let prepared = match prepared {
+        Prepared::Restart(_) | Prepared::Events(_) | Prepared::Reload => {
+            return Err(CliError::Failed(format!(
+                "this command needs the daemon: {}",
+                client::start_hint(&run_dir)
+            )))
+        }
+        Prepared::Spawn(p) if p.restart.is_some_and(|r| r != RestartPolicy::Never) => {
+            return Err(CliError::Usage(format!(
+                "--restart needs the daemon, which supervises the helper: {}; or leave \
+                 --restart out",
+                client::start_hint(&run_dir)
+            )))
+        }
+        other => other,
     };
     let backend = choose_backend(cli.backend, &run_dir);
     tracing::debug!(run_dir = %run_dir.display(), ?backend, "opening the manager");
@@ -108,13 +145,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     // does, and `spawn`, `kill` and `adopt` need only their own target's entry.
     let one_shot = !matches!(prepared, Prepared::Cleanup(_));
     let read_only = matches!(prepared, Prepared::Status(_) | Prepared::Stats);
-    // The grace a spawn --replace gives the old helper (the manager's kill grace).
-    let kill_grace = match &prepared {
-        Prepared::Spawn(p) => Some(p.args.grace),
-        _ => None,
-    };
-    let session = open_manager(&run_dir, backend, one_shot, read_only, kill_grace).await?;
-    let out = Out { json: cli.json };
+    let session = open_manager(&run_dir, backend, one_shot, read_only).await?;
     let result = match prepared {
         Prepared::Spawn(p) => spawn(&session, *p, &out).await,
         Prepared::Kill(a) => kill(&session, a, &out).await,
@@ -122,6 +153,9 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Prepared::Stats => stats(&session, &out).await,
         Prepared::Cleanup(a) => cleanup(&session, a, &out).await,
         Prepared::Adopt(a) => adopt(&session, a, &out).await,
+        Prepared::Restart(_) | Prepared::Events(_) | Prepared::Reload => {
+            unreachable!("refused above without a daemon")
+        }
     };
     // A database locked by another process costs a wait and the identity checks of the
     // database: said at the default level (with -v the log's warning says it already).
@@ -133,6 +167,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
     result
 }
 
+/// A command whose input is checked, before anything is touched.
 enum Prepared {
     Spawn(Box<PreparedSpawn>),
     Kill(KillArgs),
@@ -140,18 +175,53 @@ enum Prepared {
     Stats,
     Cleanup(CleanupArgs),
     Adopt(AdoptArgs),
+    Restart(RestartArgs),
+    Events(EventsArgs),
+    Reload,
 }
 
-struct PreparedSpawn {
-    args: SpawnArgs,
-    spec: HelperSpec,
-    log_shown: PathBuf,
+/// Runs a prepared command through the daemon.
+async fn through_daemon(c: &mut Client, prepared: Prepared, out: &Out) -> Result<u8, CliError> {
+    match prepared {
+        Prepared::Spawn(p) => remote::spawn(c, *p, out).await,
+        Prepared::Kill(a) => remote::kill(c, a, out).await,
+        Prepared::Status(a) => remote::status(c, a, out).await,
+        Prepared::Stats => remote::stats(c, out).await,
+        Prepared::Cleanup(a) => remote::cleanup(c, a, out).await,
+        Prepared::Adopt(a) => remote::adopt(c, a, out).await,
+        Prepared::Restart(a) => remote::restart(c, a, out).await,
+        Prepared::Events(a) => remote::events(c, a, out).await,
+        Prepared::Reload => remote::reload(c, out).await,
+    }
+}
+
+/// A checked `dms spawn`: the spec for the one-shot path, and what the daemon's request
+/// needs.
+pub(crate) struct PreparedSpawn {
+    /// The command line's arguments.
+    pub args: SpawnArgs,
+    /// The helper spec (environment: this process's, the files', the items').
+    pub spec: HelperSpec,
+    /// The log file shown in the output line.
+    pub log_shown: PathBuf,
+    /// The `--env` items alone, resolved (for the daemon, which adds them inline).
+    pub inline_env: Vec<(OsString, OsString)>,
+    /// The `--env-file` paths, absolute (the daemon reads them at every start).
+    pub env_files: Vec<PathBuf>,
+    /// `--restart`.
+    pub restart: Option<RestartPolicy>,
 }
 
 fn prepare_spawn(args: SpawnArgs, run_dir: &Path) -> Result<PreparedSpawn, CliError> {
     let helper_env = env::build(std::env::vars_os(), &args.env_file, &args.env, |k| {
         std::env::var_os(k)
     })?;
+    let inline_env = env::build(std::iter::empty(), &[], &args.env, |k| std::env::var_os(k))?;
+    let env_files = args
+        .env_file
+        .iter()
+        .map(|f| absolute(f))
+        .collect::<Result<Vec<_>, _>>()?;
     tracing::debug!(keys = ?env::added_keys(&args.env), files = ?args.env_file, "helper environment built");
     let mut command = args.command.iter();
     let program: OsString = command.next().cloned().ok_or_else(|| {
@@ -177,11 +247,16 @@ fn prepare_spawn(args: SpawnArgs, run_dir: &Path) -> Result<PreparedSpawn, CliEr
         mount,
         ready_timeout: Some(args.ready_timeout),
         replace: args.replace,
+        replace_grace: args.replace.then_some(args.grace),
     };
+    let restart = args.restart;
     Ok(PreparedSpawn {
         args,
         spec,
         log_shown,
+        inline_env,
+        env_files,
+        restart,
     })
 }
 
@@ -205,7 +280,6 @@ async fn open_manager(
     backend: Backend,
     one_shot: bool,
     read_only: bool,
-    kill_grace: Option<std::time::Duration>,
 ) -> Result<Session, CliError> {
     let sqlite = match backend {
         Backend::Pidfile => None,
@@ -228,9 +302,6 @@ async fn open_manager(
     // wait for that interval.
     opts.usage_interval = Some(std::time::Duration::ZERO);
     opts.one_shot = one_shot;
-    if let Some(grace) = kill_grace {
-        opts.kill_grace = grace;
-    }
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
         .map_err(|e| failed(&e))?;
@@ -294,14 +365,19 @@ fn manager_error(e: dms_core::Error) -> CliError {
 }
 
 /// Where the output goes and in which form.
-struct Out {
-    json: bool,
+pub(crate) struct Out {
+    /// `--json`.
+    pub json: bool,
 }
 
 impl Out {
     /// Prints `value` as JSON, or `human(value)` as text. A closed stdout (`dms status |
     /// head -1`) is not an error.
-    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) -> Result<(), CliError> {
+    pub fn print(
+        &self,
+        value: &Value,
+        human: impl FnOnce(&Value) -> String,
+    ) -> Result<(), CliError> {
         self.write(if self.json {
             value.to_string()
         } else {
@@ -310,7 +386,7 @@ impl Out {
     }
 
     /// Writes `text` (already in the chosen form) and a final newline.
-    fn write(&self, mut text: String) -> Result<(), CliError> {
+    pub fn write(&self, mut text: String) -> Result<(), CliError> {
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -339,7 +415,7 @@ fn to_value(v: &impl Serialize) -> Result<Value, CliError> {
         .map_err(|e| CliError::Failed(format!("cannot encode the output as JSON: {e}")))
 }
 
-fn flag(v: &Value, key: &str) -> bool {
+pub(crate) fn flag(v: &Value, key: &str) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 

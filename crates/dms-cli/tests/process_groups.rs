@@ -432,7 +432,7 @@ fn scopeguard(dir: std::path::PathBuf) -> MountGuard {
     MountGuard(dir)
 }
 
-both_backends!(
+both_backends_both_ways!(
     daemonizing_shell_child_becomes_the_helper,
     undecidable_background_processes_fail_the_spawn_and_are_stopped,
     failing_leader_that_leaves_a_process_fails_the_spawn,

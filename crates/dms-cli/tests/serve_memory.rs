@@ -222,3 +222,31 @@ fn usage_is_sampled_in_the_background() {
     );
     assert_eq!(code, 200);
 }
+
+/// A supervised helper whose PID file is removed from outside: a stop from outside, so
+/// its supervision ends (its spec is forgotten) and nothing restarts it.
+#[test]
+fn a_removed_pid_file_ends_supervision_too() {
+    let world = World::new(Backend::Pidfile);
+    let s = Served::start(&world, &[]);
+    let (code, v, text) = call(
+        &s.socket,
+        "POST",
+        "/v1/targets/sup/spawn",
+        Some(json!({"argv": ["sleep", "300"], "restart": {"policy": "always"}})),
+    );
+    assert_eq!(code, 201, "{text}");
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    world.track(pid);
+    assert_eq!(v["supervision"]["policy"], "always", "{v}");
+    std::fs::remove_file(world.pid_file("sup")).unwrap();
+    let events = until_kind(&s.socket, 0, "sup", "untracked");
+    assert_eq!(of_kind(&events, "untracked")[0]["pid"], pid);
+    let ok = wait_for(Duration::from_secs(10), || {
+        call(&s.socket, "GET", "/v1/targets/sup", None).1["supervision"].is_null()
+    });
+    assert!(ok, "the spec of an untracked helper is forgotten");
+    let (_, info, _) = call(&s.socket, "GET", "/v1/targets/sup", None);
+    assert_eq!(info["state"], "absent", "{info}");
+    assert!(alive(pid), "not signalled");
+}

@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 mod adopt_check;
 mod daemonize;
 mod info;
+mod logs;
 mod members;
 mod memory;
 mod mount_ops;
@@ -876,6 +877,7 @@ impl Inner {
                     source: Box::new(e),
                 })?;
             info!(target = %target, pid = old.pid.get(), "replacing running helper");
+            let grace = spec.replace_grace.unwrap_or(self.opts.kill_grace);
             // With a mount: unmount first, as `kill` does.
             let mut mount = self.kill_mount(target);
             let mut steps = Vec::new();
@@ -884,15 +886,11 @@ impl Inner {
                 let members = self.members_of(&old).await;
                 if self.kill_unmount_first(m, &mut steps) {
                     unmounted_exit = matches!(
-                        self.spawner
-                            .wait_exit(&old, Some(self.opts.kill_grace))
-                            .await?,
+                        self.spawner.wait_exit(&old, Some(grace)).await?,
                         WaitOutcome::Exited(_)
                     );
                     if unmounted_exit {
-                        let left = self
-                            .stop_members(&members, self.opts.kill_grace, &mut steps)
-                            .await;
+                        let left = self.stop_members(&members, grace, &mut steps).await;
                         if let Some(member) = left.left {
                             return Err(Error::StillRunning {
                                 target: target.clone(),
@@ -911,7 +909,7 @@ impl Inner {
                 }
             } else {
                 // As in `kill`: a helper stuck in its own mount is freed by an abort.
-                self.terminate_mounted(&old, self.opts.kill_grace, mount.as_ref(), &mut steps)
+                self.terminate_mounted(&old, grace, mount.as_ref(), &mut steps)
                     .await?
             };
             if !out.stopped && !out.mismatch {

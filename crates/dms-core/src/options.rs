@@ -136,6 +136,9 @@ pub struct HelperSpec {
     pub ready_timeout: Option<Duration>,
     /// Stop a running helper of the target first, instead of refusing.
     pub replace: bool,
+    /// With `replace`: the grace the old helper gets between SIGTERM and SIGKILL; `None`:
+    /// [`ManagerOptions::kill_grace`].
+    pub replace_grace: Option<Duration>,
 }
 
 impl fmt::Debug for HelperSpec {
@@ -149,6 +152,7 @@ impl fmt::Debug for HelperSpec {
             .field("mount", &self.mount)
             .field("ready_timeout", &self.ready_timeout)
             .field("replace", &self.replace)
+            .field("replace_grace", &self.replace_grace)
             .finish()
     }
 }

@@ -52,6 +52,88 @@ macro_rules! both_backends {
     };
 }
 
+/// Runs each named scenario `fn name(backend: Backend)` four times: once per backend with
+/// the one-shot CLI (`pidfile::name`, `sqlite::name`), and once per backend with a `dms
+/// serve` on the run dir that answers the CLI (`daemon_pidfile::name`,
+/// `daemon_sqlite::name`; [`World::new`] starts it): same commands, same expected output
+/// and exit codes, where a scenario does not ask [`World::via_daemon`] for a difference.
+#[macro_export]
+macro_rules! both_backends_both_ways {
+    ($($name:ident),* $(,)?) => {
+        $crate::both_backends!($($name),*);
+        mod daemon_pidfile {
+            $( #[test] fn $name() {
+                $crate::common::via_daemon(|| super::$name($crate::common::Backend::Pidfile))
+            } )*
+        }
+        mod daemon_sqlite {
+            $( #[test] fn $name() {
+                $crate::common::via_daemon(|| super::$name($crate::common::Backend::Sqlite))
+            } )*
+        }
+    };
+}
+
+thread_local! {
+    static VIA_DAEMON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every [`World`] it makes served by a `dms serve` of its own.
+pub fn via_daemon<R>(f: impl FnOnce() -> R) -> R {
+    VIA_DAEMON.with(|v| v.set(true));
+    let r = f();
+    VIA_DAEMON.with(|v| v.set(false));
+    r
+}
+
+/// A `dms serve` on a world's run dir.
+struct Daemon {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(run_dir: &Path, backend: Backend, log: PathBuf) -> Daemon {
+        let err = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("dms"))
+            .arg("--run-dir")
+            .arg(run_dir)
+            .arg("--backend")
+            .arg(backend.name())
+            .arg("serve")
+            .env_remove("DMS_RUN_DIR")
+            .env_remove("DMS_BACKEND")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("dms serve starts");
+        let mut d = Daemon { child, log };
+        let socket = run_dir.join("dms.sock");
+        let up = wait_for(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                || d.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(
+            up && d.child.try_wait().ok().flatten().is_none(),
+            "dms serve did not come up on {}: {}",
+            socket.display(),
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+        d
+    }
+
+    /// SIGTERM (the helpers keep running), then waits for the exit.
+    fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let pid = NixPid::from_raw(i32::try_from(self.child.id()).unwrap());
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// The result of one `dms` run.
 #[derive(Debug)]
 pub struct Run {
@@ -102,6 +184,7 @@ pub struct World {
     /// The backend passed with `--backend`.
     pub backend: Backend,
     helpers: Mutex<Vec<i32>>,
+    daemon: Option<Daemon>,
 }
 
 static SUBREAPER: Once = Once::new();
@@ -117,12 +200,39 @@ impl World {
             .tempdir()
             .unwrap();
         let run_dir = tmp.path().join("run");
+        let daemon = VIA_DAEMON
+            .with(|v| v.get())
+            .then(|| Daemon::start(&run_dir, backend, tmp.path().join("serve.log")));
         World {
             tmp,
             run_dir,
             backend,
             helpers: Mutex::new(Vec::new()),
+            daemon,
         }
+    }
+
+    /// Whether a `dms serve` answers this world's commands ([`via_daemon`]).
+    pub fn via_daemon(&self) -> bool {
+        self.daemon.is_some()
+    }
+
+    /// The `source` a helper the CLI started or found is reported with: `disk` from the
+    /// one-shot CLI, which holds nothing in memory; `both` from the daemon.
+    pub fn live_source(&self) -> &'static str {
+        if self.via_daemon() {
+            "both"
+        } else {
+            "disk"
+        }
+    }
+
+    /// What the daemon logged so far (empty without one).
+    pub fn daemon_log(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| std::fs::read_to_string(&d.log).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// `dms --run-dir <run> --backend <backend>`, with a clean environment for dms's own
@@ -186,6 +296,11 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // The daemon first: its helpers keep running and are reparented to this process
+        // (the subreaper), so the sweep below stops them.
+        if let Some(d) = self.daemon.as_mut() {
+            d.stop();
+        }
         // Stop what is still running; every PID here is a helper this test started and,
         // because we are its subreaper and have not reaped it, cannot have been reused.
         let pids = std::mem::take(&mut *self.helpers.lock().unwrap());

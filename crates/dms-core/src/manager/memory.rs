@@ -249,6 +249,16 @@ impl Tracked {
             None => false,
         }
     }
+
+    /// Its log file, as recorded (`None` when none is: an adopted helper's output goes
+    /// where its own starter sent it).
+    pub(super) fn log_path(&self, target: &TargetId, logs_dir: &Path) -> Option<PathBuf> {
+        match &self.meta.log_path {
+            LogPath::None => None,
+            LogPath::Default => Some(target.log_file_in(logs_dir)),
+            LogPath::Other(p) => Some(p.to_path_buf()),
+        }
+    }
 }
 
 /// Where a helper's output goes, as kept in memory.
