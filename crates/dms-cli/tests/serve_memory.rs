@@ -10,12 +10,11 @@
 //! the daemon's API); the test process is a child subreaper (see `common`).
 
 mod common;
-#[path = "common/served.rs"]
-mod served;
+mod daemon;
 
 use common::{alive, wait_dead, wait_for, Backend, World};
+use daemon::{events_until, of_kind, Served};
 use serde_json::{json, Value};
-use served::{call, events_until, of_kind, Served};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -37,6 +36,12 @@ fn own_helper(world: &World, name: &str) -> (i32, PathBuf) {
     drop(child);
     world.track(pid);
     (pid, marker)
+}
+
+/// One request; the status, the body as JSON (`Null` when it is not) and as text.
+fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value, String) {
+    let a = daemon::call(socket, method, path, body);
+    (a.status, a.json(), a.text)
 }
 
 fn time_of(v: &Value) -> SystemTime {
