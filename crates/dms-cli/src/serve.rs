@@ -27,6 +27,9 @@ pub const LOCK_FILE: &str = "dms-serve.lock";
 /// The name of the default socket in the run dir.
 pub const SOCKET_FILE: &str = "dms.sock";
 
+/// How often the usage of every helper is sampled.
+const USAGE_SAMPLING: Duration = Duration::from_secs(1);
+
 /// Variables of the daemon's own environment that its helpers must not inherit (they
 /// speak for the daemon to systemd).
 const DAEMON_ONLY_ENV: [&str; 5] = [
@@ -50,6 +53,9 @@ pub async fn run(
     let run_dir = std::path::absolute(&run_dir)
         .map_err(|e| CliError::Usage(format!("cannot make {} absolute: {e}", run_dir.display())))?;
     let stop = stop_signal()?;
+    // Installed at once too: a SIGHUP during startup must not end the daemon.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failed(format!("cannot handle SIGHUP: {e}")))?;
     let socket_gid = match &args.socket_group {
         None => None,
         Some(name) => Some(group_id(name)?),
@@ -96,13 +102,20 @@ pub async fn run(
         }
     };
     let spawner = Arc::new(dms_proc::linux::LinuxSpawner::new().map_err(|e| failed(chain(&e)))?);
+    // Watched before the startup recovery scans it, so no change after the scan is
+    // missed (automatic sync, dms_server::sync).
+    let watch = dms_server::sync::DiskWatch::new(store.pid_dir())
+        .map_err(|e| tracing::warn!(error = %e, "no automatic sync of PID files written or removed from outside; lookups still load helpers found on disk"))
+        .ok();
     let mut opts = ManagerOptions::new(run_dir.clone());
-    // As the one-shot commands do: usage read without waiting (CPU averaged over the
-    // helper's lifetime); sampling in the background is still to be built.
+    // Usage sampled in the background every second (serve.md: at most 2 s old); a
+    // helper not sampled yet has its usage read without waiting.
     opts.usage_interval = Some(Duration::ZERO);
+    opts.usage_sampling = Some(USAGE_SAMPLING);
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
         .map_err(|e| failed(chain(&e)))?;
+    let manager = Arc::new(manager);
     tracing::info!(
         adopted = recovery.adopted.len(),
         cleared = recovery.cleared.len(),
@@ -114,7 +127,30 @@ pub async fn run(
     if let Some(gid) = socket_gid {
         access.socket_gid = gid;
     }
-    let daemon = Daemon::new(Arc::new(manager), &recovery, access, Box::new(build_env));
+    let daemon = Daemon::new(manager, &recovery, access, Box::new(build_env));
+    if let Err(e) = dms_server::logs::bound::spawn_log_bounder(&daemon.manager, args.log_max_bytes)
+    {
+        return Err(failed(format!(
+            "cannot start the thread that bounds the helper logs: {e}; check the process limits (ulimit -u)"
+        )));
+    }
+    let targets = args
+        .targets
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let sup = dms_server::SuperviseOptions {
+        targets_dir: targets,
+        mount_check: args.mount_check_secs,
+    };
+    if let Some(report) = dms_server::supervise::start(&daemon, sup).await {
+        log_reload(&report);
+    }
+    start_reload_on_hangup(&daemon, hup);
+    // Acting on the PID files changed from outside once every subscriber of the
+    // manager's events (the event log, the supervisor) is in place.
+    if let Some(watch) = watch {
+        watch.spawn(daemon.manager.clone());
+    }
     let app = dms_server::router(daemon.clone());
     if let Some(l) = metrics_listener {
         if let Ok(addr) = l.local_addr() {
@@ -298,6 +334,31 @@ fn start_watchdog() {
             if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]) {
                 tracing::warn!(error = %e, "cannot send WATCHDOG=1");
             }
+        }
+    });
+}
+
+fn log_reload(report: &dms_server::supervise::ReloadReport) {
+    tracing::info!(
+        started = report.started.len(),
+        stopped = report.stopped.len(),
+        restarted = report.restarted.len(),
+        unchanged = report.unchanged,
+        "declared targets applied"
+    );
+    for e in &report.errors {
+        tracing::warn!(file = %e.file.display(), line = e.line, "{}", e.message);
+    }
+}
+
+/// SIGHUP: re-reads `--targets DIR`, as `POST /v1/reload` does.
+fn start_reload_on_hangup(daemon: &Arc<Daemon>, mut hup: tokio::signal::unix::Signal) {
+    let weak = Arc::downgrade(daemon);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(d) = weak.upgrade() else { break };
+            tracing::info!("SIGHUP: reloading the declared targets");
+            log_reload(&dms_server::supervise::reload(&d).await);
         }
     });
 }

@@ -19,15 +19,19 @@ mod body;
 mod error;
 pub mod events;
 mod handlers;
+pub mod logs;
 pub mod metrics;
 mod peer;
 pub mod serve;
+pub mod supervise;
+pub mod sync;
 
 pub use body::{JsonBody, BODY_TIMEOUT, MAX_BODY_BYTES};
 pub use error::{chain, ApiError};
 pub use events::EventLog;
 pub use handlers::router;
 pub use peer::{Access, Peer};
+pub use supervise::{SuperviseOptions, Supervisor};
 
 use dms_core::{Manager, RecoveryReport};
 use serde_json::{json, Map};
@@ -59,6 +63,8 @@ pub struct Daemon {
     pub backend: String,
     /// What the API counts for `GET /metrics` (requests, durations).
     pub metrics: metrics::Metrics,
+    /// Supervision: restart policies, mount health, specs, declared targets.
+    pub supervisor: Supervisor,
     env_builder: Box<EnvBuilder>,
     started: Instant,
     shutdown: watch::Sender<bool>,
@@ -95,6 +101,7 @@ impl Daemon {
             manager,
             events: EventLog::new(),
             access,
+            supervisor: Supervisor::new(&run_dir),
             run_dir,
             backend,
             metrics: metrics::Metrics::new(),
@@ -121,7 +128,10 @@ impl Daemon {
                 let event = rx.recv().await;
                 let Some(daemon) = weak.upgrade() else { break };
                 match event {
-                    Ok(e) => daemon.events.push_event(&e),
+                    Ok(e) => {
+                        daemon.events.push_event(&e);
+                        supervise::on_event(&daemon, &e);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "the event log fell behind the manager");
                     }

@@ -81,7 +81,7 @@ impl Snapshot {
             ..Snapshot::default()
         };
         for info in &infos {
-            let doc = info_doc(info)?;
+            let doc = info_doc(d, info)?;
             snap.count(info);
             let mut cpu_seconds = None;
             if info.running {
