@@ -65,6 +65,13 @@ Examples:
 Exit codes: 0 stopped by SIGTERM or SIGINT (the helpers keep running), 1 cannot serve
 (another daemon serves the run dir, the socket is taken), 2 bad usage.";
 
+const LOGS_EXAMPLES: &str = "\
+Examples:
+  dms logs target-1            # its last 100 lines
+  dms logs target-1 -n 20 -f   # the last 20, then what it writes, across truncations
+
+Exit codes: 0 printed (or followed until interrupted), 1 no log to read, 2 bad usage.";
+
 const RESTART_EXAMPLES: &str = "\
 Examples:
   dms restart target-1
@@ -216,6 +223,11 @@ pub enum Command {
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
 
+    /// Print the last lines of TARGET's helper log (and its older generation, .1);
+    /// with -f, follow it as `tail -F` does. Reads the files, with or without a daemon.
+    #[command(after_help = LOGS_EXAMPLES)]
+    Logs(LogsArgs),
+
     /// Print a shell completion script to stdout.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -344,6 +356,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
 
+    /// The bound of each helper log: within 2 s of a log passing it, its tail is kept as
+    /// LOG.1 (one older generation) and the log is truncated in place. Bytes, or with a
+    /// K, M or G suffix (KiB, MiB, GiB).
+    #[arg(long, value_name = "N", value_parser = parse_bytes, default_value = "16M")]
+    pub log_max_bytes: u64,
+
+    /// Also serve GET /metrics (Prometheus text format, and nothing else) over TCP on
+    /// ADDR, an IP address and port such as 127.0.0.1:9464, for a Prometheus that cannot
+    /// reach the Unix socket (which serves /metrics too).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// A directory of declared targets, one `<target>.toml` each (argv, env_files, mount,
     /// log, `[restart]`); applied at start and at each reload (SIGHUP, POST /v1/reload).
     #[arg(long, value_name = "DIR")]
@@ -353,6 +377,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10",
           env = "DMS_MOUNT_CHECK_SECS", hide = true)]
     pub mount_check_secs: Duration,
+}
+
+/// Arguments of `dms logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The target ID.
+    #[arg(value_parser = parse_target)]
+    pub target: TargetId,
+
+    /// How many of the last lines to print.
+    #[arg(short = 'n', long, value_name = "N", default_value = "100",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub lines: u64,
+
+    /// Keep printing what the helper writes, across truncations and replacements of the
+    /// log (as `tail -F`), until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// Arguments of `dms kill`.
@@ -413,6 +455,33 @@ fn parse_pid(s: &str) -> Result<Pid, String> {
     Pid::parse(s.as_bytes()).map_err(|e| format!("invalid PID: {e}"))
 }
 
+/// Parses a size in bytes: `1048576`, `512K`, `16M`, `1G` (binary units; `KiB`, `MiB`,
+/// `GiB` too). At least 1.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size: write bytes, or a number with K, M or G (e.g. 16M)"
+            ))
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size: write bytes, or a number with K, M or G (e.g. 16M)")
+    })?;
+    match n.checked_mul(mult) {
+        Some(0) => Err(format!("{s:?}: the bound must be at least 1 byte")),
+        Some(v) => Ok(v),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
 /// Parses a non-negative number of seconds, decimals allowed (`10`, `0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -450,6 +519,17 @@ mod tests {
         assert_eq!(parse_secs("0.25").unwrap(), Duration::from_millis(250));
         for bad in ["-1", "x", "inf", "NaN", ""] {
             assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bytes_parse() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_bytes("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        for bad in ["0", "-1", "x", "1T", "", "1.5M", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
         }
     }
 

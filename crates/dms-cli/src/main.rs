@@ -18,6 +18,7 @@
 mod cli;
 mod client;
 mod env;
+mod logs;
 mod output;
 mod remote;
 mod run;

@@ -103,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Restart(a) => Prepared::Restart(a),
         Command::Events(a) => Prepared::Events(a),
         Command::Reload => Prepared::Reload,
+        Command::Logs(a) => return crate::logs::run(&run_dir, cli.backend, cli.json, a).await,
         Command::Completions { .. } | Command::Man { .. } | Command::Serve(_) => {
             unreachable!("handled before the runtime starts")
         }

@@ -4,7 +4,8 @@
 //! Start: one instance per run dir (an `flock` on `<run-dir>/dms-serve.lock`, which holds
 //! the PID of the daemon that has it), startup recovery (full mode: exits are watched),
 //! the socket (a stale one of a dead daemon replaced, a live one never), `READY=1` and
-//! the watchdog through `$NOTIFY_SOCKET`. Stop (SIGTERM, SIGINT): stop accepting, finish
+//! the watchdog through `$NOTIFY_SOCKET`; with `--metrics-listen`, `GET /metrics` over TCP
+//! too. Stop (SIGTERM, SIGINT): stop accepting, finish
 //! the requests in flight (at most 5 s), exit 0; the helpers keep running.
 
 use crate::cli::BackendChoice;
@@ -79,6 +80,15 @@ pub async fn run(
 
     // Refused before anything is touched: the run dir's recovery waits for a usable socket.
     check_socket(&socket)?;
+    let metrics_listener = match args.metrics_listen {
+        None => None,
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            failed(format!(
+                "cannot listen on {addr} for --metrics-listen: {e}; choose another address \
+                 or port (another process may hold it)"
+            ))
+        })?),
+    };
     let backend = choose_backend(backend, &run_dir);
     let store: Arc<dyn dms_store::PidStore> = match backend {
         Backend::Pidfile => {
@@ -108,6 +118,12 @@ pub async fn run(
         access.socket_gid = gid;
     }
     let daemon = Daemon::new(Arc::new(manager), &recovery, access, Box::new(build_env));
+    if let Err(e) = dms_server::logs::bound::spawn_log_bounder(&daemon.manager, args.log_max_bytes)
+    {
+        return Err(failed(format!(
+            "cannot start the thread that bounds the helper logs: {e}; check the process limits (ulimit -u)"
+        )));
+    }
     let targets = args
         .targets
         .as_ref()
@@ -121,6 +137,12 @@ pub async fn run(
     }
     start_reload_on_hangup(&daemon, hup);
     let app = dms_server::router(daemon.clone());
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving GET /metrics over TCP");
+        }
+        tokio::spawn(dms_server::metrics::serve_tcp(l, daemon.clone()));
+    }
     tracing::info!(socket = %socket.display(), run_dir = %run_dir.display(), pid = std::process::id(), "dms serve is listening");
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot send READY=1 to $NOTIFY_SOCKET");

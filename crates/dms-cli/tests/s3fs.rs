@@ -10,6 +10,7 @@
 //! `$DMS_VENV/bin`); without them it says why and passes as skipped.
 
 mod common;
+#[path = "supervised/mod.rs"]
 mod daemon;
 
 use common::{alive, wait_dead, wait_for, Backend, World};

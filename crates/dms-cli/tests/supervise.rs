@@ -7,6 +7,7 @@
 //! Each test signals only the daemons it started and the helpers they started for it.
 
 mod common;
+#[path = "supervised/mod.rs"]
 mod daemon;
 
 use common::{alive, wait_dead, wait_for, Backend, World};

@@ -11,6 +11,7 @@
 //!   policy's bound, and the daemon's CPU.
 
 mod common;
+#[path = "supervised/mod.rs"]
 mod daemon;
 
 use common::{wait_for, Backend, World};

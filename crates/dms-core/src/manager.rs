@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 mod adopt_check;
 mod daemonize;
+mod logs;
 mod members;
 mod memory;
 mod mount_ops;

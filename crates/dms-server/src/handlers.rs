@@ -1,4 +1,5 @@
-//! The endpoints of serve.md that exist so far, and the request documents they take.
+//! The endpoints of serve.md that exist so far, and the request documents they take
+//! (`GET /metrics` is in [`crate::metrics`]).
 
 use crate::body::JsonBody;
 use crate::error::ApiError;
@@ -45,11 +46,16 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/targets/{target}/spawn", post(spawn))
         .route("/v1/targets/{target}/kill", post(kill))
         .route("/v1/targets/{target}/adopt", post(adopt))
+        .route(
+            "/v1/targets/{target}/logs",
+            get(crate::logs::endpoint::logs),
+        )
         .route("/v1/targets/{target}/restart", post(restart))
         .route("/v1/reload", post(reload))
         .route("/v1/cleanup", post(cleanup))
         .route("/v1/stats", get(stats))
         .route("/v1/events", get(events))
+        .route("/metrics", get(crate::metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -57,6 +63,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             peer::authorize,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        // Outermost, so that refused, failed and panicked requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            crate::metrics::track,
+        ))
         .with_state(daemon)
 }
 
@@ -82,7 +93,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 /// The target of the path, or 400.
-fn target_of(path: Result<Path<String>, PathRejection>) -> Result<TargetId, ApiError> {
+pub(crate) fn target_of(path: Result<Path<String>, PathRejection>) -> Result<TargetId, ApiError> {
     let Path(raw) =
         path.map_err(|e| ApiError::bad_request(format!("bad target in the path: {e}")))?;
     raw.parse::<TargetId>()
@@ -103,7 +114,7 @@ fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiE
 /// The info object of the daemon: the manager's, plus `supervision` (`null` for an
 /// unsupervised helper) and `detail` (why the state is what it is, in words, or `null`:
 /// the text the command line shows beside a row; `dms --json` leaves it out).
-fn info_doc(d: &Daemon, info: &ProcessInfo) -> Result<Value, ApiError> {
+pub(crate) fn info_doc(d: &Daemon, info: &ProcessInfo) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(info)
         .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
     if let Some(o) = v.as_object_mut() {

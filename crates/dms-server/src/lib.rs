@@ -6,7 +6,9 @@
 //! - [`serve`](serve::serve) runs it on a [`tokio::net::UnixListener`]: the peer
 //!   credentials of each connection, a bound on connections, header and body timeouts,
 //!   and a graceful stop;
-//! - [`EventLog`] numbers and keeps the manager's events for `GET /v1/events`.
+//! - [`EventLog`] numbers and keeps the manager's events for `GET /v1/events`;
+//! - [`metrics`] answers `GET /metrics` (Prometheus text format 0.0.4), on the socket and
+//!   on the TCP listener of `--metrics-listen` ([`metrics::serve_tcp`]).
 //!
 //! Documents are the manager's report types serialized as they are (the JSON that
 //! `dms --json` prints), errors are `{"error": {"code", "message"}}` ([`ApiError`]).
@@ -17,6 +19,8 @@ mod body;
 mod error;
 pub mod events;
 mod handlers;
+pub mod logs;
+pub mod metrics;
 mod peer;
 pub mod serve;
 pub mod supervise;
@@ -56,6 +60,8 @@ pub struct Daemon {
     pub run_dir: PathBuf,
     /// The backend's name (`pidfile`, `sqlite`).
     pub backend: String,
+    /// What the API counts for `GET /metrics` (requests, durations).
+    pub metrics: metrics::Metrics,
     /// Supervision: restart policies, mount health, specs, declared targets.
     pub supervisor: Supervisor,
     env_builder: Box<EnvBuilder>,
@@ -97,6 +103,7 @@ impl Daemon {
             supervisor: Supervisor::new(&run_dir),
             run_dir,
             backend,
+            metrics: metrics::Metrics::new(),
             env_builder,
             started: Instant::now(),
             shutdown: watch::channel(false).0,

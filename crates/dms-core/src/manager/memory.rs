@@ -131,6 +131,16 @@ impl Tracked {
     pub(super) fn meta(&self, target: &TargetId, logs_dir: &Path) -> Metadata {
         self.meta.expand(target, logs_dir)
     }
+
+    /// Its log file, as recorded (`None` when none is: an adopted helper's output goes
+    /// where its own starter sent it).
+    pub(super) fn log_path(&self, target: &TargetId, logs_dir: &Path) -> Option<PathBuf> {
+        match &self.meta.log_path {
+            LogPath::None => None,
+            LogPath::Default => Some(target.log_file_in(logs_dir)),
+            LogPath::Other(p) => Some(p.to_path_buf()),
+        }
+    }
 }
 
 /// Where a helper's output goes, as kept in memory.
