@@ -178,10 +178,13 @@ fn hundred_helpers_crashing_together_restart_spread() {
         )
         .unwrap();
     }
-    assert!(wait_for(T, || {
-        let s = d.get("/v1/stats");
-        s["restarts_total"] == 100 && s["running"] == 100
-    }));
+    // A deadline for a loaded machine (100 starts), not a measure of speed.
+    let mut last = Value::Null;
+    let done = wait_for(Duration::from_secs(180), || {
+        last = d.get("/v1/stats");
+        last["restarts_total"] == 100 && last["running"] == 100
+    });
+    assert!(done, "not all restarted: {last}");
     let events = d.events();
     let delays: Vec<f64> = events
         .iter()
