@@ -132,6 +132,14 @@ impl Tracked {
         self.meta.expand(target, logs_dir)
     }
 
+    /// Its log file when one other than the default `<logs-dir>/<target>.log` is recorded.
+    pub(super) fn other_log_path(&self) -> Option<&Path> {
+        match &self.meta.log_path {
+            LogPath::Other(p) => Some(p),
+            LogPath::None | LogPath::Default => None,
+        }
+    }
+
     /// Its log file, as recorded (`None` when none is: an adopted helper's output goes
     /// where its own starter sent it).
     pub(super) fn log_path(&self, target: &TargetId, logs_dir: &Path) -> Option<PathBuf> {
