@@ -12,12 +12,14 @@
 #     kill(pid, 0); /proc/PID/stat of the live ones). `dms status` only reads (it
 #     removes no stale file; `dms cleanup` does), so the floor is the whole job; the
 #     set is restored (hard links) before every run all the same. In one PID namespace,
-#     whose init is the shell that starts the helpers.
+#     whose init is the shell that starts the helpers. Beside the Rust floor, a C floor
+#     (benches/floor_scan.c, gcc -O2: the same system calls without Rust's process
+#     start); both ratios are reported, with min/median/max at 10,000 files.
 #  3. peak RSS of `dms status` over 10,000 PID files (/usr/bin/time -v).
 #  4. memory per tracked helper with 100,000 targets in the Manager (mem_per_helper).
 #
 # Installs nothing. Needs: hyperfine (Debian package hyperfine), start-stop-daemon
-# (dpkg), unshare (util-linux), /usr/bin/time (time), cargo; root (for unshare).
+# (dpkg), unshare (util-linux), /usr/bin/time (time), gcc (gcc), cargo; root (for unshare).
 # Usage: benches/compare.sh   (RUNS=N: hyperfine runs, default 10; SIZES_OVERRIDE="1000 10000":
 #                              the PID-file counts of part 2, default "1000 10000 30000")
 set -euo pipefail
@@ -33,6 +35,7 @@ need hyperfine hyperfine
 need start-stop-daemon dpkg
 need unshare util-linux
 need cargo "rustup (https://rustup.rs)"
+need gcc gcc
 if [[ ! -x /usr/bin/time ]]; then
     echo "compare.sh: /usr/bin/time not found; install the Debian package time" >&2
     exit 1
@@ -56,6 +59,8 @@ SLEEP=$(command -v sleep)
 
 WORK=$(mktemp -d /dev/shm/dms-compare.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
+CFLOOR=$WORK/floor_scan_c
+gcc -O2 -o "$CFLOOR" benches/floor_scan.c
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r)"
 echo "== work directory (tmpfs): $WORK"
 
@@ -68,6 +73,12 @@ status_median() {
         'NR > 1 && index($1, pat) && !(not != "" && index($1, not)) && $NF == n {
             if (cpu == "cpu") print $5 + $6; else print $4; exit }' \
         "$WORK/status.csv"
+}
+# column $3 (hyperfine CSV: 4 median, 7 min, 8 max) of the status.csv row of the
+# command starting with $1 for n = $2
+status_col() {
+    awk -F, -v pat="$1" -v n="$2" -v col="$3" \
+        'NR > 1 && index($1, pat) == 1 && $NF == n { print $col; exit }' "$WORK/status.csv"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 ms() { awk -v s="$1" 'BEGIN { printf "%.1f ms", s * 1000 }'; }
@@ -131,7 +142,8 @@ EOR
 hyperfine --warmup 1 --runs $RUNS --export-csv "$WORK/status.csv" -L n $SIZES_CSV \
     --prepare "bash $WORK/restore.sh {n}" \
     "$DMS --run-dir $WORK/run status" \
-    "$FLOOR $WORK/run/s3"
+    "$FLOOR $WORK/run/s3" \
+    "$CFLOOR $WORK/run/s3"
 bash "$WORK/restore.sh" 10000
 /usr/bin/time -v "$DMS" --run-dir "$WORK/run" status 2>"$WORK/time-dms.txt" >/dev/null
 bash "$WORK/restore.sh" 10000
@@ -172,7 +184,28 @@ for n in "${SIZES[@]}"; do
     printf '%-62s %sx floor (dms %s, floor %s)\n' \
         "  the same in CPU time (user + system)" \
         "$(ratio "$dc" "$fc")" "$(ms "$dc")" "$(ms "$fc")"
+    c=$(status_median "$CFLOOR $WORK/run/s3" "$n")
+    cc=$(status_median "$CFLOOR $WORK/run/s3" "$n" "" cpu)
+    printf '%-62s %sx C floor wall, %sx in CPU time (C floor %s, CPU %s)\n' \
+        "  against the C floor (gcc -O2) <= 1.3x" \
+        "$(ratio "$d" "$c")" "$(ratio "$dc" "$cc")" "$(ms "$c")" "$(ms "$cc")"
 done
+if [[ " ${SIZES[*]} " == *" 10000 "* ]]; then
+    echo
+    echo "== dms status over 10,000 PID files: min / median / max of $RUNS runs (wall)"
+    for side in "dms:$DMS --run-dir" "Rust floor:$FLOOR $WORK/run/s3" "C floor:$CFLOOR $WORK/run/s3"; do
+        name=${side%%:*} pat=${side#*:}
+        printf '%-12s %s / %s / %s\n' "$name" "$(ms "$(status_col "$pat" 10000 7)")" \
+            "$(ms "$(status_col "$pat" 10000 4)")" "$(ms "$(status_col "$pat" 10000 8)")"
+    done
+    for f in "Rust floor:$FLOOR $WORK/run/s3" "C floor:$CFLOOR $WORK/run/s3"; do
+        name=${f%%:*} pat=${f#*:}
+        printf 'dms / %-10s min %s  median %s  max %s\n' "$name" \
+            "$(ratio "$(status_col "$DMS --run-dir" 10000 7)" "$(status_col "$pat" 10000 7)")" \
+            "$(ratio "$(status_col "$DMS --run-dir" 10000 4)" "$(status_col "$pat" 10000 4)")" \
+            "$(ratio "$(status_col "$DMS --run-dir" 10000 8)" "$(status_col "$pat" 10000 8)")"
+    done
+fi
 printf '%-62s %s KiB = %.1f MiB (floor_scan: %s KiB)\n' "peak RSS of dms status over 10,000 files <= 16 MiB" \
     "$RSS_KB" "$(awk -v k="$RSS_KB" 'BEGIN { print k / 1024 }')" "$RSS_FLOOR_KB"
 printf '%-62s %s bytes\n' "memory per tracked helper at 100,000 targets <= 512 bytes" "$MEM_PER"

@@ -361,6 +361,22 @@ pub struct ServeArgs {
     /// K, M or G suffix (KiB, MiB, GiB).
     #[arg(long, value_name = "N", value_parser = parse_bytes, default_value = "16M")]
     pub log_max_bytes: u64,
+
+    /// Also serve GET /metrics (Prometheus text format, and nothing else) over TCP on
+    /// ADDR, an IP address and port such as 127.0.0.1:9464, for a Prometheus that cannot
+    /// reach the Unix socket (which serves /metrics too).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// A directory of declared targets, one `<target>.toml` each (argv, env_files, mount,
+    /// log, [restart]); applied at start and at each reload (SIGHUP, POST /v1/reload).
+    #[arg(long, value_name = "DIR")]
+    pub targets: Option<PathBuf>,
+
+    /// Seconds between the checks of supervised mounts (decimals allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10",
+          env = "DMS_MOUNT_CHECK_SECS", hide = true)]
+    pub mount_check_secs: Duration,
 }
 
 /// Arguments of `dms logs`.

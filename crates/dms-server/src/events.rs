@@ -4,7 +4,7 @@
 
 use dms_core::Event;
 use serde_json::{json, Map, Value};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::broadcast;
@@ -25,6 +25,9 @@ pub struct Line {
 struct Inner {
     last_seq: u64,
     kept: VecDeque<Line>,
+    /// How many events of each kind were recorded since the daemon started (the
+    /// `dms_events_total{kind}` counter); kinds are the fixed names of serve.md.
+    counts: BTreeMap<String, u64>,
 }
 
 /// The numbered, kept and broadcast events of one daemon.
@@ -89,6 +92,7 @@ impl EventLog {
             inner: Mutex::new(Inner {
                 last_seq: 0,
                 kept: VecDeque::with_capacity(KEPT_EVENTS),
+                counts: BTreeMap::new(),
             }),
             // A stream that falls this far behind is ended; its client resumes with
             // `since`.
@@ -111,6 +115,12 @@ impl EventLog {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.last_seq += 1;
         let seq = inner.last_seq;
+        match inner.counts.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                inner.counts.insert(kind.to_owned(), 1);
+            }
+        }
         let text = line_text(seq, kind, target, pid, fields);
         let line = Line { seq, text };
         if inner.kept.len() == KEPT_EVENTS {
@@ -135,6 +145,13 @@ impl EventLog {
             .cloned()
             .collect();
         (replay, rx, inner.last_seq)
+    }
+
+    /// How many events of each kind were recorded so far, sorted by kind (kinds never
+    /// recorded are absent).
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.counts.iter().map(|(k, n)| (k.clone(), *n)).collect()
     }
 
     /// The last `seq` so far (0 before the first event).
@@ -193,5 +210,9 @@ mod tests {
         assert_eq!(v["target"], "t");
         assert_eq!(v["pid"], 42);
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(
+            log.counts(),
+            vec![("heartbeat".to_owned(), 1500), ("killed".to_owned(), 1)]
+        );
     }
 }

@@ -1,9 +1,12 @@
-//! The endpoints of serve.md that exist so far, and the request documents they take.
+//! The endpoints of serve.md that exist so far, and the request documents they take
+//! (`GET /metrics` is in [`crate::metrics`]).
 
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::events::{line_text, Line};
-use crate::{peer, Daemon};
+use crate::supervise::policy::{Policy, RestartPolicy};
+use crate::supervise::spec::StoredSpec;
+use crate::{peer, supervise, Daemon};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -47,9 +50,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             "/v1/targets/{target}/logs",
             get(crate::logs::endpoint::logs),
         )
+        .route("/v1/targets/{target}/restart", post(restart))
+        .route("/v1/reload", post(reload))
         .route("/v1/cleanup", post(cleanup))
         .route("/v1/stats", get(stats))
         .route("/v1/events", get(events))
+        .route("/metrics", get(crate::metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -57,6 +63,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             peer::authorize,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        // Outermost, so that refused, failed and panicked requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            crate::metrics::track,
+        ))
         .with_state(daemon)
 }
 
@@ -100,14 +111,14 @@ fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiE
     }
 }
 
-/// The info object of the daemon: the manager's, plus `supervision` (`null`: nothing is
-/// supervised yet) and `detail` (why the state is what it is, in words, or `null`: the
-/// text the command line shows beside a row; `dms --json` leaves it out).
-fn info_doc(info: &ProcessInfo) -> Result<Value, ApiError> {
+/// The info object of the daemon: the manager's, plus `supervision` (`null` for an
+/// unsupervised helper) and `detail` (why the state is what it is, in words, or `null`:
+/// the text the command line shows beside a row; `dms --json` leaves it out).
+pub(crate) fn info_doc(d: &Daemon, info: &ProcessInfo) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(info)
         .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
     if let Some(o) = v.as_object_mut() {
-        o.insert("supervision".into(), Value::Null);
+        o.insert("supervision".into(), d.supervisor.doc(&info.target));
         o.insert("detail".into(), json!(info.detail));
     }
     Ok(v)
@@ -131,7 +142,10 @@ async fn health(State(d): State<Arc<Daemon>>) -> Json<Value> {
 async fn list(State(d): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
     let mut infos = d.manager.list().await?;
     infos.sort_by(|a, b| a.target.cmp(&b.target));
-    let docs = infos.iter().map(info_doc).collect::<Result<Vec<_>, _>>()?;
+    let docs = infos
+        .iter()
+        .map(|i| info_doc(&d, i))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(Value::Array(docs)))
 }
 
@@ -141,14 +155,12 @@ async fn status(
 ) -> Result<Json<Value>, ApiError> {
     let target = target_of(path)?;
     let info = d.manager.process_info(&target).await?;
-    Ok(Json(info_doc(&info)?))
+    Ok(Json(info_doc(&d, &info)?))
 }
 
-/// The `restart` object of a spawn request. Supervision is not built yet: only the
-/// policy `never` (the default) is accepted.
+/// The `restart` object of a spawn request (omitted fields take the defaults).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RestartRequest {
     policy: Option<RestartPolicy>,
     initial_delay_secs: Option<f64>,
@@ -158,12 +170,35 @@ struct RestartRequest {
     window_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum RestartPolicy {
-    Never,
-    OnFailure,
-    Always,
+impl RestartRequest {
+    fn policy(&self) -> Result<Policy, ApiError> {
+        let mut p = Policy {
+            policy: self.policy.unwrap_or_default(),
+            ..Policy::default()
+        };
+        let set = |to: &mut f64, v: Option<f64>| {
+            if let Some(v) = v {
+                *to = v;
+            }
+        };
+        set(&mut p.initial_delay_secs, self.initial_delay_secs);
+        set(&mut p.max_delay_secs, self.max_delay_secs);
+        set(&mut p.reset_after_secs, self.reset_after_secs);
+        set(&mut p.window_secs, self.window_secs);
+        if let Some(n) = self.max_failures {
+            p.max_failures = n;
+        }
+        p.check("restart.").map_err(ApiError::bad_request)?;
+        Ok(p)
+    }
+}
+
+/// What a spawn request starts and records: the helper spec (environment included), the
+/// spec kept on disk (no values), and the inline `KEY=VALUE` items (memory only).
+struct Spawnable {
+    helper: HelperSpec,
+    stored: StoredSpec,
+    inline: Vec<OsString>,
 }
 
 /// The spawn request of serve.md.
@@ -194,7 +229,7 @@ fn absolute(field: &str, p: &std::path::Path) -> Result<(), ApiError> {
 }
 
 /// Checks a spawn request and builds its helper spec (the environment included).
-fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<HelperSpec, ApiError> {
+fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<Spawnable, ApiError> {
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(ApiError::bad_request(
             "field `argv`: required, a non-empty array whose first item is the program",
@@ -205,14 +240,10 @@ fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<HelperSpec, ApiError> {
             "field `argv[{n}]`: contains a NUL byte, which no program argument can hold"
         )));
     }
-    if let Some(policy) = req.restart.as_ref().and_then(|r| r.policy) {
-        if policy != RestartPolicy::Never {
-            return Err(ApiError::bad_request(
-                "field `restart.policy`: only \"never\" is supported yet (supervision is \
-                 not built); leave `restart` out or use \"never\"",
-            ));
-        }
-    }
+    let policy = req
+        .restart
+        .as_ref()
+        .map_or_else(|| Ok(Policy::default()), RestartRequest::policy)?;
     let mut items = Vec::with_capacity(req.env.len());
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -252,8 +283,18 @@ fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<HelperSpec, ApiError> {
     let env = d
         .build_env(&req.env_files, &items)
         .map_err(ApiError::bad_request)?;
+    let stored = StoredSpec {
+        argv: req.argv.clone(),
+        env_keys: req.env.keys().cloned().collect(),
+        env_files: req.env_files.clone(),
+        mount: req.mount.clone(),
+        ready_timeout_secs: req.mount.as_ref().map(|_| ready.as_secs_f64()),
+        log: req.log.clone(),
+        restart: policy,
+        declared: None,
+    };
     let mut argv = req.argv.into_iter().map(OsString::from);
-    Ok(HelperSpec {
+    let helper = HelperSpec {
         program: argv.next().unwrap_or_default(),
         args: argv.collect(),
         env,
@@ -262,6 +303,11 @@ fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<HelperSpec, ApiError> {
         mount: req.mount,
         replace: req.replace,
         replace_grace: None,
+    };
+    Ok(Spawnable {
+        helper,
+        stored,
+        inline: items,
     })
 }
 
@@ -275,9 +321,9 @@ async fn spawn(
     let mut spec = spawn_spec(&d, req)?;
     // The old helper of a replace gets the request's grace; what can fail without
     // starting anything is checked before it is stopped (the manager's replace).
-    spec.replace_grace = Some(grace);
-    let info = d.manager.spawn(&target, spec).await?;
-    Ok((StatusCode::CREATED, Json(info_doc(&info)?)).into_response())
+    spec.helper.replace_grace = Some(grace);
+    let info = supervise::spawn(&d, &target, spec.stored, spec.inline, spec.helper).await?;
+    Ok((StatusCode::CREATED, Json(info_doc(&d, &info)?)).into_response())
 }
 
 /// The body of `kill` (and of `DELETE`, where it is optional too).
@@ -294,6 +340,7 @@ async fn kill(
 ) -> Result<Json<Value>, ApiError> {
     let target = target_of(path)?;
     let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
+    supervise::stop(&d, &target, "stopped by kill");
     let report = d.manager.kill(&target, grace).await?;
     Ok(Json(doc(&report)?))
 }
@@ -303,8 +350,27 @@ async fn forget(
     path: Result<Path<String>, PathRejection>,
     JsonBody(req): JsonBody<KillRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    // No spec is kept yet (supervision is not built), so forgetting is stopping.
-    kill(State(d), path, JsonBody(req)).await
+    let target = target_of(path)?;
+    let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
+    supervise::forget(&d, &target);
+    let report = d.manager.kill(&target, grace).await?;
+    Ok(Json(doc(&report)?))
+}
+
+async fn restart(
+    State(d): State<Arc<Daemon>>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<KillRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let target = target_of(path)?;
+    let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
+    let info = supervise::restart(&d, &target, grace).await?;
+    Ok(Json(info_doc(&d, &info)?))
+}
+
+async fn reload(State(d): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
+    let report = supervise::reload(&d).await;
+    Ok(Json(doc(&report)?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,7 +390,7 @@ async fn adopt(
         .ok_or_else(|| ApiError::bad_request("field `pid`: required, the PID to adopt"))?;
     let pid = Pid::new(raw).map_err(|e| ApiError::bad_request(format!("field `pid`: {e}")))?;
     let info = d.manager.adopt(&target, pid).await?;
-    Ok(Json(info_doc(&info)?))
+    Ok(Json(info_doc(&d, &info)?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,6 +407,7 @@ async fn cleanup(
 ) -> Result<Json<Value>, ApiError> {
     let grace = secs("grace_secs", req.grace_secs, DEFAULT_GRACE)?;
     let mut report = if req.all {
+        supervise::cleanup_all_begin(&d);
         d.manager.cleanup_all(grace).await?
     } else {
         d.manager.cleanup_dead().await?
@@ -355,9 +422,8 @@ async fn stats(State(d): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
     let stats = d.manager.stats().await?;
     let mut v = doc(&stats)?;
     if let Some(o) = v.as_object_mut() {
-        // Supervision is not built: nothing is supervised, backing off, failed or restarted.
-        for key in ["supervised", "backoff", "failed", "restarts_total"] {
-            o.insert(key.into(), json!(0));
+        for (key, n) in d.supervisor.stats() {
+            o.insert(key.into(), json!(n));
         }
     }
     Ok(Json(v))

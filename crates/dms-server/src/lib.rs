@@ -6,7 +6,9 @@
 //! - [`serve`](serve::serve) runs it on a [`tokio::net::UnixListener`]: the peer
 //!   credentials of each connection, a bound on connections, header and body timeouts,
 //!   and a graceful stop;
-//! - [`EventLog`] numbers and keeps the manager's events for `GET /v1/events`.
+//! - [`EventLog`] numbers and keeps the manager's events for `GET /v1/events`;
+//! - [`metrics`] answers `GET /metrics` (Prometheus text format 0.0.4), on the socket and
+//!   on the TCP listener of `--metrics-listen` ([`metrics::serve_tcp`]).
 //!
 //! Documents are the manager's report types serialized as they are (the JSON that
 //! `dms --json` prints), errors are `{"error": {"code", "message"}}` ([`ApiError`]).
@@ -18,14 +20,17 @@ mod error;
 pub mod events;
 mod handlers;
 pub mod logs;
+pub mod metrics;
 mod peer;
 pub mod serve;
+pub mod supervise;
 
 pub use body::{JsonBody, BODY_TIMEOUT, MAX_BODY_BYTES};
 pub use error::{chain, ApiError};
 pub use events::EventLog;
 pub use handlers::router;
 pub use peer::{Access, Peer};
+pub use supervise::{SuperviseOptions, Supervisor};
 
 use dms_core::{Manager, RecoveryReport};
 use serde_json::{json, Map};
@@ -55,6 +60,10 @@ pub struct Daemon {
     pub run_dir: PathBuf,
     /// The backend's name (`pidfile`, `sqlite`).
     pub backend: String,
+    /// What the API counts for `GET /metrics` (requests, durations).
+    pub metrics: metrics::Metrics,
+    /// Supervision: restart policies, mount health, specs, declared targets.
+    pub supervisor: Supervisor,
     env_builder: Box<EnvBuilder>,
     started: Instant,
     shutdown: watch::Sender<bool>,
@@ -91,8 +100,10 @@ impl Daemon {
             manager,
             events: EventLog::new(),
             access,
+            supervisor: Supervisor::new(&run_dir),
             run_dir,
             backend,
+            metrics: metrics::Metrics::new(),
             env_builder,
             started: Instant::now(),
             shutdown: watch::channel(false).0,
@@ -116,7 +127,10 @@ impl Daemon {
                 let event = rx.recv().await;
                 let Some(daemon) = weak.upgrade() else { break };
                 match event {
-                    Ok(e) => daemon.events.push_event(&e),
+                    Ok(e) => {
+                        daemon.events.push_event(&e);
+                        supervise::on_event(&daemon, &e);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "the event log fell behind the manager");
                     }
