@@ -460,6 +460,9 @@ impl PidStore for ModelStore {
     fn pid_dir(&self) -> &Path {
         self.inner.pid_dir()
     }
+    fn exists(&self, target: &TargetId) -> bool {
+        self.inner.exists(target)
+    }
     fn backend_name(&self) -> &'static str {
         "memory"
     }
@@ -950,7 +953,22 @@ impl World {
                 ));
             }
         }
+        // A lookup that finds a proven helper on disk loads it into memory
+        // ("Automatically loaded!"): memory as it is now.
+        let mem = m
+            .memory_snapshot()
+            .into_iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, id)| id);
         if let Ok(info) = g.rt.block_on(m.process_info(target)) {
+            let mem = match (&mem, info.source) {
+                (None, Some(Source::Both)) => m
+                    .memory_snapshot()
+                    .into_iter()
+                    .find(|(t, _)| t == target)
+                    .map(|(_, id)| id),
+                _ => mem,
+            };
             let source = match (mem.is_some(), disk.is_some()) {
                 (true, true) => Some(Source::Both),
                 (true, false) => Some(Source::Memory),

@@ -27,6 +27,9 @@ pub const LOCK_FILE: &str = "dms-serve.lock";
 /// The name of the default socket in the run dir.
 pub const SOCKET_FILE: &str = "dms.sock";
 
+/// How often the usage of every helper is sampled.
+const USAGE_SAMPLING: Duration = Duration::from_secs(1);
+
 /// Variables of the daemon's own environment that its helpers must not inherit (they
 /// speak for the daemon to systemd).
 const DAEMON_ONLY_ENV: [&str; 5] = [
@@ -99,13 +102,20 @@ pub async fn run(
         }
     };
     let spawner = Arc::new(dms_proc::linux::LinuxSpawner::new().map_err(|e| failed(chain(&e)))?);
+    // Watched before the startup recovery scans it, so no change after the scan is
+    // missed (automatic sync, dms_server::sync).
+    let watch = dms_server::sync::DiskWatch::new(store.pid_dir())
+        .map_err(|e| tracing::warn!(error = %e, "no automatic sync of PID files written or removed from outside; lookups still load helpers found on disk"))
+        .ok();
     let mut opts = ManagerOptions::new(run_dir.clone());
-    // As the one-shot commands do: usage read without waiting (CPU averaged over the
-    // helper's lifetime); sampling in the background is still to be built.
+    // Usage sampled in the background every second (serve.md: at most 2 s old); a
+    // helper not sampled yet has its usage read without waiting.
     opts.usage_interval = Some(Duration::ZERO);
+    opts.usage_sampling = Some(USAGE_SAMPLING);
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
         .map_err(|e| failed(chain(&e)))?;
+    let manager = Arc::new(manager);
     tracing::info!(
         adopted = recovery.adopted.len(),
         cleared = recovery.cleared.len(),
@@ -117,7 +127,7 @@ pub async fn run(
     if let Some(gid) = socket_gid {
         access.socket_gid = gid;
     }
-    let daemon = Daemon::new(Arc::new(manager), &recovery, access, Box::new(build_env));
+    let daemon = Daemon::new(manager, &recovery, access, Box::new(build_env));
     if let Err(e) = dms_server::logs::bound::spawn_log_bounder(&daemon.manager, args.log_max_bytes)
     {
         return Err(failed(format!(
@@ -136,6 +146,11 @@ pub async fn run(
         log_reload(&report);
     }
     start_reload_on_hangup(&daemon, hup);
+    // Acting on the PID files changed from outside once every subscriber of the
+    // manager's events (the event log, the supervisor) is in place.
+    if let Some(watch) = watch {
+        watch.spawn(daemon.manager.clone());
+    }
     let app = dms_server::router(daemon.clone());
     if let Some(l) = metrics_listener {
         if let Ok(addr) = l.local_addr() {

@@ -118,6 +118,38 @@ impl TargetLocks {
 }
 
 impl TargetLocks {
+    /// Takes the target's mutex and `flock` if nobody holds either right now; `None`
+    /// when someone does (a lookup that would only load memory does not wait for a
+    /// `kill` in its grace period).
+    pub(crate) fn try_lock(&self, target: &TargetId) -> Result<Option<TargetGuard>> {
+        let Ok(guard) = self.mutex(target).try_lock_owned() else {
+            return Ok(None);
+        };
+        let mutex = MemoryGuard {
+            guard: Some(guard),
+            table: self.mutexes.clone(),
+            target: target.clone(),
+        };
+        let path = target.lock_file_in(&self.dir);
+        match try_flock_file(&path) {
+            Ok(Some(flock)) => Ok(Some(TargetGuard {
+                _flock: flock,
+                _mutex: mutex,
+            })),
+            Ok(None) => Ok(None),
+            Err(source) => Err(Error::Lock { path, source }),
+        }
+    }
+
+    /// Whether a task of this process holds or awaits the target's lock (a spawn, kill or
+    /// adopt in progress); no lock is taken.
+    pub(crate) fn in_use(&self, target: &TargetId) -> bool {
+        self.mutexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(target)
+    }
+
     /// Whether someone (another task of this process, or another process) holds the
     /// `flock` of `target` right now. Creates its lock file if missing.
     pub(crate) fn is_held(&self, target: &TargetId) -> bool {

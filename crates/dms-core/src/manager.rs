@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 mod adopt_check;
 mod daemonize;
+mod info;
 mod logs;
 mod members;
 mod memory;
@@ -32,6 +33,8 @@ mod mount_ops;
 mod mount_spawn;
 mod preflight;
 mod stop_all;
+mod sync;
+mod usage;
 use memory::Memory;
 pub use mount_ops::DEFAULT_READY_TIMEOUT;
 
@@ -77,6 +80,8 @@ struct Inner {
     watch_ok: AtomicBool,
     /// The task that handles the exits the watcher reports.
     exit_task: Mutex<Option<AbortHandle>>,
+    /// The background usage sampler ([`ManagerOptions::usage_sampling`]).
+    sample_task: Mutex<Option<AbortHandle>>,
 }
 
 /// What a probe says about a recorded PID.
@@ -105,9 +110,11 @@ impl fmt::Debug for Manager {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let task = self.exit_task.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = task.take() {
-            h.abort();
+        for task in [&mut self.exit_task, &mut self.sample_task] {
+            let task = task.get_mut().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = task.take() {
+                h.abort();
+            }
         }
     }
 }
@@ -173,6 +180,7 @@ impl Manager {
             watch_ok: AtomicBool::new(exit_watch.is_some()),
             exit_watch,
             exit_task: Mutex::new(None),
+            sample_task: Mutex::new(None),
         });
         if inner.exit_watch.is_some() {
             let task = tokio::spawn(handle_exits(Arc::downgrade(&inner), exited_rx));
@@ -188,6 +196,11 @@ impl Manager {
             return Ok((Manager { inner }, RecoveryReport::default()));
         }
         let report = inner.reload().await?;
+        if let Some(period) = inner.opts.usage_sampling.filter(|p| !p.is_zero()) {
+            let task = tokio::spawn(usage::sample_usage(Arc::downgrade(&inner), period));
+            *inner.sample_task.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(task.abort_handle());
+        }
         info!(
             run_dir = %inner.opts.run_dir.display(),
             backend = inner.store.backend_name(),
@@ -299,7 +312,10 @@ impl Manager {
         }
         match self.inner.store.get(target).await? {
             Lookup::Present(r) => match self.inner.classify(target, &r).await {
-                Verdict::Own(_) => Ok(true),
+                Verdict::Own(info) => {
+                    self.inner.load_found(target, &r, &info).await;
+                    Ok(true)
+                }
                 Verdict::Unverified(reason) => Err(Error::Unverified {
                     target: target.clone(),
                     pid: r.pid,
@@ -313,12 +329,48 @@ impl Manager {
 
     /// Everything known about `target` (the info object of the command line), with
     /// resource usage sampled over [`ManagerOptions::usage_interval`] when running.
+    ///
+    /// A helper this manager holds and watches is answered from memory, without reading
+    /// the store or probing the process (only the PID file's existence is looked up);
+    /// its usage is the background sample when [`ManagerOptions::usage_sampling`] is on
+    /// and the sample is at most 2 s old. Outside one-shot mode, a live helper proven
+    /// ours found only on disk is loaded into memory and watched (event
+    /// [`Event::Adopted`]), as [`Manager::is_running`] does.
     pub async fn process_info(&self, target: &TargetId) -> Result<ProcessInfo> {
+        Ok(self.process_info_sampled(target).await?.0)
+    }
+
+    /// [`Manager::process_info`], and when its usage columns were read (`None` when
+    /// they are empty).
+    pub async fn process_info_sampled(
+        &self,
+        target: &TargetId,
+    ) -> Result<(ProcessInfo, Option<SystemTime>)> {
+        let inline = self.inner.opts.usage_interval == Some(Duration::ZERO);
+        if let Some(d) = self
+            .inner
+            .info_from_memory(target, None, None, inline)
+            .await
+        {
+            return Ok(self.inner.finish_usage(d).await);
+        }
         let disk = self.inner.store.get(target).await?;
-        Ok(self
+        let record = match &disk {
+            Lookup::Present(r) => Some(r.clone()),
+            _ => None,
+        };
+        let mut d = self
             .inner
             .info(target, disk, self.inner.opts.usage_interval)
-            .await)
+            .await;
+        if let (Some(r), Some(Source::Disk), true) = (record, d.info.source, d.info.running) {
+            if let Verdict::Own(p) = self.inner.classify(target, &r).await {
+                if self.inner.load_found(target, &r, &p).await {
+                    d.info.source = Some(Source::Both);
+                }
+            }
+        }
+        Ok((d.info, d.sampled_at))
     }
 
     /// The info of every target in memory or on disk, sorted by target.
@@ -327,6 +379,18 @@ impl Manager {
     /// usage of running helpers is sampled concurrently, over one shared interval; with a
     /// zero [`ManagerOptions::usage_interval`] it is read in line, without waiting.
     pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
+        Ok(self
+            .list_sampled()
+            .await?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    /// [`Manager::list`], with when the usage columns of each info object were read
+    /// (`None` when they are empty). Helpers held in memory are answered as
+    /// [`Manager::process_info`] answers them, from memory.
+    pub async fn list_sampled(&self) -> Result<Vec<(ProcessInfo, Option<SystemTime>)>> {
         let (targets, entries) = self.inner.all_targets().await?;
         let mut disk = disk_lookups(entries);
         let mounts = self.inner.mounts().await;
@@ -335,14 +399,14 @@ impl Manager {
         let inline = self.inner.opts.usage_interval == Some(Duration::ZERO);
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let (info, live) = self
+            let d = self
                 .inner
                 .info_listed(&target, lookup, Some(&mounts), inline)
                 .await;
-            if let Some(id) = live {
+            if let Some(id) = d.live {
                 running.push((infos.len(), id));
             }
-            infos.push(info);
+            infos.push((d.info, d.sampled_at));
         }
         match self.inner.opts.usage_interval {
             // A zero interval: read with each probe, already in the info objects.
@@ -361,7 +425,9 @@ impl Manager {
                     let (i, id, usage) = joined.map_err(|e| {
                         Error::Proc(ProcError::Injected(format!("usage task failed: {e}")))
                     })?;
-                    apply_usage(&mut infos[i], &id, usage);
+                    if apply_usage(&mut infos[i].0, &id, usage) {
+                        infos[i].1 = Some(SystemTime::now());
+                    }
                 }
             }
         }
@@ -462,13 +528,14 @@ impl Manager {
     async fn listed_info(&self, target: &TargetId, lookup: Lookup, mounts: &Mounts) -> ProcessInfo {
         let interval = self.inner.opts.usage_interval;
         let inline = interval == Some(Duration::ZERO);
-        let (mut info, live) = self
+        let d = self
             .inner
             .info_listed(target, lookup, Some(mounts), inline)
             .await;
-        if let (Some(interval), Some(id), false) = (interval, live, inline) {
+        let mut info = d.info;
+        if let (Some(interval), Some(id), false) = (interval, d.live, inline) {
             let usage = self.inner.spawner.usage(&id, interval).await;
-            apply_usage(&mut info, &id, usage);
+            let _ = apply_usage(&mut info, &id, usage);
         }
         info
     }
@@ -496,10 +563,11 @@ impl Manager {
         let mounts = self.inner.mounts().await;
         for target in targets {
             let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
-            let (info, _) = self
+            let info = self
                 .inner
                 .info_listed(&target, lookup, Some(&mounts), false)
-                .await;
+                .await
+                .info;
             match info.state {
                 ProcessState::Running => stats.running += 1,
                 ProcessState::Stale => stats.stale += 1,
@@ -1233,140 +1301,6 @@ impl Inner {
         Ok((targets.into_iter().collect(), entries))
     }
 
-    /// The info object of `target`, given what the store holds for it.
-    async fn info(&self, target: &TargetId, disk: Lookup, usage: Option<Duration>) -> ProcessInfo {
-        if usage == Some(Duration::ZERO) {
-            // Read with the probe.
-            return self.info_listed(target, disk, None, true).await.0;
-        }
-        let (mut info, live) = self.info_without_usage(target, disk).await;
-        if let (Some(interval), Some(id)) = (usage, live) {
-            let sampled = self.spawner.usage(&id, interval).await;
-            apply_usage(&mut info, &id, sampled);
-        }
-        info
-    }
-
-    /// The info object of `target` without resource usage, and the identity of its
-    /// helper when it is running (to sample usage of).
-    async fn info_without_usage(
-        &self,
-        target: &TargetId,
-        disk: Lookup,
-    ) -> (ProcessInfo, Option<ProcIdentity>) {
-        self.info_listed(target, disk, None, false).await
-    }
-
-    /// [`Inner::info_without_usage`], with the mount registry read once for a whole
-    /// listing (`mounts`: target -> recorded mount), not once per target.
-    ///
-    /// With `inline_usage`, the usage of a running helper is read with its probe (as
-    /// [`Spawner::usage`] with a zero interval, see [`Spawner::probe_with_usage`]) and
-    /// is already in the info object.
-    async fn info_listed(
-        &self,
-        target: &TargetId,
-        disk: Lookup,
-        mounts: Option<&Mounts>,
-        inline_usage: bool,
-    ) -> (ProcessInfo, Option<ProcIdentity>) {
-        let mem = self.memory_entry(target);
-        let pid_file_exists = !matches!(disk, Lookup::Absent);
-        let mut info = ProcessInfo {
-            target: target.clone(),
-            pid: None,
-            state: ProcessState::Absent,
-            running: false,
-            pid_file: target.pid_file_in(self.store.pid_dir()),
-            pid_file_exists,
-            source: match (mem.is_some(), pid_file_exists) {
-                (true, true) => Some(Source::Both),
-                (true, false) => Some(Source::Memory),
-                (false, true) => Some(Source::Disk),
-                (false, false) => None,
-            },
-            started_at: None,
-            uptime_secs: None,
-            cpu_percent: None,
-            rss_bytes: None,
-            threads: None,
-            cmdline: None,
-            mount: None,
-            mounted: None,
-            mount_state: None,
-            detail: None,
-        };
-        let mut usage = None;
-        let (verdict, meta) = match (mem, disk) {
-            (Some((id, meta)), _) => {
-                info.pid = Some(id.pid);
-                let verdict = if inline_usage {
-                    let (probe, u) = self.probe_with_usage(id.pid).await;
-                    usage = u;
-                    verify_probed(&id, probe)
-                } else {
-                    self.verify(&id).await
-                };
-                (verdict, meta)
-            }
-            (None, Lookup::Present(r)) => {
-                info.pid = Some(r.pid);
-                let verdict = if inline_usage {
-                    let (probe, u) = self.probe_with_usage(r.pid).await;
-                    usage = u;
-                    self.classify_probed(target, &r, probe)
-                } else {
-                    self.classify(target, &r).await
-                };
-                (verdict, r.meta)
-            }
-            (None, Lookup::Corrupt(c)) => {
-                info.state = ProcessState::Corrupt;
-                info.detail = Some(c.reason);
-                self.fill_mount(target, &mut info, mounts).await;
-                return (info, None);
-            }
-            (None, Lookup::Absent) => {
-                // A stale mount can outlive its PID file.
-                self.fill_mount(target, &mut info, mounts).await;
-                return (info, None);
-            }
-        };
-        info.mount = meta.mount;
-        self.fill_mount(target, &mut info, mounts).await;
-        info.cmdline = meta.cmdline;
-        match verdict {
-            Verdict::Own(p) => {
-                info.state = ProcessState::Running;
-                info.running = true;
-                info.started_at = Some(p.started_at);
-                info.uptime_secs = Some(
-                    SystemTime::now()
-                        .duration_since(p.started_at)
-                        .unwrap_or_default()
-                        .as_secs_f64(),
-                );
-                if p.cmdline.is_some() {
-                    info.cmdline = p.cmdline.clone();
-                }
-                if let Some(u) = usage {
-                    apply_usage(&mut info, &p.identity, Ok(Some(u)));
-                }
-                return (info, Some(p.identity));
-            }
-            Verdict::Stale => info.state = ProcessState::Stale,
-            Verdict::Foreign(why) => {
-                info.state = ProcessState::Foreign;
-                info.detail = Some(why);
-            }
-            Verdict::Unverified(why) => {
-                info.state = ProcessState::Unverified;
-                info.detail = Some(why);
-            }
-        }
-        (info, None)
-    }
-
     /// Rewrites the PID file of the live tracked helper of `target` from memory.
     /// Call with the target's lock.
     async fn repair(&self, target: &TargetId) -> Result<Option<Pid>> {
@@ -1645,12 +1579,14 @@ fn verify_probed(id: &ProcIdentity, probe: std::result::Result<Probe, ProcError>
     }
 }
 
-/// Puts a usage sample of the running helper `id` into its info object.
+/// Puts a usage sample of the running helper `id` into its info object; returns
+/// whether there was one.
 fn apply_usage(
     info: &mut ProcessInfo,
     id: &ProcIdentity,
     usage: std::result::Result<Option<dms_proc::Usage>, ProcError>,
-) {
+) -> bool {
+    let read = matches!(usage, Ok(Some(_)));
     match usage {
         Ok(Some(u)) => {
             info.cpu_percent = Some(u.cpu_percent);
@@ -1665,6 +1601,7 @@ fn apply_usage(
         Ok(None) => {}
         Err(e) => debug!(target = %info.target, pid = id.pid.get(), error = %e, "no usage"),
     }
+    read
 }
 
 /// How long the handling of a reported exit waits for the exit status.

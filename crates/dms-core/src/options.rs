@@ -40,6 +40,14 @@ pub struct ManagerOptions {
     /// reads usage without waiting, with CPU percent averaged over the helper's lifetime
     /// (see [`dms_proc::Usage::cpu_percent`]). Default 100 ms.
     pub usage_interval: Option<Duration>,
+    /// Background sampling of usage: every this often (in slices spread over the
+    /// period), the CPU time, resident memory and threads of every helper held in
+    /// memory are read (one read of `/proc/PID/stat` each), and `process_info` and the
+    /// listings show the last sample (CPU percent over the time since the one before,
+    /// as `top` shows it) instead of sampling in line, while it is at most 2 s old.
+    /// Not in one-shot mode. `None` (the default): no background sampling. `dms serve`
+    /// samples every second.
+    pub usage_sampling: Option<Duration>,
     /// Tolerance of the bare-PID-file identity rule: a live process named by a PID file
     /// without recorded identity counts as ours when it started no later than the file's
     /// mtime plus this slack. Both times are on one clock: the start ticks since boot
@@ -73,6 +81,7 @@ impl ManagerOptions {
             run_dir: run_dir.into(),
             kill_grace: Duration::from_secs(10),
             usage_interval: Some(Duration::from_millis(100)),
+            usage_sampling: None,
             start_time_slack: DEFAULT_START_TIME_SLACK,
             event_capacity: 1024,
             one_shot: false,

@@ -296,6 +296,15 @@ pub enum Event {
         /// Its PID.
         pid: Pid,
     },
+    /// A helper's tracking in memory ended because its PID file was removed from
+    /// outside (a stop from outside the manager): the helper was not signalled, and
+    /// nothing restarts it. See [`crate::Manager::sync_target`].
+    Untracked {
+        /// The target.
+        target: TargetId,
+        /// The PID of the helper, which still runs.
+        pid: Pid,
+    },
     /// A stale, foreign or corrupt entry was removed.
     Cleaned {
         /// The target.
@@ -315,6 +324,7 @@ impl Event {
             | Event::Exited { target, .. }
             | Event::Killed { target, .. }
             | Event::Adopted { target, .. }
+            | Event::Untracked { target, .. }
             | Event::Cleaned { target, .. } => target,
         }
     }
@@ -325,7 +335,8 @@ impl Event {
             Event::Spawned { pid, .. }
             | Event::Exited { pid, .. }
             | Event::Killed { pid, .. }
-            | Event::Adopted { pid, .. } => Some(*pid),
+            | Event::Adopted { pid, .. }
+            | Event::Untracked { pid, .. } => Some(*pid),
             Event::Cleaned { pid, .. } => *pid,
         }
     }

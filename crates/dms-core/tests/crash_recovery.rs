@@ -405,6 +405,10 @@ impl PidStore for TestStore {
         self.backend.pid_dir()
     }
 
+    fn exists(&self, target: &TargetId) -> bool {
+        self.backend.exists(target)
+    }
+
     fn backend_name(&self) -> &'static str {
         self.backend.backend_name()
     }

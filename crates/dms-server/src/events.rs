@@ -73,6 +73,7 @@ pub fn describe(event: &Event) -> Option<(&'static str, Map<String, Value>)> {
         }
         Event::Killed { .. } => "killed",
         Event::Adopted { .. } => "adopted",
+        Event::Untracked { .. } => "untracked",
         Event::Cleaned { reason, .. } => {
             fields.insert(
                 "reason".into(),

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The default grace between SIGTERM and SIGKILL (kill, DELETE, cleanup, replace).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -111,17 +111,48 @@ fn secs(field: &str, v: Option<f64>, default: Duration) -> Result<Duration, ApiE
     }
 }
 
-/// The info object of the daemon: the manager's, plus `supervision` (`null` for an
-/// unsupervised helper) and `detail` (why the state is what it is, in words, or `null`:
-/// the text the command line shows beside a row; `dms --json` leaves it out).
-pub(crate) fn info_doc(d: &Daemon, info: &ProcessInfo) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(info)
-        .map_err(|e| ApiError::failed(format!("cannot encode the info object: {e}")))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("supervision".into(), d.supervisor.doc(&info.target));
-        o.insert("detail".into(), json!(info.detail));
+/// The info object of the daemon: the manager's, plus `usage_sampled_at` (when its
+/// usage columns were read, RFC 3339 with milliseconds; `null` when they are empty),
+/// `supervision` (`null` for an unsupervised helper) and `detail` (why the state is what
+/// it is, in words, or `null`: the text the command line shows beside a row; `dms
+/// --json` leaves it out). Serialized straight into a response by the hot path (`GET
+/// /v1/targets/{t}`), with no intermediate JSON value.
+#[derive(serde::Serialize)]
+pub(crate) struct InfoDoc<'a> {
+    #[serde(flatten)]
+    info: &'a ProcessInfo,
+    #[serde(serialize_with = "rfc3339_millis")]
+    usage_sampled_at: Option<SystemTime>,
+    supervision: Value,
+    detail: &'a Option<String>,
+}
+
+fn rfc3339_millis<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+        None => s.serialize_none(),
     }
-    Ok(v)
+}
+
+/// The info object of `info`, whose usage columns were read at `usage_sampled_at`.
+pub(crate) fn info_doc_sampled<'a>(
+    d: &Daemon,
+    info: &'a ProcessInfo,
+    usage_sampled_at: Option<SystemTime>,
+) -> InfoDoc<'a> {
+    InfoDoc {
+        info,
+        usage_sampled_at,
+        supervision: d.supervisor.doc(&info.target),
+        detail: &info.detail,
+    }
+}
+
+/// The info object of `info`, made just now (its usage, when it has any, was read now),
+/// as a JSON value.
+pub(crate) fn info_doc(d: &Daemon, info: &ProcessInfo) -> Result<Value, ApiError> {
+    let read_now = info.rss_bytes.map(|_| SystemTime::now());
+    doc(&info_doc_sampled(d, info, read_now))
 }
 
 fn doc(v: &impl serde::Serialize) -> Result<Value, ApiError> {
@@ -139,23 +170,23 @@ async fn health(State(d): State<Arc<Daemon>>) -> Json<Value> {
     }))
 }
 
-async fn list(State(d): State<Arc<Daemon>>) -> Result<Json<Value>, ApiError> {
-    let mut infos = d.manager.list().await?;
-    infos.sort_by(|a, b| a.target.cmp(&b.target));
-    let docs = infos
+async fn list(State(d): State<Arc<Daemon>>) -> Result<Response, ApiError> {
+    let mut infos = d.manager.list_sampled().await?;
+    infos.sort_by(|a, b| a.0.target.cmp(&b.0.target));
+    let docs: Vec<InfoDoc<'_>> = infos
         .iter()
-        .map(|i| info_doc(&d, i))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(Value::Array(docs)))
+        .map(|(info, at)| info_doc_sampled(&d, info, *at))
+        .collect();
+    Ok(Json(docs).into_response())
 }
 
 async fn status(
     State(d): State<Arc<Daemon>>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let target = target_of(path)?;
-    let info = d.manager.process_info(&target).await?;
-    Ok(Json(info_doc(&d, &info)?))
+    let (info, sampled_at) = d.manager.process_info_sampled(&target).await?;
+    Ok(Json(info_doc_sampled(&d, &info, sampled_at)).into_response())
 }
 
 /// The `restart` object of a spawn request (omitted fields take the defaults).

@@ -24,6 +24,7 @@ pub mod metrics;
 mod peer;
 pub mod serve;
 pub mod supervise;
+pub mod sync;
 
 pub use body::{JsonBody, BODY_TIMEOUT, MAX_BODY_BYTES};
 pub use error::{chain, ApiError};

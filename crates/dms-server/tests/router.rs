@@ -289,7 +289,7 @@ async fn bad_requests_get_the_documented_codes() {
     let r = post(
         &w,
         "/v1/targets/t/spawn",
-        json!({"argv": ["x"], "restart": {"policy": "always"}}),
+        json!({"argv": ["x"], "restart": {"policy": "sometimes"}}),
     )
     .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "bad_request");

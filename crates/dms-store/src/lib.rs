@@ -125,6 +125,13 @@ pub trait PidStore: Debug + Send + Sync {
     /// The directory holding the PID files (`<run-dir>/s3`).
     fn pid_dir(&self) -> &Path;
 
+    /// Whether an entry of `target` exists now (something is at its PID-file path),
+    /// without reading it: one `lstat` for the file backends, in line (the run
+    /// directory is local). For a caller that holds the entry in memory and only needs
+    /// to know that its file is still there; a path that cannot be looked up for another
+    /// reason than its absence counts as existing.
+    fn exists(&self, target: &TargetId) -> bool;
+
     /// A short name for the backend: `"pidfile"`, `"sqlite"` or `"memory"`.
     fn backend_name(&self) -> &'static str;
 }
@@ -151,6 +158,9 @@ impl<T: PidStore + ?Sized> PidStore for std::sync::Arc<T> {
     }
     fn pid_dir(&self) -> &Path {
         (**self).pid_dir()
+    }
+    fn exists(&self, target: &TargetId) -> bool {
+        (**self).exists(target)
     }
     fn backend_name(&self) -> &'static str {
         (**self).backend_name()

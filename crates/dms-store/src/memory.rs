@@ -238,6 +238,10 @@ impl PidStore for MemoryStore {
         &self.pid_dir
     }
 
+    fn exists(&self, target: &TargetId) -> bool {
+        self.lock().entries.contains_key(&file_name(target))
+    }
+
     fn backend_name(&self) -> &'static str {
         "memory"
     }

@@ -201,6 +201,15 @@ impl PidDir {
         Error::io(op, &self.pid_dir, e, &self.pid_dir, access)
     }
 
+    /// Whether something is at `target`'s PID-file path (one `lstat`; an error other than
+    /// its absence counts as something).
+    pub(crate) fn exists(&self, target: &TargetId) -> bool {
+        match std::fs::symlink_metadata(target.pid_file_in(&self.pid_dir)) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// Reads the entry of `target`, with the file's stamp when it is valid.
     pub(crate) fn read(&self, target: &TargetId) -> Result<(Lookup, Option<Stamp>)> {
         let path = target.pid_file_in(&self.pid_dir);
@@ -811,6 +820,10 @@ impl PidStore for PidFileStore {
 
     fn pid_dir(&self) -> &Path {
         self.dir.pid_dir()
+    }
+
+    fn exists(&self, target: &TargetId) -> bool {
+        self.dir.exists(target)
     }
 
     fn backend_name(&self) -> &'static str {

@@ -944,6 +944,11 @@ impl PidStore for SqliteStore {
         self.inner.files.pid_dir()
     }
 
+    fn exists(&self, target: &TargetId) -> bool {
+        // The PID file is authoritative for existence.
+        self.inner.files.exists(target)
+    }
+
     fn backend_name(&self) -> &'static str {
         "sqlite"
     }

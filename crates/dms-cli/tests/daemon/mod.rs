@@ -210,3 +210,49 @@ pub fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> Ans
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     })
 }
+
+/// Reads the event stream from `since` until `done` holds for the events so far (at most
+/// `timeout`, then it panics with what came); returns the events.
+pub fn events_until(
+    socket: &Path,
+    since: u64,
+    timeout: Duration,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
+    runtime().block_on(async {
+        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("/v1/events?since={since}"))
+            .header("host", "dms")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let (mut buf, mut events) = (String::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(&events) {
+            let frame = tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("events so far: {events:?}"))
+                .expect("the stream goes on")
+                .unwrap();
+            if let Some(d) = frame.data_ref() {
+                buf.push_str(std::str::from_utf8(d).unwrap());
+                while let Some(n) = buf.find('\n') {
+                    let line: String = buf.drain(..=n).collect();
+                    events.push(serde_json::from_str(&line).unwrap());
+                }
+            }
+        }
+        events
+    })
+}
+
+/// The events of `kind`.
+pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
+}

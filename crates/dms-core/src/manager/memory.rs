@@ -10,7 +10,7 @@ use dms_store::{Metadata, TargetId};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// The in-memory table: helpers by target, and the target of each helper's PID.
 #[derive(Default)]
@@ -58,6 +58,7 @@ impl Memory {
             boot_id,
             meta: CompactMeta::new(meta, &target, logs_dir, &mut self.cmdline),
             watched,
+            observed: None,
         };
         let old = self.by_target.insert(target.clone(), tracked);
         if let Some(old) = &old {
@@ -110,6 +111,76 @@ pub(super) struct Tracked {
     /// False when no exit watcher watches it (one-shot mode, or watching failed):
     /// memory hits then probe.
     pub(super) watched: bool,
+    /// What a probe of the live process told, once one did (out of line: a helper that
+    /// was never looked up or sampled costs one pointer).
+    observed: Option<Box<Observed>>,
+}
+
+/// What the manager learnt of a tracked helper's live process: the facts of its info
+/// object that cannot change while it is the same process (the exit watcher says when
+/// it is not), and its last usage sample.
+#[derive(Debug, Clone)]
+pub(super) struct Observed {
+    /// When it started, on the wall clock.
+    pub(super) started_at: SystemTime,
+    /// Its command line as the kernel shows it (`/proc/PID/cmdline`) when that differs
+    /// from the recorded one (a script run by its interpreter); `None` when it is the
+    /// recorded one, or could not be read.
+    cmdline: Option<Box<[Box<str>]>>,
+    /// The last usage sample, when the background sampler took one.
+    pub(super) sample: Option<Sample>,
+}
+
+/// One usage sample of a tracked helper.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Sample {
+    /// When it was read.
+    pub(super) at: Instant,
+    /// Its CPU time then (user + system), in seconds.
+    pub(super) cpu_seconds: f64,
+    /// CPU use since the previous sample (the first: since the helper started), in
+    /// percent of one core.
+    pub(super) cpu_percent: f64,
+    /// Resident memory, in bytes.
+    pub(super) rss_bytes: u64,
+    /// Threads.
+    pub(super) threads: u64,
+    /// Stopped (SIGSTOP).
+    pub(super) stopped: bool,
+}
+
+impl Sample {
+    /// The sample read at `at` as `usage`, after `previous` (of the same process).
+    pub(super) fn after(previous: Option<&Sample>, at: Instant, usage: &dms_proc::Usage) -> Sample {
+        let cpu_percent = match previous {
+            Some(p) if at > p.at => {
+                let wall = at.duration_since(p.at).as_secs_f64();
+                ((usage.cpu_seconds - p.cpu_seconds).max(0.0) / wall) * 100.0
+            }
+            // The first sample: the lifetime average, which is the use over the only
+            // interval there is (since the helper started).
+            _ => usage.cpu_percent,
+        };
+        Sample {
+            at,
+            cpu_seconds: usage.cpu_seconds,
+            cpu_percent,
+            rss_bytes: usage.rss_bytes,
+            threads: usage.threads,
+            stopped: usage.stopped,
+        }
+    }
+
+    /// The sample as the usage of an info object.
+    pub(super) fn usage(&self) -> dms_proc::Usage {
+        dms_proc::Usage {
+            cpu_seconds: self.cpu_seconds,
+            cpu_percent: self.cpu_percent,
+            rss_bytes: self.rss_bytes,
+            threads: self.threads,
+            stopped: self.stopped,
+        }
+    }
 }
 
 impl Tracked {
@@ -137,6 +208,53 @@ impl Tracked {
         match &self.meta.log_path {
             LogPath::Other(p) => Some(p),
             LogPath::None | LogPath::Default => None,
+        }
+    }
+
+    /// Its recorded mount point.
+    pub(super) fn mount(&self) -> Option<PathBuf> {
+        self.meta.mount.as_deref().map(Path::to_path_buf)
+    }
+
+    /// What a probe of its live process told, if one did.
+    pub(super) fn observed(&self) -> Option<&Observed> {
+        self.observed.as_deref()
+    }
+
+    /// Keeps what a probe of its live process told (the sample so far is kept).
+    pub(super) fn observe(&mut self, started_at: SystemTime, cmdline: Option<&[String]>) {
+        let sample = self.observed.as_ref().and_then(|o| o.sample);
+        let recorded = self.meta.cmdline.as_deref();
+        let differs = |live: &&[String]| {
+            recorded.is_none_or(|r| !r.iter().map(|a| &**a).eq(live.iter().map(String::as_str)))
+        };
+        let cmdline = cmdline
+            .filter(differs)
+            .map(|c| c.iter().map(|a| a.as_str().into()).collect());
+        self.observed = Some(Box::new(Observed {
+            started_at,
+            cmdline,
+            sample,
+        }));
+    }
+
+    /// Its command line: the live process's when it was observed and differs from the
+    /// recorded one, else the recorded one.
+    pub(super) fn cmdline(&self) -> Option<Vec<String>> {
+        let live = self.observed.as_ref().and_then(|o| o.cmdline.as_deref());
+        live.or(self.meta.cmdline.as_deref())
+            .map(|c| c.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// Keeps a usage sample (only once its start time is known: a sample is used with
+    /// it). Returns whether it was kept.
+    pub(super) fn set_sample(&mut self, sample: Sample) -> bool {
+        match self.observed.as_mut() {
+            Some(o) => {
+                o.sample = Some(sample);
+                true
+            }
+            None => false,
         }
     }
 

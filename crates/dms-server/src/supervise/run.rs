@@ -225,6 +225,7 @@ pub fn on_event(d: &Arc<Daemon>, event: &Event) {
                 d.supervisor.persist(target, &e);
             }
         }
+        Event::Untracked { target, .. } => on_untracked(&d, target),
         _ => {}
     }
 }
@@ -303,8 +304,7 @@ pub fn forget(d: &Daemon, target: &TargetId) {
 }
 
 /// A PID file removed from outside the daemon (the manager's `untracked` event): the
-/// helper is a stop from outside, never restarted, and its spec is forgotten. The lead
-/// wires it to `Event::Untracked` (branch `memory`).
+/// helper is a stop from outside, never restarted, and its spec is forgotten.
 pub fn on_untracked(d: &Daemon, target: &TargetId) {
     tracing::info!(target = %target, "PID file removed from outside: supervision ends");
     forget(d, target);
