@@ -76,6 +76,14 @@ fn holds_fuse(pid: Pid) -> bool {
     })
 }
 
+/// Whether `pid` is a child of ours that the reaper has not reaped yet: its PID is
+/// stable (only we can reap it), and it is a helper we started, not an orphan.
+fn unreaped_child(children: &std::collections::HashMap<i32, super::Child>, pid: Pid) -> bool {
+    children
+        .get(&pid.get())
+        .is_some_and(|c| c.status.borrow().is_none())
+}
+
 impl LinuxSpawner {
     /// Reaps the zombie children that are not in the child table and not of this
     /// process's own session: orphans of helpers nobody adopted.
@@ -83,6 +91,12 @@ impl LinuxSpawner {
         let (own, own_sid) = own_pid_and_session();
         let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
         for pid in proc_pids() {
+            // Our running helpers are most of what a daemon's scan meets: skipped without
+            // a read of their stat file (a scan per spawn read every one of them, which
+            // made the bring-up of N helpers quadratic).
+            if unreaped_child(&children, pid) {
+                continue;
+            }
             let Ok(Some(stat)) = read_stat(pid) else {
                 continue;
             };
@@ -191,7 +205,20 @@ impl LinuxSpawner {
         };
         let (own, own_sid) = own_pid_and_session();
         let mut out = Orphans::default();
-        for pid in proc_pids() {
+        let pids = proc_pids();
+        // Our helpers that are not reaped yet (their PIDs cannot have been reused): none is
+        // an orphan; skipped without reading their stat files.
+        let running: std::collections::HashSet<i32> = {
+            let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+            pids.iter()
+                .map(|p| p.get())
+                .filter(|p| children.get(p).is_some_and(|c| c.status.borrow().is_none()))
+                .collect()
+        };
+        for pid in pids {
+            if running.contains(&pid.get()) {
+                continue;
+            }
             let Ok(Some(stat)) = read_stat(pid) else {
                 continue;
             };
