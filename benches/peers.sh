@@ -12,7 +12,9 @@
 #      N spawn requests, 32 at a time, over its socket with one curl) until N run;
 #  (b) K helpers SIGKILLed at once: until K new ones run (and the killed ones are gone);
 #  (c) the supervisor's own RSS with N helpers (s6: s6-svscan plus every s6-supervise);
-#  (d) the supervisor's CPU time (user + system) over IDLE idle seconds with N helpers.
+#  (d) the supervisor's CPU time (user + system, in clock ticks of 10 ms) over IDLE idle
+#      seconds with N helpers.
+# Also (c') the PSS of the same processes, where shared pages count once in all.
 #
 # Prints a markdown table with the ratios dms/supervisord and dms/s6.
 # Installs nothing: checks for what it needs and says what to install.
@@ -48,7 +50,8 @@ ONLY=${ONLY:-"dms supervisord s6"}
 LIMIT=${LIMIT:-300} # seconds a side may take to bring its helpers up, or back
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 echo "== building dms (release)"
-cargo build --release --locked -p dms-cli --bin dms
+# The same packages as compare.sh builds, so that one build serves both scripts.
+cargo build --release --locked -p dms-cli -p dms-benches --bins
 DMS=$TARGET_DIR/release/dms
 
 WORK=$(mktemp -d /dev/shm/dms-peers.XXXXXX)
@@ -122,6 +125,13 @@ rss() {
     for p in "\$@"; do t=\$((t + \$(awk '/^VmRSS/ { print \$2 }' "/proc/\$p/status"))); done
     echo \$t
 }
+# PSS in KiB of the PIDs given (shared pages divided among their users: a sum of RSS
+# counts the shared libraries of every s6-supervise again)
+pss() {
+    local t=0 p
+    for p in "\$@"; do t=\$((t + \$(awk '/^Pss:/ { print \$2 }' "/proc/\$p/smaps_rollup"))); done
+    echo \$t
+}
 # (b): SIGKILL K sleepers at once, wait until they are gone and N run again
 kill_and_wait() {
     local victims
@@ -170,7 +180,7 @@ else
     supervised=0
 fi
 t0=\$(now)
-curl -s --parallel --parallel-max 32 --unix-socket "\$s" -H 'Content-Type: application/json' -d "\$body" \\
+curl -s --no-progress-meter --parallel --parallel-max 32 --unix-socket "\$s" -H 'Content-Type: application/json' -d "\$body" \\
     -w '%{http_code}\n' -o /dev/null "http://dms/v1/targets/t[1-$N]/spawn" >"$WORK/dms-codes.txt"
 if wait_count "$N"; then echo "a \$(secs "\$t0" "\$(now)")"; else echo "a timeout"; fi
 ok=\$(grep -c '^201\$' "$WORK/dms-codes.txt" || true)
@@ -182,6 +192,9 @@ else
     echo "dms: needs restart policies (the daemon answered \$code to a spawn with restart policy always: \$(cat "$WORK/probe.json")); (b) skipped for dms" >&2
 fi
 echo "c \$(rss \$daemon)"
+echo "p \$(pss \$daemon)"
+# Not a comparison: what one GET /metrics costs with N helpers (5 scrapes, seconds each).
+echo "scrape \$(for _ in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_total} ' --unix-socket "\$s" http://dms/metrics; done)"
 echo "d \$(idle_cpu "echo \$daemon")"
 kill -TERM \$daemon; wait \$daemon || true
 EOF
@@ -213,6 +226,7 @@ sup=\$!
 if wait_count "$N"; then echo "a \$(secs "\$t0" "\$(now)")"; else echo "a timeout"; fi
 echo "b \$(kill_and_wait)"
 echo "c \$(rss \$sup)"
+echo "p \$(pss \$sup)"
 echo "d \$(idle_cpu "echo \$sup")"
 kill -TERM \$sup; wait \$sup || true
 EOF
@@ -233,13 +247,14 @@ scan=\$!
 if wait_count "$N"; then echo "a \$(secs "\$t0" "\$(now)")"; else echo "a timeout"; fi
 echo "b \$(kill_and_wait)"
 echo "c \$(rss \$(s6_pids))"
+echo "p \$(pss \$(s6_pids))"
 echo "d \$(idle_cpu s6_pids)"
 echo "procs \$(s6_pids | wc -l)"
 s6-svscanctl -t "$WORK/scan" || kill -TERM \$scan
 wait \$scan || true
 EOF
 
-declare -A A B C D
+declare -A A B C P D
 for side in $ONLY; do
     echo "== $side"
     out=$(unshare --pid --fork --mount-proc bash "$WORK/side-$side.sh")
@@ -247,6 +262,7 @@ for side in $ONLY; do
     A[$side]=$(awk '$1 == "a" { print $2 }' <<<"$out")
     B[$side]=$(awk '$1 == "b" { print $2 }' <<<"$out")
     C[$side]=$(awk '$1 == "c" { print $2 }' <<<"$out")
+    P[$side]=$(awk '$1 == "p" { print $2 }' <<<"$out")
     D[$side]=$(awk '$1 == "d" { print $2 }' <<<"$out")
 done
 
@@ -267,4 +283,5 @@ echo "|---|---|---|---|---|---|---|"
 row "(a) bring-up of $N helpers, until all run" sec A "≤ 0.2x supervisord, ≤ 1.0x s6"
 row "(b) $K SIGKILLed at once, until all run again" sec B "≤ 0.2x supervisord, ≤ 1.0x s6"
 row "(c) supervisor RSS with $N helpers" mib C "≤ 0.25x supervisord, ≤ 1.0x s6 (sum)"
+row "(c') the same as PSS (shared pages divided)" mib P "(not a goal)"
 row "(d) supervisor CPU over $IDLE idle s" msv D "≤ either"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -147,6 +148,13 @@ def main() -> int:
         manager = S3VaultFuseManager(pid_dir=os.path.join(run_dir, "s3"), dms_bin=args.dms)
         med, p99 = measure(lambda: manager.is_running(probe), args.calls)
         print(f"S3VaultFuseManager.is_running median {med:5.1f} us  p99 {p99:7.1f} us")
+        med, p99 = measure(lambda: client.status(), args.stats_calls)
+        print(f"GET /v1/targets (all)       median {med / 1000:7.2f} ms  p99 {p99 / 1000:6.2f} ms")
+        med, p99 = measure(lambda: client.stats(), args.stats_calls)
+        print(f"GET /v1/stats               median {med / 1000:7.2f} ms  p99 {p99 / 1000:6.2f} ms")
+        body = json.dumps(client.status()).encode()
+        med, p99 = measure(lambda: json.loads(body), args.stats_calls)
+        print(f"  of which json.loads of {len(body)} bytes: median {med / 1000:.2f} ms")
         med, p99 = measure(lambda: manager.get_stats(), args.stats_calls)
         print(
             f"S3VaultFuseManager.get_stats median {med / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms"

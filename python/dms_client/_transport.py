@@ -1,15 +1,18 @@
 """HTTP/1.1 over a Unix socket with the standard library: one keep-alive connection,
-shared under a lock, reopened when the daemon closed it (idle timeout, restart)."""
+shared under a lock, reopened when the daemon closed it (idle timeout, restart).
+
+Request/answer calls go through :mod:`._wire`; :class:`UnixConnection` (``http.client``)
+serves the event stream."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import select
 import socket
 import threading
 from dataclasses import dataclass
 
+from ._wire import CutAnswer, NoAnswer, WireConnection
 from .errors import CallTimeout, DaemonUnavailable
 
 #: What a lost connection raises while a request is sent or its answer read.
@@ -87,7 +90,7 @@ class Transport:
         self.socket_path = socket_path
         self.run_dir = run_dir
         self._lock = threading.Lock()
-        self._conn: UnixConnection | None = None
+        self._conn: WireConnection | None = None
 
     def close(self) -> None:
         """Closes the connection (the next request opens a new one)."""
@@ -99,13 +102,11 @@ class Transport:
             self._conn.close()
             self._conn = None
 
-    def _open(self, timeout: float) -> UnixConnection:
-        conn = UnixConnection(self.socket_path, timeout)
+    def _open(self, timeout: float) -> WireConnection:
         try:
-            conn.connect()
+            return WireConnection(self.socket_path, timeout)
         except OSError as e:
             raise connect_error(self.socket_path, self.run_dir, e) from e
-        return conn
 
     def request(
         self,
@@ -122,7 +123,7 @@ class Transport:
         more on a new connection: the daemon answers every request it reads, so an
         unanswered one was not carried out.
         """
-        headers = {"Host": "dms", "Accept": "application/json"}
+        headers = {"Host": "dms"}
         if content_type is not None:
             headers["Content-Type"] = content_type
         with self._lock:
@@ -135,21 +136,29 @@ class Transport:
                 if conn is None:
                     conn = self._open(timeout)
                     self._conn = conn
-                conn.timeout = timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout)
+                conn.settimeout(timeout)
                 try:
-                    return self._exchange(conn, method, path, body, headers)
+                    status, ctype, data, close = conn.exchange(method, path, headers, body)
+                    if close:
+                        self._drop()
+                    return Answer(status, ctype, data)
                 except socket.timeout as e:
                     self._drop()
                     raise CallTimeout(
                         f"dms serve on {self.socket_path} did not answer {method} {path} "
                         f"within {timeout:g} s"
                     ) from e
-                except _LOST as e:
+                except NoAnswer as e:
                     self._drop()
                     if reused and attempt == 0:
                         continue
+                    raise DaemonUnavailable(
+                        self.socket_path,
+                        self.run_dir,
+                        f"the daemon closed the connection before answering {method} {path}",
+                    ) from e
+                except (CutAnswer, *_LOST) as e:
+                    self._drop()
                     raise DaemonUnavailable(
                         self.socket_path,
                         self.run_dir,
@@ -159,21 +168,3 @@ class Transport:
                     self._drop()
                     raise
             raise AssertionError("unreachable")  # pragma: no cover
-
-    def _exchange(
-        self,
-        conn: UnixConnection,
-        method: str,
-        path: str,
-        body: bytes | None,
-        headers: dict[str, str],
-    ) -> Answer:
-        # The daemon may answer and close before reading a body it refuses (a body over
-        # 1 MiB): its answer is then waiting to be read.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.will_close:
-            self._drop()
-        return Answer(resp.status, resp.getheader("Content-Type") or "", data)

@@ -182,21 +182,59 @@ def test_metrics_when_the_daemon_has_them(client: Client) -> None:
     assert "# TYPE dms_helpers" in text or "dms_helpers" in text
 
 
-def test_reload_when_the_daemon_has_it(client: Client) -> None:
-    try:
-        report = client.reload()
-    except NotFound:
-        pytest.skip("POST /v1/reload: the reload endpoint not in this build")
-    except ApiError as e:
-        # Without --targets there may be nothing to reload: a refusal that says so.
-        assert 400 <= e.status < 500 and "targets" in e.message, e
-        return
-    for key in ("started", "stopped", "restarted", "unchanged", "errors"):
-        assert key in report
-
-
 def _collect(out: list[Event], stream: Iterable[Event]) -> None:
     out.extend(stream)
+
+
+def test_reload_starts_a_declared_target(
+    dms_bin: str, run_dir: Path, daemons: list[Daemon]
+) -> None:
+    help_text = subprocess.run([dms_bin, "serve", "--help"], capture_output=True, text=True)
+    if "--targets" not in help_text.stdout:
+        pytest.skip("dms serve --targets (declared targets, reload) not in this build")
+    targets = run_dir.parent / "targets"
+    targets.mkdir()
+    d = Daemon(dms_bin, run_dir).start("--targets", str(targets))
+    daemons.append(d)
+    c = d.client()
+    (targets / "decl.toml").write_text('argv = ["sleep", "300"]\n')
+    report = c.reload()
+    assert report["started"] == ["decl"], report
+    assert report["errors"] == []
+    assert c.is_running("decl")
+    (targets / "bad.toml").write_text("argv = 5\n")
+    report = c.reload()
+    assert report["unchanged"] == 1
+    assert [e["file"] for e in report["errors"]] == [str(targets / "bad.toml")]
+
+
+def test_a_supervised_helper_is_restarted_after_it_fails(client: Client) -> None:
+    seen: list[Event] = []
+    with client.events() as stream:
+        reader = threading.Thread(target=_collect, args=(seen, stream), daemon=True)
+        reader.start()
+        try:
+            info = client.spawn(
+                "flaky",
+                ["sh", "-c", "sleep 0.2; exit 1"],
+                restart={"policy": "on-failure", "initial_delay_secs": 0.1},
+            )
+        except ApiError as e:
+            if 'only "never" is supported' in e.message:
+                pytest.skip("restart policies not in this build")
+            raise
+        sup = info["supervision"]
+        assert sup is not None and sup["policy"] == "on-failure"
+
+        def restarted() -> bool:
+            kinds = [e["kind"] for e in seen if e["target"] == "flaky"]
+            return "restart_scheduled" in kinds and kinds.count("spawned") >= 2
+
+        wait_for("a restart of target flaky", restarted, timeout=20)
+    after = client.status("flaky")["supervision"]
+    assert after is not None and after["restarts"] >= 1
+    assert client.stats()["supervised"] == 1
+    client.forget("flaky", grace=1)
 
 
 def test_events_see_a_helpers_exit(client: Client) -> None:

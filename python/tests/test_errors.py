@@ -251,3 +251,50 @@ def test_unknown_codes_map_by_status_then_to_the_base_class() -> None:
     assert isinstance(error_for(400, None, "x"), BadRequest)
     assert issubclass(CallTimeout, TimeoutError)
     assert issubclass(Forbidden, dms_client.DmsError)
+
+
+def test_the_answer_reader_takes_chunked_close_and_interim_answers(fake_dir: Path) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b'5;ext=1\r\n{"a":\r\n3\r\n 1}\r\n0\r\nX-Trailer: t\r\n\r\n'
+    )
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + _answer("200 OK", b'{"b": 2}')
+    closing = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b'Content-Length: 8\r\n\r\n{"c": 3}'
+    )
+    fake = FakeDaemon(fake_dir / "dms.sock", [chunked, interim, closing, closing], False)
+    try:
+        c = Client(fake_dir)
+        assert c.call("GET", "/x") == {"a": 1}
+        assert c.call("GET", "/x") == {"b": 2}
+        assert c.call("GET", "/x") == {"c": 3}
+        assert fake.connections == 1
+        assert c.call("GET", "/x") == {"c": 3}  # reopened after Connection: close
+        assert fake.connections == 2
+    finally:
+        fake.close()
+
+
+def test_an_answer_cut_short_is_not_retried(fake_dir: Path) -> None:
+    ok = _answer("200 OK", b'{"status": "ok"}')
+    cut = _answer("200 OK", b'{"status": "ok"}')[:-5]
+    fake = FakeDaemon(fake_dir / "dms.sock", [ok, cut, ok], True)
+    try:
+        c = Client(fake_dir)
+        assert c.call("GET", "/v1/health") == {"status": "ok"}
+        with pytest.raises(DaemonUnavailable, match="during POST /v1/cleanup"):
+            c.call("POST", "/v1/cleanup", {})
+        assert fake.requests == 2, "a request whose answer began must not be sent again"
+    finally:
+        fake.close()
+
+
+def test_garbage_instead_of_http_is_an_error(fake_dir: Path) -> None:
+    fake = FakeDaemon(fake_dir / "dms.sock", [b"SSH-2.0-OpenSSH\r\n\r\n"], True)
+    try:
+        with pytest.raises(DaemonUnavailable, match="not an HTTP status line"):
+            Client(fake_dir).stats()
+    finally:
+        fake.close()

@@ -369,7 +369,7 @@ pub struct ServeArgs {
     pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// A directory of declared targets, one `<target>.toml` each (argv, env_files, mount,
-    /// log, [restart]); applied at start and at each reload (SIGHUP, POST /v1/reload).
+    /// log, `[restart]`); applied at start and at each reload (SIGHUP, POST /v1/reload).
     #[arg(long, value_name = "DIR")]
     pub targets: Option<PathBuf>,
 

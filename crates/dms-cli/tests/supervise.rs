@@ -29,15 +29,16 @@ fn delay_rule_reset_give_up_and_clean_exit() {
     let world = World::new(Backend::Pidfile);
     let d = Served::start(&world, &[], &[]);
     let counter = world.tmp.path().join("runs");
-    // Runs 1, 2, 3 fail at once; run 4 runs 0.8 s (longer than reset_after) and fails;
+    // Runs 1, 2, 3 fail at once; run 4 runs 3 s (longer than reset_after, with a margin
+    // for a loaded machine) and fails;
     // then at once again until given up.
     let script = format!(
         "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; \
-         [ $n -eq 4 ] && sleep 0.8; exit 1",
+         [ $n -eq 4 ] && sleep 3; exit 1",
         c = counter.display()
     );
     let policy = json!({"policy": "on-failure", "initial_delay_secs": 0.2,
-        "max_delay_secs": 10, "reset_after_secs": 0.6, "max_failures": 6, "window_secs": 60});
+        "max_delay_secs": 10, "reset_after_secs": 2, "max_failures": 6, "window_secs": 60});
     d.post(
         "/v1/targets/crash/spawn",
         json!({"argv": ["sh", "-c", script], "restart": policy}),
@@ -177,10 +178,13 @@ fn hundred_helpers_crashing_together_restart_spread() {
         )
         .unwrap();
     }
-    assert!(wait_for(T, || {
-        let s = d.get("/v1/stats");
-        s["restarts_total"] == 100 && s["running"] == 100
-    }));
+    // A deadline for a loaded machine (100 starts), not a measure of speed.
+    let mut last = Value::Null;
+    let done = wait_for(Duration::from_secs(180), || {
+        last = d.get("/v1/stats");
+        last["restarts_total"] == 100 && last["running"] == 100
+    });
+    assert!(done, "not all restarted: {last}");
     let events = d.events();
     let delays: Vec<f64> = events
         .iter()

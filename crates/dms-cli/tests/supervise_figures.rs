@@ -75,7 +75,12 @@ fn stamper(dir: &Path) -> PathBuf {
 #[test]
 #[ignore = "a measurement; run by hand"]
 fn restart_latency() {
-    let world = World::new(Backend::Sqlite);
+    // DMS_FIGURES_BACKEND=pidfile measures the pidfile backend.
+    let backend = match std::env::var("DMS_FIGURES_BACKEND").as_deref() {
+        Ok("pidfile") => Backend::Pidfile,
+        _ => Backend::Sqlite,
+    };
+    let world = World::new(backend);
     let d = Served::start(&world, &[], &[]);
     let bin = stamper(world.tmp.path());
     let stamp = world.tmp.path().join("stamp.txt");

@@ -289,11 +289,19 @@ async fn bad_requests_get_the_documented_codes() {
     let r = post(
         &w,
         "/v1/targets/t/spawn",
-        json!({"argv": ["x"], "restart": {"policy": "always"}}),
+        json!({"argv": ["x"], "restart": {"policy": "sometimes"}}),
     )
     .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "bad_request");
     assert!(r.2.contains("restart.policy"), "{}", r.2);
+    let r = post(
+        &w,
+        "/v1/targets/t/spawn",
+        json!({"argv": ["x"], "restart": {"policy": "always", "max_failures": 0}}),
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(r.2.contains("restart.max_failures"), "{}", r.2);
     assert_error(
         &post(
             &w,

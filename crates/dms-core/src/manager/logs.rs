@@ -3,25 +3,22 @@
 
 use super::Manager;
 use dms_store::{Lookup, TargetId};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 impl Manager {
-    /// The log file of every helper in memory, sorted by target: the recorded one, else
-    /// the default `<run-dir>/logs/<target>.log` (a helper adopted without metadata).
-    pub fn log_files(&self) -> Vec<(TargetId, PathBuf)> {
-        let logs_dir = self.inner.opts.logs_dir();
-        let mut v: Vec<_> = self
+    /// The log files of the helpers in memory that are not the default
+    /// `<run-dir>/logs/<target>.log` (a `--log FILE`), sorted, each once: with the
+    /// `*.log` files of the logs directory, every log a tracked helper writes. Cheap for
+    /// the helpers with the default log (nothing is allocated for them).
+    pub fn other_log_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self
             .inner
             .read_memory()
             .iter()
-            .map(|(t, tr)| {
-                let path = tr
-                    .log_path(t, &logs_dir)
-                    .unwrap_or_else(|| t.log_file_in(&logs_dir));
-                (t.clone(), path)
-            })
+            .filter_map(|(_, tr)| tr.other_log_path().map(Path::to_path_buf))
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort();
+        v.dedup();
         v
     }
 

@@ -203,6 +203,14 @@ impl Tracked {
         self.meta.expand(target, logs_dir)
     }
 
+    /// Its log file when one other than the default `<logs-dir>/<target>.log` is recorded.
+    pub(super) fn other_log_path(&self) -> Option<&Path> {
+        match &self.meta.log_path {
+            LogPath::Other(p) => Some(p),
+            LogPath::None | LogPath::Default => None,
+        }
+    }
+
     /// Its recorded mount point.
     pub(super) fn mount(&self) -> Option<PathBuf> {
         self.meta.mount.as_deref().map(Path::to_path_buf)

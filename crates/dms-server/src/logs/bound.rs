@@ -15,7 +15,6 @@
 //! atomic with a copy of it.
 
 use super::{kind_of, older_generation};
-use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -24,7 +23,7 @@ use std::time::Duration;
 
 /// How often the logs are checked (serve.md asks for a truncation within 2 s of a log
 /// passing its bound).
-pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// What [`bound_log`] did to one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,39 +138,54 @@ fn write_older(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     written
 }
 
-/// The logs to check: `tracked` (the logs of the helpers in memory) and every `*.log`
-/// regular file directly in `logs_dir`, each once.
-pub fn logs_to_check(logs_dir: &Path, tracked: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
-    let mut all: BTreeSet<PathBuf> = tracked.into_iter().collect();
+/// One pass: bounds ([`bound_log`]) every `*.log` regular file directly in `logs_dir`
+/// that is over `max`, then each of `others` (the logs tracked helpers write elsewhere).
+/// The files of the logs directory are sized through the directory (`fstatat`), so a
+/// pass over 1,000 idle logs costs one system call each. Logs what it truncated and what
+/// failed; returns how many it truncated.
+pub fn bound_pass(logs_dir: &Path, others: &[PathBuf], max: u64) -> usize {
+    let mut truncated = 0;
     if let Ok(dir) = std::fs::read_dir(logs_dir) {
         for e in dir.flatten() {
             let name = e.file_name();
-            let is_log = name.as_encoded_bytes().ends_with(b".log")
-                && !name.as_encoded_bytes().starts_with(b".");
-            if is_log && e.file_type().is_ok_and(|t| t.is_file()) {
-                all.insert(e.path());
+            let name = name.as_encoded_bytes();
+            if !name.ends_with(b".log") || name.starts_with(b".") {
+                continue;
+            }
+            // From the directory entry: not followed, a symlink is not a file.
+            let over = e.file_type().is_ok_and(|t| t.is_file())
+                && e.metadata().is_ok_and(|m| m.len() > max);
+            if over {
+                truncated += usize::from(bound_one(&e.path(), max));
             }
         }
     }
-    all.into_iter().collect()
+    for p in others {
+        truncated += usize::from(bound_one(p, max));
+    }
+    truncated
 }
 
-/// Bounds each of `logs` ([`bound_log`]), logging what it truncated and what failed.
-pub fn bound_all(logs: &[PathBuf], max: u64) {
-    for path in logs {
-        match bound_log(path, max) {
-            Ok(Bounded::Truncated { size, kept }) => tracing::info!(
+/// [`bound_log`] with what it did logged; true when it truncated.
+fn bound_one(path: &Path, max: u64) -> bool {
+    match bound_log(path, max) {
+        Ok(Bounded::Truncated { size, kept }) => {
+            tracing::info!(
                 log = %path.display(),
                 size,
                 kept,
                 "log over --log-max-bytes: its tail kept as .1, the file truncated"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(
                 log = %path.display(),
                 error = %e,
                 "cannot bound a helper's log"
-            ),
+            );
+            false
         }
     }
 }
@@ -190,9 +204,9 @@ pub fn spawn_log_bounder(
         .name("dms-log-bound".into())
         .spawn(move || loop {
             let Some(manager) = weak.upgrade() else { break };
-            let tracked: Vec<PathBuf> = manager.log_files().into_iter().map(|(_, p)| p).collect();
+            let others = manager.other_log_files();
             drop(manager);
-            bound_all(&logs_to_check(&logs_dir, tracked), max);
+            bound_pass(&logs_dir, &others, max);
             std::thread::sleep(CHECK_EVERY);
         })
 }
@@ -272,13 +286,26 @@ mod tests {
     }
 
     #[test]
-    fn logs_to_check_are_the_tracked_and_the_run_dirs() {
+    fn a_pass_bounds_the_logs_dir_and_the_other_logs() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.log"), "").unwrap();
-        std::fs::write(dir.path().join("a.log.1"), "").unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "").unwrap();
-        let other = PathBuf::from("/var/log/x.log");
-        let got = logs_to_check(dir.path(), [other.clone(), dir.path().join("a.log")]);
-        assert_eq!(got, vec![dir.path().join("a.log"), other]);
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let big = "x\n".repeat(100);
+        for name in ["a.log", "a.log.1", "notes.txt", ".hidden.log"] {
+            std::fs::write(logs.join(name), &big).unwrap();
+        }
+        std::fs::write(logs.join("small.log"), "x\n").unwrap();
+        let outside = dir.path().join("own.log");
+        std::fs::write(&outside, &big).unwrap();
+        std::os::unix::fs::symlink(&outside, logs.join("link.log")).unwrap();
+        assert_eq!(bound_pass(&logs, std::slice::from_ref(&outside), 10), 2);
+        let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+        assert_eq!(len(&logs.join("a.log")), 0);
+        assert_eq!(len(&logs.join("a.log.1")), 10, "the new older generation");
+        assert_eq!(len(&logs.join("notes.txt")), 200);
+        assert_eq!(len(&logs.join(".hidden.log")), 200);
+        assert_eq!(len(&logs.join("small.log")), 2);
+        assert_eq!(len(&outside), 0, "bounded as a tracked helper's log");
+        assert_eq!(len(&dir.path().join("own.log.1")), 10);
     }
 }
