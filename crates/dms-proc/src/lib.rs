@@ -416,6 +416,15 @@ pub trait ExitWatch: Debug + Send + Sync {
     fn watched(&self) -> usize;
 }
 
+/// A reader of one process's usage that stays bound to that very process (see
+/// [`Spawner::usage_reader`]).
+pub trait UsageReader: Debug + Send + Sync {
+    /// The usage now, CPU percent the average since the process started (as
+    /// [`Spawner::usage`] with a zero interval); `None` once the process is gone (it is
+    /// never another process's).
+    fn read(&mut self) -> Result<Option<Usage>, ProcError>;
+}
+
 /// The OS seam of the manager: spawn, probe, signal, wait, measure.
 ///
 /// Implementations: [`linux::LinuxSpawner`] (the real one) and [`fake::FakeSpawner`] (a
@@ -483,6 +492,18 @@ pub trait Spawner: Debug + Send + Sync {
             Probe::Gone | Probe::Zombie(_) | Probe::Thread { .. } => None,
         };
         Ok((probe, usage))
+    }
+
+    /// A reader of `who`'s usage that stays bound to that very process, for a caller
+    /// that samples the same processes again and again (the daemon's background
+    /// sampler): on Linux its `/proc/PID/stat` held open and read again with `pread`,
+    /// one system call a sample where [`Spawner::usage`] opens and closes files each
+    /// time; it holds a file descriptor. `None` when `who` is gone or its PID is another
+    /// process's now, or when this spawner has no such reader (the caller then uses
+    /// [`Spawner::usage`]). The default has none.
+    fn usage_reader(&self, who: &ProcIdentity) -> Result<Option<Box<dyn UsageReader>>, ProcError> {
+        let _ = who;
+        Ok(None)
     }
 
     /// The current boot ID.
@@ -639,6 +660,9 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     }
     async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
         (**self).probe_with_usage(pid).await
+    }
+    fn usage_reader(&self, who: &ProcIdentity) -> Result<Option<Box<dyn UsageReader>>, ProcError> {
+        (**self).usage_reader(who)
     }
     fn boot_id(&self) -> &str {
         (**self).boot_id()

@@ -170,6 +170,7 @@ mod files;
 mod group;
 mod startup;
 mod stat;
+mod usage;
 
 use stat::ProcStat;
 
@@ -1310,6 +1311,13 @@ impl Spawner for LinuxSpawner {
             || matches!(read_stat(pid), Ok(Some(stat)) if stat.starttime == ticks);
         still
             .then(|| "it is an ancestor of dms (the process that runs dms, or one above it)".into())
+    }
+
+    fn usage_reader(
+        &self,
+        who: &ProcIdentity,
+    ) -> Result<Option<Box<dyn crate::UsageReader>>, ProcError> {
+        self.open_usage_reader(who)
     }
 
     fn boot_id(&self) -> &str {
