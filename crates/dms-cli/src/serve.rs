@@ -218,11 +218,66 @@ fn lock_instance(run_dir: &Path) -> Result<std::fs::File, CliError> {
         .custom_flags(libc_o_nofollow())
         .open(&path)
         .map_err(|e| failed(format!("cannot open the instance lock {}: {e}; the run directory must be writable by this user", path.display())))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    // A daemon killed in the middle of a spawn leaves, for a moment, a forked child that
+    // has not reached its exec (it exits when it sees its parent gone) and still shares
+    // the lock's open file: while the PID the file names is dead, that is who holds the
+    // lock, so wait for it (as a supervisor restarting dms at once would meet it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK)
+                if std::time::Instant::now() < deadline && holder_is_dead(&mut file) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break lock_result(other, &mut file, run_dir, &path)?,
+        }
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush());
+    if let Err(e) = written {
+        tracing::warn!(error = %e, path = %path.display(), "cannot write this daemon's PID into the instance lock");
+    }
+    Ok(file)
+}
+
+/// Whether the PID written in the instance lock names no live process (gone, or a
+/// zombie): then the lock is held by a short-lived child of that dead daemon.
+fn holder_is_dead(file: &mut std::fs::File) -> bool {
+    let mut text = String::new();
+    if file
+        .rewind()
+        .and_then(|()| file.read_to_string(&mut text))
+        .is_err()
+    {
+        return false;
+    }
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// The outcome of the instance lock's `flock`.
+fn lock_result(
+    r: rustix::io::Result<()>,
+    file: &mut std::fs::File,
+    run_dir: &Path,
+    path: &Path,
+) -> Result<(), CliError> {
+    match r {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
             let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
+            let _ = file.rewind().and_then(|()| file.read_to_string(&mut text));
             let holder = text.trim();
             let who = if holder.is_empty() {
                 "another dms serve".to_owned()
@@ -239,15 +294,7 @@ fn lock_instance(run_dir: &Path) -> Result<std::fs::File, CliError> {
             return Err(failed(format!("cannot lock {}: {e}", path.display())));
         }
     }
-    let written = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{}", std::process::id()))
-        .and_then(|()| file.flush());
-    if let Err(e) = written {
-        tracing::warn!(error = %e, path = %path.display(), "cannot write this daemon's PID into the instance lock");
-    }
-    Ok(file)
+    Ok(())
 }
 
 fn libc_o_nofollow() -> i32 {
