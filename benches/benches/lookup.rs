@@ -39,6 +39,26 @@ fn open(
         .0
 }
 
+/// [`open`] in one-shot mode (as the command line opens it): a lookup answers from
+/// disk and loads nothing into memory (a long-lived manager loads a proven helper it
+/// finds on disk, so its second lookup would be a memory one).
+fn open_one_shot(
+    rt: &Runtime,
+    store: Arc<dyn PidStore>,
+    spawner: &Arc<dyn Spawner>,
+    run_dir: &Path,
+    usage: bool,
+) -> Manager {
+    let mut opts = cli_options(run_dir);
+    opts.one_shot = true;
+    if !usage {
+        opts.usage_interval = None;
+    }
+    rt.block_on(Manager::open(store, spawner.clone(), opts))
+        .expect("Manager::open")
+        .0
+}
+
 fn lookup(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -68,7 +88,8 @@ fn lookup(c: &mut Criterion) {
     // `open` recovered the helper into the second manager's memory too.
     assert_eq!(no_usage.memory_snapshot().len(), 1);
 
-    // On disk only: managers opened on empty run directories, then the record written.
+    // On disk only: one-shot managers opened on empty run directories, then the record
+    // written.
     let mut on_disk = Vec::new();
     for backend in ["pidfile", "sqlite"] {
         let dir = tempfile::tempdir_in(fixture::tmpfs()).expect("tmpfs dir");
@@ -76,8 +97,8 @@ fn lookup(c: &mut Criterion) {
             "pidfile" => Arc::new(PidFileStore::open(dir.path()).expect("store")),
             _ => Arc::new(SqliteStore::open(dir.path()).expect("store")),
         };
-        let with_usage = open(&rt, store.clone(), &spawner, dir.path(), true);
-        let without = open(&rt, store.clone(), &spawner, dir.path(), false);
+        let with_usage = open_one_shot(&rt, store.clone(), &spawner, dir.path(), true);
+        let without = open_one_shot(&rt, store.clone(), &spawner, dir.path(), false);
         rt.block_on(fixture::fill(&*store, &plan)).expect("fill");
         assert!(rt
             .block_on(with_usage.is_running(&target))
