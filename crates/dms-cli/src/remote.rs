@@ -12,7 +12,7 @@
 use crate::cli::{AdoptArgs, CleanupArgs, EventsArgs, KillArgs, RestartArgs, StatusArgs};
 use crate::client::{segment, Client};
 use crate::output;
-use crate::run::{flag, CliError, Out, PreparedSpawn};
+use crate::run::{flag, stdout_error, CliError, Out, PreparedSpawn};
 use crate::{EXIT_FAILED, EXIT_NOT_RUNNING};
 use hyper::Method;
 use serde_json::{json, Map, Value};
@@ -175,9 +175,11 @@ fn detail_of(v: &Value) -> Option<String> {
         v.get("state").and_then(Value::as_str),
         v.get("pid").and_then(Value::as_u64),
     ) {
-        (Some("stale"), Some(pid)) => Some(format!(
-            "PID {pid} is dead; `dms cleanup` removes its PID file"
-        )),
+        (Some("stale"), Some(pid)) => {
+            let mut d = String::new();
+            let _ = crate::run::write_dead(&mut d, pid);
+            Some(d)
+        }
         _ => None,
     }
 }
@@ -279,7 +281,6 @@ pub async fn events(c: &mut Client, a: EventsArgs, out: &Out) -> Result<u8, CliE
         let mut stdout = std::io::stdout().lock();
         match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
             Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
             Err(e) => {
                 failure = Some(e);
                 false
@@ -287,13 +288,9 @@ pub async fn events(c: &mut Client, a: EventsArgs, out: &Out) -> Result<u8, CliE
         }
     })
     .await?;
-    match failure {
-        Some(e) => Err(CliError::Failed(format!(
-            "cannot write to stdout: {e}; the output is lost (check the file or device stdout \
-             goes to)"
-        ))),
-        None => Ok(0),
-    }
+    // A closed pipe (`dms events | head -3`) ends the command without an error.
+    failure.map_or(Ok(()), Err).or_else(stdout_error)?;
+    Ok(0)
 }
 
 /// The one line of `reload`: `reloaded: started a, b; stopped c; restarted -; 3 unchanged`,

@@ -400,7 +400,7 @@ impl Out {
 
 /// A write to stdout that failed: a closed pipe (`dms status | head -1`) is not an
 /// error; anything else (`dms status >/dev/full`) is, with exit code 1.
-fn stdout_error(e: std::io::Error) -> Result<(), CliError> {
+pub(crate) fn stdout_error(e: std::io::Error) -> Result<(), CliError> {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         return Ok(());
     }
@@ -471,9 +471,18 @@ impl std::fmt::Display for Detail<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Detail::Given(d) => f.write_str(d),
-            Detail::Dead(pid) => write!(f, "PID {pid} is dead; `dms cleanup` removes its PID file"),
+            Detail::Dead(pid) => write_dead(f, pid),
         }
     }
+}
+
+/// The detail of a stale entry whose PID is dead: what to do about it (the one-shot
+/// path's rows and the daemon path's, [`crate::remote`], show the same words).
+pub(crate) fn write_dead(
+    w: &mut impl std::fmt::Write,
+    pid: impl std::fmt::Display,
+) -> std::fmt::Result {
+    write!(w, "PID {pid} is dead; `dms cleanup` removes its PID file")
 }
 
 /// `status`: read-only. Rows are written as they are made (JSON) or kept as compact
