@@ -138,7 +138,7 @@ fn s3fs_recovers_from_a_crash_and_a_hang_without_a_human() {
     );
     let mnt = world.tmp.path().join("mnt");
     let _guard = MountGuard(mnt.clone());
-    let d = Served::start(&world, &[], &[("DMS_MOUNT_CHECK_SECS", "0.5")]);
+    let d = Served::start_with_env(&world, &[], &[("DMS_MOUNT_CHECK_SECS", "0.5")]);
     let mut answers = String::new();
     let url = format!("url=http://127.0.0.1:{},use_path_request_style", moto.port);
     let argv = json!(["s3fs", "backup-bucket", mnt, "-f", "-o", url]);

@@ -27,7 +27,7 @@ fn pid(v: &Value) -> i32 {
 #[test]
 fn delay_rule_reset_give_up_and_clean_exit() {
     let world = World::new(Backend::Pidfile);
-    let d = Served::start(&world, &[], &[]);
+    let d = Served::start_with_env(&world, &[], &[]);
     let counter = world.tmp.path().join("runs");
     // Runs 1, 2, 3 fail at once; run 4 runs 3 s (longer than reset_after, with a margin
     // for a loaded machine) and fails;
@@ -113,7 +113,7 @@ fn delay_rule_reset_give_up_and_clean_exit() {
 #[test]
 fn stops_by_kill_delete_and_cleanup_all_never_restart() {
     let world = World::new(Backend::Sqlite);
-    let d = Served::start(&world, &[], &[]);
+    let d = Served::start_with_env(&world, &[], &[]);
     let always = json!({"policy": "always", "initial_delay_secs": 0.05});
     let mut pids = Vec::new();
     for t in ["k", "del", "c1", "c2"] {
@@ -160,7 +160,7 @@ fn stops_by_kill_delete_and_cleanup_all_never_restart() {
 #[test]
 fn hundred_helpers_crashing_together_restart_spread() {
     let world = World::new(Backend::Pidfile);
-    let d = Served::start(&world, &[], &[]);
+    let d = Served::start_with_env(&world, &[], &[]);
     let policy = json!({"policy": "on-failure", "initial_delay_secs": 1.0});
     let mut pids = Vec::new();
     for i in 0..100 {
@@ -221,7 +221,7 @@ fn hundred_helpers_crashing_together_restart_spread() {
 fn a_sigkilled_daemon_is_succeeded_without_losing_supervision() {
     for backend in [Backend::Pidfile, Backend::Sqlite] {
         let world = World::new(backend);
-        let mut d = Served::start(&world, &[], &[]);
+        let mut d = Served::start_with_env(&world, &[], &[]);
         let env_file = world.tmp.path().join("t.env");
         std::fs::write(&env_file, "FROM_FILE=file-value-not-shown\n").unwrap();
         let crash = json!({"policy": "on-failure", "initial_delay_secs": 1.5,
@@ -251,7 +251,7 @@ fn a_sigkilled_daemon_is_succeeded_without_losing_supervision() {
         d.wait_info("backoff", T, |v| v["supervision"]["state"] == "backoff");
         d.sigkill();
 
-        let d = Served::start(&world, &[], &[]);
+        let d = Served::start_with_env(&world, &[], &[]);
         // What runs is adopted and supervised, unchanged.
         for (t, p) in [("steady", steady), ("inline", inline), ("filed", filed)] {
             let info = d.get(&format!("/v1/targets/{t}"));
@@ -349,7 +349,7 @@ fn reload_touches_only_what_changed() {
     );
     write(&dir.join("README"), "not a target\n");
     let dir_arg = dir.to_str().unwrap().to_owned();
-    let d = Served::start(&world, &["--targets", &dir_arg], &[]);
+    let d = Served::start_with_env(&world, &["--targets", &dir_arg], &[]);
     let pid_of = |t: &str| pid(&d.wait_info(t, T, |v| v["running"] == true));
     let (a, b, c) = (pid_of("a"), pid_of("b"), pid_of("c"));
     assert_eq!(d.supervision("a")["policy"], "on-failure");

@@ -81,7 +81,7 @@ fn restart_latency() {
         _ => Backend::Sqlite,
     };
     let world = World::new(backend);
-    let d = Served::start(&world, &[], &[]);
+    let d = Served::start_with_env(&world, &[], &[]);
     let bin = stamper(world.tmp.path());
     let stamp = world.tmp.path().join("stamp.txt");
     let info = d.post(
@@ -165,7 +165,7 @@ fn s3fs_restart_latency() {
     };
     assert!(wait_for(Duration::from_secs(120), put));
     let mnt = world.tmp.path().join("mnt");
-    let d = Served::start(&world, &[], &[]);
+    let d = Served::start_with_env(&world, &[], &[]);
     let url = format!("url=http://127.0.0.1:{port},use_path_request_style");
     let info = d.post(
         "/v1/targets/m/spawn",
@@ -216,7 +216,7 @@ fn cpu_secs(pid: i32) -> f64 {
 #[ignore = "a measurement of 60 s; run by hand"]
 fn crash_loop() {
     let world = World::new(Backend::Sqlite);
-    let d = Served::start(&world, &[], &[]);
+    let d = Served::start_with_env(&world, &[], &[]);
     let policy = json!({"policy": "on-failure", "initial_delay_secs": 0.1, "max_delay_secs": 1,
         "reset_after_secs": 60, "max_failures": 1000, "window_secs": 60});
     for i in 0..100 {

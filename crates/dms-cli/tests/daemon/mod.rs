@@ -1,5 +1,6 @@
-//! A `dms serve` started by a test, and requests to it on its socket (for the log and
-//! storm tests; `serve.rs` has its own copy of the same few functions).
+//! A `dms serve` started by a test, and requests to it on its socket (for the log,
+//! storm and memory tests, and under `supervised/` for the supervision tests; `serve.rs`
+//! has its own copy of the same few functions).
 //!
 //! The test signals only the daemon it started.
 
@@ -27,6 +28,11 @@ impl Served {
     /// Starts `dms serve` with `extra` flags on the world's run dir and waits until its
     /// socket answers (startup recovery is done by then).
     pub fn start(world: &World, extra: &[&str]) -> Served {
+        Served::start_with_env(world, extra, &[])
+    }
+
+    /// [`Served::start`] with `env` added to the daemon's environment.
+    pub fn start_with_env(world: &World, extra: &[&str], env: &[(&str, &str)]) -> Served {
         std::fs::create_dir_all(&world.run_dir).unwrap();
         let log = world.tmp.path().join(format!(
             "serve-{}.log",
@@ -44,6 +50,7 @@ impl Served {
             .args(extra)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -200,14 +207,22 @@ pub async fn request(
 
 /// [`request`] on its own runtime, expecting an answer within 60 s.
 pub fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> Answer {
+    call_within(Duration::from_secs(60), socket, method, path, body)
+}
+
+/// [`request`] on its own runtime, expecting an answer within `limit`.
+pub fn call_within(
+    limit: Duration,
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Answer {
     runtime().block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            request(socket, method, path, body.as_ref()),
-        )
-        .await
-        .expect("an answer within 60 s")
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        tokio::time::timeout(limit, request(socket, method, path, body.as_ref()))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer within {limit:?}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     })
 }
 
