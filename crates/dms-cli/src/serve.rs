@@ -128,7 +128,7 @@ pub async fn run(
         access.socket_gid = gid;
     }
     let daemon = Daemon::new(manager, &recovery, access, Box::new(build_env));
-    if let Err(e) = dms_server::logs::bound::spawn_log_bounder(&daemon.manager, args.log_max_bytes)
+    if let Err(e) = dms_server::logs::watch::spawn_log_bounder(&daemon.manager, args.log_max_bytes)
     {
         return Err(failed(format!(
             "cannot start the thread that bounds the helper logs: {e}; check the process limits (ulimit -u)"

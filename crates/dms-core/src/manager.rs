@@ -82,6 +82,8 @@ struct Inner {
     exit_task: Mutex<Option<AbortHandle>>,
     /// The background usage sampler ([`ManagerOptions::usage_sampling`]).
     sample_task: Mutex<Option<AbortHandle>>,
+    /// When the sampler's readers last wanted a sample (it parks without them).
+    demand: usage::Demand,
 }
 
 /// What a probe says about a recorded PID.
@@ -181,6 +183,7 @@ impl Manager {
             exit_watch,
             exit_task: Mutex::new(None),
             sample_task: Mutex::new(None),
+            demand: usage::Demand::new(usage::IDLE_AFTER),
         });
         if inner.exit_watch.is_some() {
             let task = tokio::spawn(handle_exits(Arc::downgrade(&inner), exited_rx));

@@ -13,6 +13,7 @@
 
 pub mod bound;
 pub(crate) mod endpoint;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::fs::File;

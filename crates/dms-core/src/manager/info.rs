@@ -120,6 +120,7 @@ impl Inner {
         mounts: Option<&Mounts>,
         inline: bool,
     ) -> Option<Described> {
+        self.demand.note();
         let view = self.memory_view(target)?;
         let (started_at, sample) = view.known?;
         let exists = pid_file_exists.unwrap_or_else(|| self.store.exists(target));
@@ -131,7 +132,7 @@ impl Inner {
                 let _ = apply_usage(&mut info, &id, Ok(Some(s.usage())));
                 sampled_at = Some(wall_time_of(s.at));
             }
-            None if inline => match self.spawner.usage(&id, Duration::ZERO).await {
+            None if inline => match self.sample_in_line(target, &id).await {
                 // Gone: the exit watcher is about to say so; the probe tells now.
                 Ok(None) => return None,
                 usage => {

@@ -1,9 +1,10 @@
 //! Bounding the helpers' logs: the run dir is on tmpfs in production, that is, in RAM,
 //! so a chatty helper must not fill it.
 //!
-//! Every [`CHECK_EVERY`] the daemon looks at the log of each helper it tracks (the
-//! recorded `--log FILE`, else `<run-dir>/logs/T.log`) and at every `*.log` file in
-//! `<run-dir>/logs/` (the helpers of other dms processes write there too). A log over the
+//! When a log is written (see [`super::watch`]: within [`CHECK_EVERY`]) the daemon looks
+//! at it: the log of each helper it tracks (the recorded `--log FILE`, else
+//! `<run-dir>/logs/T.log`) and every `*.log` file in `<run-dir>/logs/` (the helpers of
+//! other dms processes write there too). A log over the
 //! bound has its tail (the last `max` bytes, from a line start) kept as `T.log.1`, the
 //! one older generation, and is truncated in place: the helper's `O_APPEND` writes go on
 //! at the new end. So a log stays under `max` plus what its helper writes between two
@@ -18,7 +19,6 @@ use super::{kind_of, older_generation};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the logs are checked (serve.md asks for a truncation within 2 s of a log
@@ -167,7 +167,7 @@ pub fn bound_pass(logs_dir: &Path, others: &[PathBuf], max: u64) -> usize {
 }
 
 /// [`bound_log`] with what it did logged; true when it truncated.
-fn bound_one(path: &Path, max: u64) -> bool {
+pub(super) fn bound_one(path: &Path, max: u64) -> bool {
     match bound_log(path, max) {
         Ok(Bounded::Truncated { size, kept }) => {
             tracing::info!(
@@ -188,27 +188,6 @@ fn bound_one(path: &Path, max: u64) -> bool {
             false
         }
     }
-}
-
-/// Starts the thread that bounds the logs of `manager`'s helpers and of
-/// `<run-dir>/logs/` to `max` bytes each, every [`CHECK_EVERY`]. A thread of its own,
-/// not a task: a runtime busy with requests never delays it. It ends once the manager
-/// is dropped.
-pub fn spawn_log_bounder(
-    manager: &Arc<dms_core::Manager>,
-    max: u64,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let weak = Arc::downgrade(manager);
-    let logs_dir = manager.options().logs_dir();
-    std::thread::Builder::new()
-        .name("dms-log-bound".into())
-        .spawn(move || loop {
-            let Some(manager) = weak.upgrade() else { break };
-            let others = manager.other_log_files();
-            drop(manager);
-            bound_pass(&logs_dir, &others, max);
-            std::thread::sleep(CHECK_EVERY);
-        })
 }
 
 #[cfg(test)]
