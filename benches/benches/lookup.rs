@@ -30,13 +30,7 @@ fn open(
     run_dir: &Path,
     usage: bool,
 ) -> Manager {
-    let mut opts = cli_options(run_dir);
-    if !usage {
-        opts.usage_interval = None;
-    }
-    rt.block_on(Manager::open(store, spawner.clone(), opts))
-        .expect("Manager::open")
-        .0
+    open_with(rt, store, spawner, cli_options(run_dir), usage)
 }
 
 /// [`open`] in one-shot mode (as the command line opens it): a lookup answers from
@@ -51,6 +45,17 @@ fn open_one_shot(
 ) -> Manager {
     let mut opts = cli_options(run_dir);
     opts.one_shot = true;
+    open_with(rt, store, spawner, opts, usage)
+}
+
+/// Opens a manager with `opts`, without usage sampling unless `usage`.
+fn open_with(
+    rt: &Runtime,
+    store: Arc<dyn PidStore>,
+    spawner: &Arc<dyn Spawner>,
+    mut opts: dms_core::ManagerOptions,
+    usage: bool,
+) -> Manager {
     if !usage {
         opts.usage_interval = None;
     }
