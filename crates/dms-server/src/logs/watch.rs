@@ -71,10 +71,7 @@ impl LogWatch {
     /// Watches exactly `others` (the logs tracked helpers write outside the logs
     /// directory; a path inside it is already watched through it).
     fn sync_others(&mut self, others: &[PathBuf]) {
-        let wanted: HashSet<&PathBuf> = others
-            .iter()
-            .filter(|p| p.parent() != Some(self.logs_dir.as_path()))
-            .collect();
+        let wanted: HashSet<&PathBuf> = others.iter().filter(|p| !self.covers(p)).collect();
         self.others.retain(|wd, path| {
             let keep = wanted.contains(path);
             if !keep {
@@ -98,6 +95,13 @@ impl LogWatch {
                 }
             }
         }
+    }
+
+    /// Whether the watch of the logs directory reports writes to `path` (a visible
+    /// `*.log` directly in it; any other name there needs a watch of its own).
+    fn covers(&self, path: &Path) -> bool {
+        path.parent() == Some(self.logs_dir.as_path())
+            && path.file_name().is_some_and(|n| is_log_name(n.as_bytes()))
     }
 
     /// Waits up to `limit` for writes; what was written (empty when none was).
@@ -239,7 +243,15 @@ mod tests {
         let other = elsewhere.path().join("mine.out");
         std::fs::write(&other, "").unwrap();
         let mut watch = LogWatch::new(dir.path()).unwrap();
-        watch.sync_others(std::slice::from_ref(&other));
+        // A `--log` file in the logs directory without the `.log` name needs its own watch.
+        let odd = dir.path().join("t2.out");
+        std::fs::write(&odd, "").unwrap();
+        watch.sync_others(&[other.clone(), odd.clone(), dir.path().join("t3.log")]);
+        assert_eq!(
+            watch.others.len(),
+            2,
+            "t3.log is covered by the directory's watch"
+        );
         let mut b = buf();
         assert_eq!(
             watch.wait(Duration::ZERO, &mut b).unwrap(),
@@ -259,16 +271,22 @@ mod tests {
             .unwrap()
             .write_all(b"y\n")
             .unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&odd)
+            .unwrap()
+            .write_all(b"z\n")
+            .unwrap();
         let mut seen = HashSet::new();
         // The events are queued by the writes above: read until both came (a bounded
         // number of reads, each waiting up to 5 s).
         for _ in 0..10 {
             seen.extend(watch.wait(Duration::from_secs(5), &mut b).unwrap().paths);
-            if seen.len() >= 2 {
+            if seen.len() >= 3 {
                 break;
             }
         }
-        assert_eq!(seen, HashSet::from([log, other.clone()]));
+        assert_eq!(seen, HashSet::from([log, other, odd]));
         // No longer tracked: no longer watched.
         watch.sync_others(&[]);
         assert!(watch.others.is_empty());
