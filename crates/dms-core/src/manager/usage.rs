@@ -91,12 +91,9 @@ impl Demand {
     }
 }
 
-/// Parks the sampler of `inner` while no reader wants samples; `false` once the manager
-/// is gone.
+/// Parks the sampler of `inner`, found idle, until a reader wants samples; `false` once
+/// the manager is gone.
 async fn park_while_idle(inner: Arc<Inner>) -> bool {
-    if !inner.demand.idle() {
-        return true;
-    }
     let Some(wake) = inner.demand.park() else {
         return true;
     };
