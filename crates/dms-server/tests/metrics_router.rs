@@ -161,6 +161,16 @@ async fn names_labels_and_series_that_follow_the_targets() {
     // A killed target is no longer listed: its series go with it.
     let r = call(app.clone(), Method::POST, "/v1/targets/alpha/kill", "{}").await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.2);
+    // The manager's events reach the daemon's log through a task of their own: await
+    // the kill's event before the scrape that counts it.
+    let killed = || d.events.counts().iter().any(|(k, _)| k == "killed");
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !killed() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the killed event reaches the event log within 10 s");
     let (_, _, text) = call(app.clone(), Method::GET, "/metrics", "").await;
     assert!(!text.contains(r#"target="alpha""#), "{text}");
     assert_eq!(sample(&text, r#"dms_helper_up{target="beta"}"#), Some(1.0));
