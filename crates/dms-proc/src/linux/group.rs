@@ -64,7 +64,7 @@ struct Group {
 
 /// Clock ticks since boot now (the clock of a process's start ticks), rounded down.
 fn ticks_now() -> u64 {
-    let tps = procfs::ticks_per_second().max(1) as u128;
+    let tps = rustix::param::clock_ticks_per_second().max(1) as u128;
     let ticks = since_boot().as_nanos() * tps / 1_000_000_000;
     u64::try_from(ticks).unwrap_or(u64::MAX)
 }

@@ -13,12 +13,14 @@
 //! checks the start ticks against the expected identity; once that process is reaped,
 //! reads fail with `ESRCH`, so a reused PID is never read through it.
 
+use super::probe::{lifetime_usage, stat_error, Verified};
 use super::stat::{self, ProcStat};
-use super::{lifetime_usage, stat_error, LinuxSpawner};
+use super::LinuxSpawner;
 use crate::{Pid, ProcError, ProcIdentity, Usage, UsageReader};
 use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
+use std::time::{Duration, Instant};
 
 /// Room for a stat line (about 300 bytes; the command name is at most 64).
 const LINE: usize = 1024;
@@ -94,6 +96,46 @@ impl LinuxSpawner {
             Some(s) if s.starttime == who.start_ticks => Ok(Some(Box::new(reader))),
             _ => Ok(None),
         }
+    }
+}
+
+impl LinuxSpawner {
+    pub(super) async fn sample_usage(
+        &self,
+        who: &ProcIdentity,
+        interval: Duration,
+    ) -> Result<Option<Usage>, ProcError> {
+        let sample = || -> Result<Option<(ProcStat, Instant)>, ProcError> {
+            Ok(match self.verify(who)? {
+                Verified::Alive(stat) => Some((stat, Instant::now())),
+                Verified::Gone | Verified::Mismatch => None,
+            })
+        };
+        let Some((first, t0)) = sample()? else {
+            return Ok(None);
+        };
+        if interval.is_zero() {
+            return Ok(Some(lifetime_usage(&first)));
+        }
+        let tps = rustix::param::clock_ticks_per_second().max(1) as f64;
+        let cpu = |s: &ProcStat| (s.utime + s.stime) as f64 / tps;
+        tokio::time::sleep(interval).await;
+        let Some((second, t1)) = sample()? else {
+            return Ok(None);
+        };
+        let wall = t1.duration_since(t0).as_secs_f64();
+        let cpu_percent = if wall > 0.0 {
+            ((cpu(&second) - cpu(&first)).max(0.0) / wall) * 100.0
+        } else {
+            0.0
+        };
+        Ok(Some(Usage {
+            cpu_seconds: cpu(&second),
+            cpu_percent,
+            rss_bytes: second.rss.saturating_mul(rustix::param::page_size() as u64),
+            threads: u64::try_from(second.num_threads).unwrap_or(0),
+            stopped: second.state == 'T',
+        }))
     }
 }
 
