@@ -608,6 +608,7 @@ mod tests {
             mounted: Some(true),
             mount_state: Some(MountState::Stale),
             detail: None,
+            usage_sampled_at: None,
         };
         let mut stale = running.clone();
         stale.state = dms_core::ProcessState::Stale;

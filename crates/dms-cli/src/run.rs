@@ -9,7 +9,7 @@ use crate::env::{self, EnvError};
 use crate::output;
 use crate::remote;
 use crate::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE};
-use dms_core::{HelperSpec, Manager, ManagerOptions, ProcessInfo, ProcessState};
+use dms_core::{HelperSpec, ListOrder, Manager, ManagerOptions, ProcessInfo, ProcessState};
 use dms_store::{Pid, TargetId};
 use serde::Serialize;
 use serde_json::Value;
@@ -508,7 +508,7 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
     let written = if out.json {
         let mut first = true;
         manager
-            .list_with(|info| {
+            .list_each(ListOrder::ByTarget, |info| {
                 if failure.is_some() {
                     return;
                 }
@@ -532,7 +532,7 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
         // and sorted when the table is written.
         let mut table = output::StatusTable::default();
         manager
-            .list_unordered_with(|info| {
+            .list_each(ListOrder::AsMade, |info| {
                 table.push_info(&info, detail_ref(&info));
             })
             .await

@@ -45,7 +45,7 @@ mod options;
 mod report;
 
 pub use error::{Error, Result};
-pub use manager::{Manager, DEFAULT_READY_TIMEOUT};
+pub use manager::{ListOrder, Manager, DEFAULT_READY_TIMEOUT};
 pub use options::{HelperSpec, ManagerOptions, DEFAULT_START_TIME_SLACK};
 pub use report::{
     CleanupReport, Event, KillReport, MountAction, MountState, ProcessInfo, ProcessState,

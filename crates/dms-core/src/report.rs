@@ -93,6 +93,11 @@ pub struct ProcessInfo {
     /// part of the JSON shape; for human output and logs.
     #[serde(skip)]
     pub detail: Option<String>,
+    /// When the usage columns (`cpu_percent`, `rss_bytes`, `threads`) were read; `None`
+    /// when they are empty. Not part of the command line's JSON shape (the daemon's info
+    /// object shows it as `usage_sampled_at`).
+    #[serde(skip)]
+    pub usage_sampled_at: Option<SystemTime>,
 }
 
 fn ser_rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {

@@ -300,9 +300,11 @@ async fn background_samples_show_cpu_use_over_the_last_interval() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut b, mut i);
     loop {
-        let (info, at) = m.process_info_sampled(&tb).await.unwrap();
+        let info = m.process_info(&tb).await.unwrap();
+        let at = info.usage_sampled_at;
         b = usage(&info, at);
-        let (info, at) = m.process_info_sampled(&ti).await.unwrap();
+        let info = m.process_info(&ti).await.unwrap();
+        let at = info.usage_sampled_at;
         i = usage(&info, at);
         // Near 100 on an idle machine; the bound leaves room for a loaded one.
         let fresh = |age: Option<Duration>| age.is_some_and(|a| a <= Duration::from_secs(2));
@@ -320,7 +322,8 @@ async fn background_samples_show_cpu_use_over_the_last_interval() {
     kill(nix::unistd::Pid::from_raw(busy_pid.get()), Signal::SIGSTOP).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (info, at) = m.process_info_sampled(&tb).await.unwrap();
+        let info = m.process_info(&tb).await.unwrap();
+        let at = info.usage_sampled_at;
         if let (Some(c), Some(detail)) = (info.cpu_percent, &info.detail) {
             if c < 1.0 {
                 assert!(detail.contains("SIGSTOP"), "{detail}");
@@ -395,7 +398,8 @@ async fn a_watched_helper_is_answered_from_memory_without_a_probe() {
         stopped: false,
     };
     assert!(fake.set_usage(pid, usage));
-    let (info, at) = m.process_info_sampled(&b).await.unwrap();
+    let info = m.process_info(&b).await.unwrap();
+    let at = info.usage_sampled_at;
     assert_eq!(info.rss_bytes, Some(4096));
     assert_eq!(info.threads, Some(3));
     assert!(at.is_some());

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{init_tracing, run_dir, t};
-use dms_core::{Error, Event, HelperSpec, Manager, ManagerOptions, ProcessState};
+use dms_core::{Error, Event, HelperSpec, ListOrder, Manager, ManagerOptions, ProcessState};
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::{ExitStatus, Pid, Spawner};
 use dms_store::{Lookup, PidFileStore, PidStore, SqliteStore, TargetId};
@@ -856,7 +856,7 @@ async fn status_of_a_live_helper_reports_the_same_usage_fields() {
         let before = [usage("busy").await, usage("idle").await];
         let mut infos = Vec::new();
         if round == 0 {
-            status.list_with(|i| infos.push(i)).await.unwrap();
+            infos = status.list().await.unwrap();
         } else {
             for who in ["busy", "idle"] {
                 infos.push(status.process_info(&t(who)).await.unwrap());
@@ -898,7 +898,7 @@ async fn status_of_a_live_helper_reports_the_same_usage_fields() {
     }
 }
 
-/// `list_unordered_with` hands over the same info objects as `list_with` (only the order
+/// `list_each` as made hands over the same info objects as sorted by target (only the order
 /// may differ), with every kind of entry: a running helper from memory and disk, one
 /// only in memory (its PID file removed), a stale and a corrupt PID file; each target
 /// once.
@@ -940,9 +940,11 @@ async fn unordered_listing_has_the_infos_of_the_sorted_one() {
         )
     };
     let mut sorted = Vec::new();
-    m.list_with(|i| sorted.push(key(&i))).await.unwrap();
+    m.list_each(ListOrder::ByTarget, |i| sorted.push(key(&i)))
+        .await
+        .unwrap();
     let mut unordered = Vec::new();
-    m.list_unordered_with(|i| unordered.push(key(&i)))
+    m.list_each(ListOrder::AsMade, |i| unordered.push(key(&i)))
         .await
         .unwrap();
     assert_eq!(sorted.len(), 4, "{sorted:?}");

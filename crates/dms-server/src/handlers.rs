@@ -171,11 +171,10 @@ async fn health(State(d): State<Arc<Daemon>>) -> Json<Value> {
 }
 
 async fn list(State(d): State<Arc<Daemon>>) -> Result<Response, ApiError> {
-    let mut infos = d.manager.list_sampled().await?;
-    infos.sort_by(|a, b| a.0.target.cmp(&b.0.target));
+    let infos = d.manager.list().await?;
     let docs: Vec<InfoDoc<'_>> = infos
         .iter()
-        .map(|(info, at)| info_doc_sampled(&d, info, *at))
+        .map(|info| info_doc_sampled(&d, info, info.usage_sampled_at))
         .collect();
     Ok(Json(docs).into_response())
 }
@@ -185,8 +184,8 @@ async fn status(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let target = target_of(path)?;
-    let (info, sampled_at) = d.manager.process_info_sampled(&target).await?;
-    Ok(Json(info_doc_sampled(&d, &info, sampled_at)).into_response())
+    let info = d.manager.process_info(&target).await?;
+    Ok(Json(info_doc_sampled(&d, &info, info.usage_sampled_at)).into_response())
 }
 
 /// The `restart` object of a spawn request (omitted fields take the defaults).

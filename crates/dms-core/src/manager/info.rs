@@ -4,13 +4,15 @@
 
 use super::memory::Sample;
 use super::mount_ops::Mounts;
-use super::{apply_usage, verify_probed, Inner, Verdict};
+use super::verdict::{verify_probed, Verdict};
+use super::Inner;
 use crate::report::{ProcessInfo, ProcessState, Source};
-use dms_proc::ProcIdentity;
+use dms_proc::{ProcError, ProcIdentity, Usage};
 use dms_store::{Lookup, TargetId};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
+use tracing::debug;
 
 /// The oldest usage sample an info object shows (serve.md: at most 2 s old); an older
 /// one (the sampler fell behind) is replaced by a read in line.
@@ -25,6 +27,16 @@ pub(super) struct Described {
     pub(super) live: Option<ProcIdentity>,
     /// When the usage columns of `info` were read, when they are filled.
     pub(super) sampled_at: Option<SystemTime>,
+}
+
+impl Described {
+    /// The info object, with when its usage columns were read.
+    pub(super) fn finished(self) -> ProcessInfo {
+        ProcessInfo {
+            usage_sampled_at: self.sampled_at,
+            ..self.info
+        }
+    }
 }
 
 /// A memory entry as an info object needs it.
@@ -106,6 +118,7 @@ impl Inner {
             mounted: None,
             mount_state: None,
             detail: None,
+            usage_sampled_at: None,
         }
     }
 
@@ -163,46 +176,35 @@ impl Inner {
         })
     }
 
+    /// Whether usage is read with each probe, without waiting (a zero
+    /// [`crate::ManagerOptions::usage_interval`]).
+    pub(super) fn inline_usage(&self) -> bool {
+        self.opts.usage_interval == Some(Duration::ZERO)
+    }
+
     /// The info object of `d` with its usage sampled when it is still to be (over
     /// [`crate::ManagerOptions::usage_interval`]), and when its usage was read.
-    pub(super) async fn finish_usage(&self, mut d: Described) -> (ProcessInfo, Option<SystemTime>) {
+    pub(super) async fn finish_usage(&self, mut d: Described) -> ProcessInfo {
         if let (Some(interval), Some(id)) = (self.opts.usage_interval, d.live.take()) {
             let sampled = self.spawner.usage(&id, interval).await;
             if apply_usage(&mut d.info, &id, sampled) {
                 d.sampled_at = Some(SystemTime::now());
             }
         }
-        (d.info, d.sampled_at)
+        d.finished()
     }
 
-    /// The info object of `target`, given what the store holds for it, with its usage
-    /// sampled over `usage` (`None`: none; zero: read with the probe).
-    pub(super) async fn info(
-        &self,
-        target: &TargetId,
-        disk: Lookup,
-        usage: Option<Duration>,
-    ) -> Described {
-        let inline = usage == Some(Duration::ZERO);
-        let mut d = self.info_listed(target, disk, None, inline).await;
-        if let (Some(interval), Some(id), false) = (usage, d.live.take(), inline) {
-            let sampled = self.spawner.usage(&id, interval).await;
-            if apply_usage(&mut d.info, &id, sampled) {
-                d.sampled_at = Some(SystemTime::now());
-            }
-        }
-        d
-    }
-
-    /// The info object of `target` given what the store holds for it, with the mount
-    /// registry read once for a whole listing (`mounts`: target -> recorded mount), not
-    /// once per target.
+    /// The info object of `target` given what the store holds for it (`disk`), with the
+    /// mount registry read once for a whole listing (`mounts`: target -> recorded mount),
+    /// not once per target; the one builder of info objects of lookups and listings.
+    /// Its usage, when still to be sampled over an interval, is left to the caller
+    /// ([`Described::live`]).
     ///
     /// With `inline_usage`, the usage of a running helper is read with its probe (as
     /// [`dms_proc::Spawner::usage`] with a zero interval, see
     /// [`dms_proc::Spawner::probe_with_usage`]) and is already in the info object; a
     /// helper held in memory shows its background sample when there is a fresh one.
-    pub(super) async fn info_listed(
+    pub(super) async fn describe(
         &self,
         target: &TargetId,
         disk: Lookup,
@@ -312,4 +314,29 @@ impl Inner {
             sampled_at,
         }
     }
+}
+
+/// Puts a usage sample of the running helper `id` into its info object; returns
+/// whether there was one.
+pub(super) fn apply_usage(
+    info: &mut ProcessInfo,
+    id: &ProcIdentity,
+    usage: std::result::Result<Option<Usage>, ProcError>,
+) -> bool {
+    let read = matches!(usage, Ok(Some(_)));
+    match usage {
+        Ok(Some(u)) => {
+            info.cpu_percent = Some(u.cpu_percent);
+            info.rss_bytes = Some(u.rss_bytes);
+            info.threads = Some(u.threads);
+            if u.stopped {
+                info.detail.get_or_insert_with(|| {
+                    "stopped (SIGSTOP); kill sends SIGCONT after SIGTERM".to_owned()
+                });
+            }
+        }
+        Ok(None) => {}
+        Err(e) => debug!(target = %info.target, pid = id.pid.get(), error = %e, "no usage"),
+    }
+    read
 }

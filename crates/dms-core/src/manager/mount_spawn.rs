@@ -4,7 +4,8 @@
 
 use super::daemonize::Handover;
 use super::mount_ops::{describe, log_tail, LOG_TAIL_LINES};
-use super::{Inner, Verdict};
+use super::verdict::Verdict;
+use super::Inner;
 use crate::error::{Error, Result};
 use crate::mount::{self, Exact, FuseConn, MountIdentity, MountRecord, PROBE_TIMEOUT};
 use crate::report::MountState;

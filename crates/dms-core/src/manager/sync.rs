@@ -8,7 +8,8 @@
 //! manager's own writes and removals (made under that lock, memory first) are never
 //! mistaken for changes from outside: once the lock is free, memory and disk agree.
 
-use super::{same_record, Inner, Manager, Verdict};
+use super::verdict::Verdict;
+use super::{same_record, Inner, Manager};
 use crate::error::Result;
 use crate::report::Event;
 use dms_proc::ProcInfo;
