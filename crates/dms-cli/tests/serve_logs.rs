@@ -8,7 +8,7 @@
 //! log must stay within. A test signals only the daemon and helpers it started.
 
 mod common;
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{wait_for, Backend, World};
 use daemon::{call, Served};

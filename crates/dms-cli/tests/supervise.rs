@@ -7,8 +7,7 @@
 //! Each test signals only the daemons it started and the helpers they started for it.
 
 mod common;
-#[path = "supervised/mod.rs"]
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{alive, wait_dead, wait_for, Backend, World};
 use daemon::{of, secs_between, Served};
@@ -383,7 +382,7 @@ fn reload_touches_only_what_changed() {
 
     // SIGHUP does the same; nothing changed now.
     let before = d.events().len();
-    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.signal(daemon::Signal::HUP);
     assert!(wait_for(T, || d
         .events()
         .iter()
