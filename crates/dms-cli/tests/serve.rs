@@ -577,6 +577,7 @@ fn goal_figures() {
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     };
     let (c0, t0) = (cpu(), Instant::now());
+    // The window the idle CPU is measured over: this wait is the measurement.
     std::thread::sleep(Duration::from_secs(60));
     let ticks = cpu() - c0;
     eprintln!(
