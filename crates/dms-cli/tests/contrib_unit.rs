@@ -8,7 +8,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn unit_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/dms.service")
@@ -124,17 +124,16 @@ fn the_units_command_line_starts_the_daemon_and_it_notifies_ready() {
         .map(|&n| String::from_utf8_lossy(&buf[..n]).into_owned());
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("dms serve did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut status = None;
+    let stopped = dms_testkit::wait_for(Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !stopped {
+        let _ = child.kill();
+        panic!("dms serve did not stop on SIGTERM");
+    }
+    let status = status.unwrap();
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     let message = message.unwrap_or_else(|e| panic!("no READY=1 ({e}): {log_text}"));
     assert!(

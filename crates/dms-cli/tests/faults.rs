@@ -425,17 +425,15 @@ fn sqlite_busy_at_the_row_write_still_records_the_helper() {
         .unwrap();
     // dms has opened the database and waits for the target's lock.
     let fd_dir = format!("/proc/{}/fd", child.id());
-    let deadline = Instant::now() + STOP;
-    while !std::fs::read_dir(&fd_dir)
-        .map(|d| {
-            d.flatten()
-                .any(|e| std::fs::read_link(e.path()).is_ok_and(|p| p == lock_path))
-        })
-        .unwrap_or(false)
-    {
-        assert!(Instant::now() < deadline, "dms never waited for the lock");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let holds_lock = || {
+        std::fs::read_dir(&fd_dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| std::fs::read_link(e.path()).is_ok_and(|p| p == lock_path))
+            })
+            .unwrap_or(false)
+    };
+    assert!(wait_for(STOP, holds_lock), "dms never waited for the lock");
     let conn = open_db(&w);
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     drop(flock);
@@ -687,6 +685,7 @@ fn dms_killed_at_random_points_of_spawn_and_kill(backend: Backend) {
             _ => c.args(["kill", TARGETS[k], "--grace", "2"]),
         };
         let mut child = c.spawn().unwrap();
+        // A random moment of the run to kill it at: this wait is the scenario.
         std::thread::sleep(delay);
         match child.try_wait().unwrap() {
             Some(_) => tally.finished += 1,

@@ -12,6 +12,7 @@
 mod common;
 
 use common::{reap_zombies, wait_for, Backend, World};
+use dms_testkit::daemon::Served;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,53 +23,33 @@ use std::time::Duration;
 
 /// A `dms serve` of the world's run dir, with `--metrics-listen 127.0.0.1:PORT`.
 struct Daemon {
-    child: Child,
-    socket: PathBuf,
+    served: Served,
     metrics_port: u16,
-    log: PathBuf,
 }
 
 impl Daemon {
     fn start(world: &World) -> Daemon {
-        std::fs::create_dir_all(&world.run_dir).unwrap();
         let metrics_port = free_port();
-        let log = world.tmp.path().join("serve.log");
-        let child = Command::new(assert_cmd::cargo::cargo_bin("dms"))
-            .arg("--run-dir")
-            .arg(&world.run_dir)
-            .arg("--backend")
-            .arg(world.backend.name())
-            .arg("serve")
-            .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("dms serve starts");
+        let listen = format!("127.0.0.1:{metrics_port}");
+        let served = Served::start(world, &["--metrics-listen", &listen]);
         let d = Daemon {
-            child,
-            socket: world.run_dir.join("dms.sock"),
+            served,
             metrics_port,
-            log,
         };
         let up = wait_for(Duration::from_secs(30), || {
-            UnixStream::connect(&d.socket).is_ok()
-                && TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
+            TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
         });
         assert!(up, "dms serve did not come up: {}", d.log_text());
         d
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.served.log_text()
     }
 
     /// One request on the daemon's socket.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-        let s = UnixStream::connect(&self.socket).expect("the socket answers");
+        let s = UnixStream::connect(&self.served.socket).expect("the socket answers");
         http(s, method, path, body)
     }
 
@@ -84,10 +65,10 @@ impl Drop for Daemon {
         // Stop every helper this daemon holds (ours, spawned by this test), detach the
         // recorded mounts, then stop the daemon.
         let body = json!({"all": true, "grace_secs": 1, "mounts": true});
-        if let Ok(s) = UnixStream::connect(&self.socket) {
+        if let Ok(s) = UnixStream::connect(&self.served.socket) {
             let _ = std::panic::catch_unwind(|| http(s, "POST", "/v1/cleanup", Some(&body)));
         }
-        stop_child(&mut self.child);
+        // The daemon stops when `served` drops, after this.
         reap_zombies();
     }
 }
@@ -396,19 +377,16 @@ impl Prometheus {
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Waits (up to `limit`) until `q` has a sample whose value is `want`.
+    /// Waits (up to `limit`, asking every 200 ms) until `q` has a sample whose value is
+    /// `want`.
     fn wait_value(&self, q: &str, want: f64, limit: Duration) -> bool {
-        wait_for(limit, || {
-            let hit = self.query(q).iter().any(|r| {
+        dms_testkit::wait_for_every(limit, Duration::from_millis(200), || {
+            self.query(q).iter().any(|r| {
                 r["value"][1]
                     .as_str()
                     .and_then(|s| s.parse::<f64>().ok())
                     .is_some_and(|v| v == want)
-            });
-            if !hit {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            hit
+            })
         })
     }
 

@@ -10,8 +10,7 @@
 //! `$DMS_VENV/bin`); without them it says why and passes as skipped.
 
 mod common;
-#[path = "supervised/mod.rs"]
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{alive, wait_dead, wait_for, Backend, World};
 use daemon::{of, Served};

@@ -9,216 +9,21 @@
 
 mod common;
 
-use common::{alive, processes_with_cmdline, unique_sleep, wait_dead, wait_for, Backend, World};
+use common::{alive, processes_with_cmdline, unique_sleep, wait_dead, Backend, World};
+use dms_testkit::daemon::{events_until, of_kind, Served};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// A `dms serve` started by the test; SIGTERMed (then SIGKILLed) when dropped.
-struct Served {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Served {
-    /// Starts `dms serve` on the world's run dir and waits until its socket answers.
-    fn start(world: &World, extra: &[&str]) -> Served {
-        Served::start_with_env(world, extra, &[])
-    }
-
-    /// [`Served::start`] with variables added to the daemon's environment.
-    fn start_with_env(world: &World, extra: &[&str], env: &[(&str, &Path)]) -> Served {
-        std::fs::create_dir_all(&world.run_dir).unwrap();
-        let log = world.tmp.path().join(format!(
-            "serve-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("dms"))
-            .arg("--run-dir")
-            .arg(&world.run_dir)
-            .arg("--backend")
-            .arg(world.backend.name())
-            .arg("serve")
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("dms serve starts");
-        let socket = world.run_dir.join("dms.sock");
-        let mut served = Served {
-            child: Some(child),
-            socket,
-            log,
-        };
-        let ok = wait_for(Duration::from_secs(30), || {
-            StdUnixStream::connect(&served.socket).is_ok() || served.exited().is_some()
-        });
-        assert!(
-            ok && served.exited().is_none(),
-            "dms serve did not come up: {}",
-            served.log_text()
-        );
-        served
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn exited(&mut self) -> Option<i32> {
-        let c = self.child.as_mut()?;
-        c.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM; waits for the exit and returns its code.
-    fn stop(&mut self) -> i32 {
-        let mut c = self.child.take().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dms serve did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// One request on a new connection; the status and the body (parsed as JSON when it
-/// is JSON).
-fn call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value, String) {
-    runtime().block_on(async {
-        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "dms");
-        let body = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                http_body_util::Full::new(hyper::body::Bytes::from(v.to_string()))
-            }
-            None => http_body_util::Full::new(hyper::body::Bytes::new()),
-        };
-        let resp = tokio::time::timeout(
-            Duration::from_secs(60),
-            send.send_request(req.body(body).unwrap()),
-        )
-        .await
-        .expect("an answer within 60 s")
-        .unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-        )
-    })
-}
-
-/// Reads the event stream from `since` until `done` holds for the lines so far (at most
-/// `timeout`); returns the events.
-fn events_until(
-    socket: &Path,
-    since: u64,
-    timeout: Duration,
-    mut done: impl FnMut(&[Value]) -> bool,
-) -> Vec<Value> {
-    runtime().block_on(async {
-        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::get(format!("/v1/events?since={since}"))
-            .header("host", "dms")
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let (mut buf, mut events) = (String::new(), Vec::new());
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !done(&events) {
-            let frame = tokio::time::timeout_at(deadline, body.frame())
-                .await
-                .unwrap_or_else(|_| panic!("events so far: {events:?}"))
-                .expect("the stream goes on")
-                .unwrap();
-            if let Some(d) = frame.data_ref() {
-                buf.push_str(std::str::from_utf8(d).unwrap());
-                while let Some(n) = buf.find('\n') {
-                    let line: String = buf.drain(..=n).collect();
-                    events.push(serde_json::from_str(&line).unwrap());
-                }
-            }
-        }
-        events
-    })
-}
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["kind"] == kind).collect()
-}
 
 fn spawn_sleep(world: &World, s: &Served, target: &str) -> (i32, String) {
     let secs = unique_sleep();
-    let (code, v, text) = call(
-        &s.socket,
+    let (code, v, text) = s.call(
         "POST",
         &format!("/v1/targets/{target}/spawn"),
         Some(json!({"argv": ["sleep", secs]})),
@@ -235,21 +40,20 @@ fn spawn_status_adopt_kill_cleanup_through_the_socket() {
     let mut s = Served::start(&world, &[]);
     let mode = std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
-    let (code, health, _) = call(&s.socket, "GET", "/v1/health", None);
+    let (code, health, _) = s.call("GET", "/v1/health", None);
     assert_eq!(code, 200);
     assert_eq!(health["pid"], s.pid());
     assert_eq!(health["backend"], "sqlite");
 
     let (pid, secs) = spawn_sleep(&world, &s, "t1");
     assert!(alive(pid));
-    let (code, info, _) = call(&s.socket, "GET", "/v1/targets/t1", None);
+    let (code, info, _) = s.call("GET", "/v1/targets/t1", None);
     assert_eq!(code, 200);
     assert_eq!(info["state"], "running");
     assert_eq!(info["source"], "both");
     assert_eq!(info["pid"], pid);
     assert_eq!(info["cmdline"], json!(["sleep", secs]));
-    let (code, _, text) = call(
-        &s.socket,
+    let (code, _, text) = s.call(
         "POST",
         "/v1/targets/t1/spawn",
         Some(json!({"argv": ["sleep", "1"]})),
@@ -258,15 +62,10 @@ fn spawn_status_adopt_kill_cleanup_through_the_socket() {
 
     // Adopt a process the test started itself.
     let own = common::own_sleep(&world, &unique_sleep());
-    let (code, info, text) = call(
-        &s.socket,
-        "POST",
-        "/v1/targets/t2/adopt",
-        Some(json!({ "pid": own })),
-    );
+    let (code, info, text) = s.call("POST", "/v1/targets/t2/adopt", Some(json!({ "pid": own })));
     assert_eq!(code, 200, "{text}");
     assert_eq!(info["state"], "running");
-    let (code, list, _) = call(&s.socket, "GET", "/v1/targets", None);
+    let (code, list, _) = s.call("GET", "/v1/targets", None);
     assert_eq!(code, 200);
     let targets: Vec<&str> = list
         .as_array()
@@ -275,12 +74,11 @@ fn spawn_status_adopt_kill_cleanup_through_the_socket() {
         .map(|i| i["target"].as_str().unwrap())
         .collect();
     assert_eq!(targets, ["t1", "t2"]);
-    let (_, stats, _) = call(&s.socket, "GET", "/v1/stats", None);
+    let (_, stats, _) = s.call("GET", "/v1/stats", None);
     assert_eq!(stats["running"], 2);
     assert_eq!(stats["total_tracked"], 2);
 
-    let (code, report, _) = call(
-        &s.socket,
+    let (code, report, _) = s.call(
         "POST",
         "/v1/targets/t1/kill",
         Some(json!({"grace_secs": 5})),
@@ -290,14 +88,14 @@ fn spawn_status_adopt_kill_cleanup_through_the_socket() {
     assert_eq!(report["stopped"], true);
     assert!(wait_dead(pid, Duration::from_secs(10)));
     assert!(!world.pid_file("t1").exists());
-    let (code, report, _) = call(&s.socket, "DELETE", "/v1/targets/t2", None);
+    let (code, report, _) = s.call("DELETE", "/v1/targets/t2", None);
     assert_eq!(code, 200);
     assert_eq!(report["was_running"], true);
     assert!(wait_dead(own, Duration::from_secs(10)));
 
     // A stale PID file written by hand: cleanup removes it.
     world.write_bare_pid_file("t3", "999999");
-    let (code, report, text) = call(&s.socket, "POST", "/v1/cleanup", Some(json!({})));
+    let (code, report, text) = s.call("POST", "/v1/cleanup", Some(json!({})));
     assert_eq!(code, 200, "{text}");
     assert!(report["removed"].is_array(), "{text}");
     assert!(!world.pid_file("t3").exists(), "{text}");
@@ -308,8 +106,7 @@ fn spawn_status_adopt_kill_cleanup_through_the_socket() {
 fn a_helper_exit_is_an_exited_event() {
     let world = World::new(Backend::Pidfile);
     let s = Served::start(&world, &[]);
-    let (code, v, text) = call(
-        &s.socket,
+    let (code, v, text) = s.call(
         "POST",
         "/v1/targets/brief/spawn",
         Some(json!({"argv": ["sh", "-c", "sleep 0.5; exit 3"]})),
@@ -365,7 +162,7 @@ fn sigterm_leaves_helpers_running_and_the_next_daemon_adopts_them() {
                 .any(|e| e["kind"] == "adopted" && e["target"] == t.as_str() && e["pid"] == *pid),
             "{t} not adopted: {events:?}"
         );
-        let (_, info, _) = call(&s2.socket, "GET", &format!("/v1/targets/{t}"), None);
+        let (_, info, _) = s2.call("GET", &format!("/v1/targets/{t}"), None);
         assert_eq!(info["pid"], *pid);
         assert_eq!(info["state"], "running");
         assert_eq!(info["source"], "both");
@@ -401,14 +198,14 @@ fn a_second_daemon_on_the_run_dir_is_refused_naming_the_first() {
         r.stderr
     );
     // The first one goes on serving.
-    assert_eq!(call(&s.socket, "GET", "/v1/health", None).0, 200);
+    assert_eq!(s.call("GET", "/v1/health", None).0, 200);
     // A live socket at another --socket path is never replaced: a second run dir whose
     // socket is the first daemon's.
     let other = World::new(Backend::Pidfile);
     let r = other.run(["serve", "--socket", s.socket.to_str().unwrap()]);
     r.expect_code(1).expect_one_error_line();
     assert!(r.stderr.contains("live"), "{}", r.stderr);
-    assert_eq!(call(&s.socket, "GET", "/v1/health", None).0, 200);
+    assert_eq!(s.call("GET", "/v1/health", None).0, 200);
     assert_eq!(s.stop(), 0);
 }
 
@@ -420,7 +217,7 @@ fn the_socket_of_a_dead_daemon_is_replaced() {
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
     let s = Served::start(&world, &[]);
-    assert_eq!(call(&s.socket, "GET", "/v1/health", None).0, 200);
+    assert_eq!(s.call("GET", "/v1/health", None).0, 200);
     // Something that is not a socket is never removed.
     let other = World::new(Backend::Pidfile);
     std::fs::create_dir_all(&other.run_dir).unwrap();
@@ -506,7 +303,7 @@ fn a_nobody_peer_may_get_but_not_change_anything() {
         assert_eq!(curl_as_nobody(&s.socket, &args), "403", "{method} {path}");
     }
     assert!(alive(pid), "nothing was stopped");
-    let (_, list, _) = call(&s.socket, "GET", "/v1/targets", None);
+    let (_, list, _) = s.call("GET", "/v1/targets", None);
     assert_eq!(
         list.as_array().unwrap().len(),
         1,
@@ -535,7 +332,7 @@ fn stalled_and_idle_clients_do_not_block_others() {
         .collect();
     let start = Instant::now();
     for _ in 0..20 {
-        assert_eq!(call(&s.socket, "GET", "/v1/health", None).0, 200);
+        assert_eq!(s.call("GET", "/v1/health", None).0, 200);
     }
     let (pid, _) = spawn_sleep(&world, &s, "busy");
     assert!(alive(pid));
@@ -558,7 +355,7 @@ fn stalled_and_idle_clients_do_not_block_others() {
     let _ = half_header.read_to_end(&mut rest);
     assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
     drop(idle);
-    assert_eq!(call(&s.socket, "GET", "/v1/health", None).0, 200);
+    assert_eq!(s.call("GET", "/v1/health", None).0, 200);
 }
 
 #[test]
@@ -612,7 +409,7 @@ fn curl_works_and_no_environment_value_appears_anywhere() {
         !of_kind(ev, "spawned").is_empty()
     });
     seen.push(format!("{events:?}"));
-    call(&s.socket, "POST", "/v1/targets/sec/kill", None);
+    s.call("POST", "/v1/targets/sec/kill", None);
     seen.push(s.log_text());
     for f in common::files_under(&world.run_dir) {
         seen.push(String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned());
@@ -641,8 +438,8 @@ fn ready_and_watchdog_go_to_notify_socket_and_not_to_helpers() {
         &world,
         &[],
         &[
-            ("NOTIFY_SOCKET", &notify_path),
-            ("WATCHDOG_USEC", Path::new("200000")),
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
         ],
     );
     let mut got = Vec::new();
@@ -780,6 +577,7 @@ fn goal_figures() {
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     };
     let (c0, t0) = (cpu(), Instant::now());
+    // The window the idle CPU is measured over: this wait is the measurement.
     std::thread::sleep(Duration::from_secs(60));
     let ticks = cpu() - c0;
     eprintln!(
@@ -787,8 +585,7 @@ fn goal_figures() {
         t0.elapsed(),
         ticks as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0
     );
-    let (code, _, _) = call(
-        &s.socket,
+    let (code, _, _) = s.call(
         "POST",
         "/v1/cleanup",
         Some(json!({"all": true, "grace_secs": 5})),
@@ -828,7 +625,7 @@ fn members_of_the_socket_group_may_change_things() {
         ],
     );
     assert_eq!(code, "201");
-    let (_, info, _) = call(&s.socket, "GET", "/v1/targets/g", None);
+    let (_, info, _) = s.call("GET", "/v1/targets/g", None);
     let pid = info["pid"].as_i64().unwrap() as i32;
     world.track(pid);
     assert_eq!(processes_with_cmdline(&["sleep", &secs]), vec![pid]);

@@ -8,7 +8,7 @@
 //! log must stay within. A test signals only the daemon and helpers it started.
 
 mod common;
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{wait_for, Backend, World};
 use daemon::{call, Served};
@@ -203,6 +203,18 @@ fn the_logs_endpoint_answers_each_case() {
     call(&s.socket, "POST", "/v1/targets/quiet/kill", None);
 }
 
+/// Whether the main thread of `pid` (a process this test started) waits in
+/// `epoll_wait(2)`: its wait channel says so, or, where the kernel hides wait channels,
+/// its current system call (x86_64: `epoll_wait`, `epoll_pwait`, `epoll_pwait2`).
+fn waits_in_epoll(pid: i32) -> bool {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    read("wchan").contains("epoll")
+        || (cfg!(target_arch = "x86_64")
+            && ["232 ", "281 ", "441 "]
+                .iter()
+                .any(|n| read("syscall").starts_with(n)))
+}
+
 /// The follower's writer: numbered lines, one every 2 ms, then `END`.
 const NUMBERED: &str = r#"
 import os, time
@@ -236,8 +248,13 @@ fn dms_logs_follow_goes_on_across_truncations() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    // The follower waits for the log to appear.
-    std::thread::sleep(Duration::from_millis(300));
+    // The follower waits for the log to appear: it is in its follow loop once its
+    // (current-thread) runtime first parks in epoll, between two looks at the log.
+    let follower_pid = follower.id() as i32;
+    assert!(
+        wait_for(Duration::from_secs(30), || waits_in_epoll(follower_pid)),
+        "the follower never started following"
+    );
     spawn(&world, &s, "numbered", &[PYTHON, "-c", NUMBERED]);
     let stdout = follower.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -10,7 +10,7 @@
 //! the daemon's API); the test process is a child subreaper (see `common`).
 
 mod common;
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{alive, wait_dead, wait_for, Backend, World};
 use daemon::{events_until, of_kind, Served};

@@ -21,7 +21,7 @@
 //! (a child subreaper) when their daemon dies, and stopped at the end.
 
 mod common;
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{alive, processes_with_cmdline, reap_zombies, wait_for, Backend, World};
 use daemon::{request, Answer, Served};

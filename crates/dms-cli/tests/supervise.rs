@@ -7,8 +7,7 @@
 //! Each test signals only the daemons it started and the helpers they started for it.
 
 mod common;
-#[path = "supervised/mod.rs"]
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{alive, wait_dead, wait_for, Backend, World};
 use daemon::{of, secs_between, Served};
@@ -83,7 +82,8 @@ fn delay_rule_reset_give_up_and_clean_exit() {
     let gave_up = of(&events, "gave_up", "crash");
     assert_eq!(gave_up.len(), 1);
     assert_eq!(gave_up[0]["failures"], 6);
-    // Stays down: no start within twice the longest delay the rule would take now.
+    // Stays down: no start within twice the longest delay the rule would take now. This
+    // wait is the scenario (no event announces that a restart will never come).
     std::thread::sleep(Duration::from_millis(1700));
     assert_eq!(of(&d.events(), "spawned", "crash").len(), 6);
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "6");
@@ -103,6 +103,8 @@ fn delay_rule_reset_give_up_and_clean_exit() {
     );
     let info = d.wait_info("clean", T, |v| v["supervision"]["state"] == "stopped");
     assert_eq!(info["supervision"]["last_exit"]["code"], 0);
+    // Six initial delays later nothing came back: this wait is the scenario (no event
+    // announces that a restart will never come).
     std::thread::sleep(Duration::from_millis(300));
     let events = d.events();
     assert_eq!(of(&events, "spawned", "clean").len(), 1);
@@ -134,7 +136,8 @@ fn stops_by_kill_delete_and_cleanup_all_never_restart() {
     for p in &pids {
         assert!(wait_dead(*p, T), "{p} stopped");
     }
-    // Ten initial delays later nothing came back.
+    // Ten initial delays later nothing came back: this wait is the scenario (no event
+    // announces that a restart will never come).
     std::thread::sleep(Duration::from_millis(500));
     let events = d.events();
     for t in ["k", "del", "c1", "c2"] {
@@ -383,7 +386,7 @@ fn reload_touches_only_what_changed() {
 
     // SIGHUP does the same; nothing changed now.
     let before = d.events().len();
-    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.signal(daemon::Signal::HUP);
     assert!(wait_for(T, || d
         .events()
         .iter()

@@ -11,8 +11,7 @@
 //!   policy's bound, and the daemon's CPU.
 
 mod common;
-#[path = "supervised/mod.rs"]
-mod daemon;
+use dms_testkit::daemon;
 
 use common::{wait_for, Backend, World};
 use daemon::Served;

@@ -11,30 +11,17 @@
 
 mod common;
 
-use common::{fake, init_tracing, run_dir, t};
+use common::{fake, init_tracing, run_dir, store, t, Backend};
 use dms_core::{Event, HelperSpec, Manager, ManagerOptions, ProcessState, Source};
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::{Pid, Usage};
-use dms_store::{MemoryStore, PidFileStore, PidStore, SqliteStore, TargetId};
+use dms_store::{MemoryStore, PidStore, TargetId};
 use nix::sys::signal::{kill, Signal};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    PidFile,
-    Sqlite,
-}
-
-fn store(backend: Backend, run_dir: &Path) -> Arc<dyn PidStore> {
-    match backend {
-        Backend::PidFile => Arc::new(PidFileStore::open(run_dir).unwrap()),
-        Backend::Sqlite => Arc::new(SqliteStore::open(run_dir).unwrap()),
-    }
-}
 
 async fn open_with(
     backend: Backend,
@@ -116,7 +103,7 @@ fn in_memory(m: &Manager, target: &TargetId) -> Option<Pid> {
         .map(|(_, id)| id.pid)
 }
 
-async fn lookups_load(backend: Backend) {
+async fn lookups_load_a_proven_helper_found_on_disk(backend: Backend) {
     init_tracing();
     let dir = run_dir();
     let m = open_with(backend, dir.path(), |_| {}).await;
@@ -172,14 +159,10 @@ async fn lookups_load(backend: Backend) {
     assert!(one.memory_snapshot().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lookups_load_a_proven_helper_found_on_disk_pid_files() {
-    lookups_load(Backend::PidFile).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lookups_load_a_proven_helper_found_on_disk_sqlite() {
-    lookups_load(Backend::Sqlite).await;
+dms_testkit::per_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async;
+    pid_files => Backend::PidFile, sqlite => Backend::Sqlite;
+    [lookups_load_a_proven_helper_found_on_disk]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,8 +408,28 @@ async fn a_helper_being_spawned_is_not_observed_before_its_program_runs() {
         };
         m.spawn(&target, spec).await.unwrap();
     }
-    // Sampled a few times over.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Sampled a few times over: every helper has a background sample (taken before the
+    // question, so not read in line) from three intervals or more after the last spawn.
+    let spawned = SystemTime::now() + Duration::from_millis(30);
+    let all_sampled = dms_testkit::wait_for_future(Duration::from_secs(10), || {
+        let m = &m;
+        async move {
+            for n in 0..20 {
+                let asked = SystemTime::now();
+                let at = m
+                    .process_info(&t(&format!("s{n}")))
+                    .await
+                    .unwrap()
+                    .usage_sampled_at;
+                if !at.is_some_and(|at| at >= spawned && at < asked) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert!(all_sampled, "the sampler did not sample every helper");
     for n in 0..20 {
         let target = t(&format!("s{n}"));
         let info = m.process_info(&target).await.unwrap();

@@ -8,11 +8,11 @@
 
 mod common;
 
-use common::{init_tracing, run_dir, t};
+use common::{init_tracing, run_dir, store, t, Backend};
 use dms_core::{Error, Event, HelperSpec, ListOrder, Manager, ManagerOptions, ProcessState};
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::{ExitStatus, Pid, Spawner};
-use dms_store::{Lookup, PidFileStore, PidStore, SqliteStore, TargetId};
+use dms_store::{Lookup, PidStore, TargetId};
 use nix::sys::signal::{SigSet, Signal as NixSignal};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -21,19 +21,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    PidFile,
-    Sqlite,
-}
-
-fn store(backend: Backend, run_dir: &Path) -> Arc<dyn PidStore> {
-    match backend {
-        Backend::PidFile => Arc::new(PidFileStore::open(run_dir).unwrap()),
-        Backend::Sqlite => Arc::new(SqliteStore::open(run_dir).unwrap()),
-    }
-}
 
 fn opts(run_dir: &Path) -> ManagerOptions {
     let mut o = ManagerOptions::new(run_dir);
@@ -61,15 +48,9 @@ fn sleeper(tag: u64) -> HelperSpec {
     }
 }
 
-fn proc_state(pid: Pid) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.trim_start().chars().next()
-}
-
 /// Alive and not a zombie.
 fn alive(pid: Pid) -> bool {
-    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+    dms_testkit::alive(pid.get())
 }
 
 fn cmdline(pid: Pid) -> Vec<String> {
@@ -83,17 +64,7 @@ fn cmdline(pid: Pid) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Polls `cond` until it holds or `limit` passes (for conditions no event announces).
-async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cond()
-}
+use dms_testkit::wait_for_async as wait_for;
 
 async fn next_exit(rx: &mut broadcast::Receiver<Event>, pid: Pid) -> ExitStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -168,16 +139,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spawn_and_kill_pid_files() {
-    spawn_and_kill(Backend::PidFile).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spawn_and_kill_sqlite() {
-    spawn_and_kill(Backend::Sqlite).await;
-}
-
 // ---------------------------------------------------------------------------------------
 
 async fn restart_adopts_running_helper(backend: Backend) {
@@ -203,16 +164,6 @@ async fn restart_adopts_running_helper(backend: Backend) {
     next_exit(&mut events, pid).await;
     assert!(!pid_file(dir.path(), &target).exists());
     assert!(m2.memory_snapshot().is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_adopts_running_helper_pid_files() {
-    restart_adopts_running_helper(Backend::PidFile).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_adopts_running_helper_sqlite() {
-    restart_adopts_running_helper(Backend::Sqlite).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,16 +404,6 @@ async fn foreign_pid_is_never_signalled(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_pid_is_never_signalled_pid_files() {
-    foreign_pid_is_never_signalled(Backend::PidFile).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_pid_is_never_signalled_sqlite() {
-    foreign_pid_is_never_signalled(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopted_process_is_tracked_and_watched() {
     init_tracing();
     let dir = run_dir();
@@ -495,18 +436,30 @@ async fn a_kill_grace_period_does_not_block_other_targets() {
     init_tracing();
     let dir = run_dir();
     let (m, _) = open(Backend::PidFile, dir.path()).await;
+    // Survives SIGTERM and writes down that it came: one process, no shell.
+    let term_seen = dir.path().join("slow.sigterm");
     let stubborn = HelperSpec {
-        program: "sh".into(),
-        // Ignores SIGTERM; `exec` keeps it a single process.
-        args: vec!["-c".into(), "trap '' TERM; exec sleep 600".into()],
+        program: "python3".into(),
+        args: vec![
+            "-c".into(),
+            "import signal, sys, time\n\
+             signal.signal(signal.SIGTERM, lambda *_: open(sys.argv[1], 'w').write('TERM'))\n\
+             while True: time.sleep(1)"
+                .into(),
+            term_seen.clone().into(),
+        ],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         ..HelperSpec::default()
     };
     let slow = m.spawn(&t("slow"), stubborn).await.unwrap().pid.unwrap();
     let m2 = m.clone();
     let killing = tokio::spawn(async move { m2.kill(&t("slow"), Duration::from_secs(2)).await });
-    // While that kill waits out its grace period, other targets work normally.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // While that kill waits out its grace period (its SIGTERM came), other targets work
+    // normally.
+    assert!(
+        wait_for(Duration::from_secs(10), || term_seen.exists()).await,
+        "the kill of the stubborn helper sent no SIGTERM"
+    );
     let start = Instant::now();
     let other = m.spawn(&t("other"), sleeper(4)).await.unwrap().pid.unwrap();
     assert!(m.is_running(&t("other")).await.unwrap());
@@ -643,7 +596,7 @@ fn backend_from_env() -> Backend {
     }
 }
 
-/// The second racer: run by `two_processes_race_*` in a child process.
+/// The second racer: run by `*::two_processes_race` in a child process.
 #[test]
 #[ignore = "helper process of the two_processes_race tests; does nothing on its own"]
 fn race_child() {
@@ -788,16 +741,6 @@ async fn two_processes_race(backend: Backend) {
     }
     eprintln!("race wins: this process {}, the other {}", wins[0], wins[1]);
     assert_eq!(wins[0] + wins[1], RACE_ROUNDS as u32);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_race_pid_files() {
-    two_processes_race(Backend::PidFile).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_race_sqlite() {
-    two_processes_race(Backend::Sqlite).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -969,4 +912,12 @@ async fn unordered_listing_has_the_infos_of_the_sorted_one() {
                 .stopped
         );
     }
+}
+
+// Each scenario above that takes a backend, once per backend: `pid_files::NAME` and
+// `sqlite::NAME`.
+dms_testkit::per_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async;
+    pid_files => Backend::PidFile, sqlite => Backend::Sqlite;
+    [spawn_and_kill, restart_adopts_running_helper, foreign_pid_is_never_signalled, two_processes_race]
 }

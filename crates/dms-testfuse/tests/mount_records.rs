@@ -344,7 +344,8 @@ fn replace_of_a_stopped_fuse_helper_checks_the_directory_without_hanging_on_it()
         nix::sys::signal::Signal::SIGSTOP,
     )
     .unwrap();
-    // Let the root's cached attributes (100 ms) expire, so a stat would ask the daemon.
+    // Let the root's cached attributes (100 ms) expire, so a stat would ask the daemon:
+    // this wait is the scenario (the kernel's cache has no state a test can await).
     std::thread::sleep(Duration::from_millis(300));
     let r2 = w.spawn("frozen", &dir, &["--replace", "--grace", "0.5"], &[]);
     assert_eq!(r2.code, 0, "{} {}", r2.stdout, r2.stderr);

@@ -245,18 +245,13 @@ fn spawn_stuck_in_own_mount(w: &World, target: &str, dir: &Path) -> i32 {
     // The helper's statfs thread starts once the mount is up, so the spawn can return
     // before the daemon holds that thread's request: wait for it (its log says so), or
     // a SIGKILL that lands first simply works and there is nothing to abort.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w
-        .log(target)
-        .contains("(my own thread: true) left unanswered")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the helper never received its own statfs: {}",
-            w.log(target)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        wait_for(Duration::from_secs(10), || w
+            .log(target)
+            .contains("(my own thread: true) left unanswered")),
+        "the helper never received its own statfs: {}",
+        w.log(target)
+    );
     assert!(
         thread_stuck_in_fuse(pid),
         "no thread of helper {pid} waits in its own mount"
@@ -532,9 +527,9 @@ fn probes_of_a_hung_mount_are_bounded_by_their_timeout_and_leave_no_prober() {
             "prober {pid} is still stuck"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !probers().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(probers().is_empty(), "probers left: {:?}", probers());
+    assert!(
+        wait_for(Duration::from_secs(5), || probers().is_empty()),
+        "probers left: {:?}",
+        probers()
+    );
 }

@@ -6,18 +6,24 @@
 //! reparented to it (never to PID 1, which on this machine does not reap), and it reaps
 //! them: a dead helper stays our zombie until reaped, so its PID cannot be reused while a
 //! test still holds it, which makes signalling a recorded helper PID at cleanup safe.
+//!
+//! The process, polling and daemon helpers are `dms-testkit`'s, shared with the other
+//! crates' tests; this file keeps what is the CLI's own (its worlds, runs and flags).
 
 #![allow(dead_code)]
 
 use assert_cmd::Command;
+use dms_testkit::daemon::{Instance, Served};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid as NixPid;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 use tempfile::TempDir;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use dms_testkit::{alive, is_our_child, wait_dead, wait_for};
 
 /// The two store backends every scenario runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +49,11 @@ impl Backend {
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
-        mod pidfile {
-            $( #[test] fn $name() { super::$name($crate::common::Backend::Pidfile) } )*
-        }
-        mod sqlite {
-            $( #[test] fn $name() { super::$name($crate::common::Backend::Sqlite) } )*
+        dms_testkit::per_backend! {
+            #[test];
+            pidfile => $crate::common::Backend::Pidfile,
+            sqlite => $crate::common::Backend::Sqlite;
+            [$($name),*]
         }
     };
 }
@@ -61,15 +67,11 @@ macro_rules! both_backends {
 macro_rules! both_backends_both_ways {
     ($($name:ident),* $(,)?) => {
         $crate::both_backends!($($name),*);
-        mod daemon_pidfile {
-            $( #[test] fn $name() {
-                $crate::common::via_daemon(|| super::$name($crate::common::Backend::Pidfile))
-            } )*
-        }
-        mod daemon_sqlite {
-            $( #[test] fn $name() {
-                $crate::common::via_daemon(|| super::$name($crate::common::Backend::Sqlite))
-            } )*
+        dms_testkit::per_backend! {
+            #[test] via $crate::common::via_daemon;
+            daemon_pidfile => $crate::common::Backend::Pidfile,
+            daemon_sqlite => $crate::common::Backend::Sqlite;
+            [$($name),*]
         }
     };
 }
@@ -84,54 +86,6 @@ pub fn via_daemon<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     VIA_DAEMON.with(|v| v.set(false));
     r
-}
-
-/// A `dms serve` on a world's run dir.
-struct Daemon {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(run_dir: &Path, backend: Backend, log: PathBuf) -> Daemon {
-        let err = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("dms"))
-            .arg("--run-dir")
-            .arg(run_dir)
-            .arg("--backend")
-            .arg(backend.name())
-            .arg("serve")
-            .env_remove("DMS_RUN_DIR")
-            .env_remove("DMS_BACKEND")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("dms serve starts");
-        let mut d = Daemon { child, log };
-        let socket = run_dir.join("dms.sock");
-        let up = wait_for(Duration::from_secs(20), || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-                || d.child.try_wait().ok().flatten().is_some()
-        });
-        assert!(
-            up && d.child.try_wait().ok().flatten().is_none(),
-            "dms serve did not come up on {}: {}",
-            socket.display(),
-            std::fs::read_to_string(&d.log).unwrap_or_default()
-        );
-        d
-    }
-
-    /// SIGTERM (the helpers keep running), then waits for the exit.
-    fn stop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let pid = NixPid::from_raw(i32::try_from(self.child.id()).unwrap());
-            let _ = kill(pid, Signal::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
 }
 
 /// The result of one `dms` run.
@@ -184,25 +138,25 @@ pub struct World {
     /// The backend passed with `--backend`.
     pub backend: Backend,
     helpers: Mutex<Vec<i32>>,
-    daemon: Option<Daemon>,
+    daemon: Option<Served>,
 }
-
-static SUBREAPER: Once = Once::new();
 
 impl World {
     /// A fresh world; the run dir does not exist yet (dms creates it).
     pub fn new(backend: Backend) -> World {
-        SUBREAPER.call_once(|| {
-            nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-        });
-        let tmp = tempfile::Builder::new()
-            .prefix("dms-e2e-")
-            .tempdir()
-            .unwrap();
+        dms_testkit::become_subreaper();
+        let tmp = dms_testkit::temp_dir("dms-e2e-");
         let run_dir = tmp.path().join("run");
-        let daemon = VIA_DAEMON
-            .with(|v| v.get())
-            .then(|| Daemon::start(&run_dir, backend, tmp.path().join("serve.log")));
+        let daemon = VIA_DAEMON.with(|v| v.get()).then(|| {
+            Served::launch(
+                &assert_cmd::cargo::cargo_bin("dms"),
+                &run_dir,
+                backend.name(),
+                &tmp.path().join("serve.log"),
+                &[],
+                &[],
+            )
+        });
         World {
             tmp,
             run_dir,
@@ -231,7 +185,7 @@ impl World {
     pub fn daemon_log(&self) -> String {
         self.daemon
             .as_ref()
-            .map(|d| std::fs::read_to_string(&d.log).unwrap_or_default())
+            .map(Served::log_text)
             .unwrap_or_default()
     }
 
@@ -298,19 +252,33 @@ impl Drop for World {
     fn drop(&mut self) {
         // The daemon first: its helpers keep running and are reparented to this process
         // (the subreaper), so the sweep below stops them.
-        if let Some(d) = self.daemon.as_mut() {
-            d.stop();
-        }
+        drop(self.daemon.take());
         // Stop what is still running; every PID here is a helper this test started and,
         // because we are its subreaper and have not reaped it, cannot have been reused.
         let pids = std::mem::take(&mut *self.helpers.lock().unwrap());
         for pid in pids {
             if is_our_child(pid) {
                 let _ = kill(NixPid::from_raw(pid), Signal::SIGKILL);
-                let _ = waitpid(NixPid::from_raw(pid), None);
+                let _ = dms_testkit::reap(pid, Duration::from_secs(10));
             }
         }
         reap_zombies();
+    }
+}
+
+/// A `dms serve` of a test ([`Served::start`]) runs on the world's run dir and backend.
+impl Instance for World {
+    fn dms_bin(&self) -> PathBuf {
+        assert_cmd::cargo::cargo_bin("dms")
+    }
+    fn dms_run_dir(&self) -> PathBuf {
+        self.run_dir.clone()
+    }
+    fn dms_backend(&self) -> &str {
+        self.backend.name()
+    }
+    fn scratch_dir(&self) -> PathBuf {
+        self.tmp.path().to_owned()
     }
 }
 
@@ -341,74 +309,10 @@ pub fn pid_of(v: &Value) -> i32 {
     i32::try_from(pid).unwrap()
 }
 
-/// One field of `/proc/PID/stat` after the command name: index 0 is the state.
-fn stat_fields(pid: i32) -> Option<(String, Vec<String>)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_owned();
-    let rest = stat[close + 2..].split(' ').map(str::to_owned).collect();
-    Some((comm, rest))
-}
-
-/// True when `pid` is a live process (not a zombie, not gone).
-pub fn alive(pid: i32) -> bool {
-    matches!(stat_fields(pid), Some((_, f)) if f[0] != "Z" && f[0] != "X")
-}
-
-/// True when `pid` is a (live or zombie) child of this test process.
-pub fn is_our_child(pid: i32) -> bool {
-    matches!(stat_fields(pid), Some((_, f)) if f[1] == std::process::id().to_string())
-}
-
 /// Reaps every zombie child of this process except `dms` runs, which the
 /// `std::process::Command` that started them reaps itself.
 pub fn reap_zombies() {
-    let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Some((comm, f)) = stat_fields(pid) {
-            if f[0] == "Z" && f[1] == me && comm != "dms" {
-                let _ = waitpid(NixPid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-            }
-        }
-    }
-}
-
-/// Waits until `pid` is dead (gone or a zombie), up to `timeout`; reaps it if it is ours.
-pub fn wait_dead(pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if !alive(pid) {
-            if is_our_child(pid) {
-                let _ = waitpid(NixPid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-            }
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    dms_testkit::reap_zombies_except(&["dms"]);
 }
 
 /// Live processes whose command line is exactly `argv`.

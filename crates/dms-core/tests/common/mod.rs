@@ -2,8 +2,27 @@
 #![allow(dead_code)]
 
 use dms_proc::fake::{FakeConfig, FakeSpawner};
-use dms_store::TargetId;
+use dms_store::{PidFileStore, PidStore, SqliteStore, TargetId};
 use std::path::Path;
+use std::sync::Arc;
+
+/// The two durable store backends a scenario runs against (one test each, from
+/// [`dms_testkit::per_backend!`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    /// PID files.
+    PidFile,
+    /// SQLite.
+    Sqlite,
+}
+
+/// The store of `backend` in `run_dir`.
+pub fn store(backend: Backend, run_dir: &Path) -> Arc<dyn PidStore> {
+    match backend {
+        Backend::PidFile => Arc::new(PidFileStore::open(run_dir).unwrap()),
+        Backend::Sqlite => Arc::new(SqliteStore::open(run_dir).unwrap()),
+    }
+}
 
 /// A target ID from a literal.
 pub fn t(s: &str) -> TargetId {
@@ -28,18 +47,7 @@ pub fn fake(span: i32) -> FakeSpawner {
 /// A temporary run directory on tmpfs when there is one (like `/run` in production),
 /// so fsyncs are cheap.
 pub fn run_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    let builder = {
-        let mut b = tempfile::Builder::new();
-        b.prefix("dms-core-test-");
-        b
-    };
-    if shm.is_dir() {
-        if let Ok(d) = builder.tempdir_in(shm) {
-            return d;
-        }
-    }
-    builder.tempdir().expect("create temp dir")
+    dms_testkit::tmpfs_dir("dms-core-test-")
 }
 
 /// Logs to the test output when `RUST_LOG` is set.

@@ -6,7 +6,6 @@ use dms_proc::linux::LinuxSpawner;
 use dms_proc::{Pid, Probe, ProcIdentity, SpawnSpec, Spawner};
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// The environment every test helper gets: nothing but a PATH and a marker.
 pub fn env() -> Vec<(OsString, OsString)> {
@@ -40,43 +39,17 @@ pub async fn start(spawner: &LinuxSpawner, spec: &SpawnSpec) -> (ProcIdentity, K
     (id.clone(), KillOnDrop(id))
 }
 
-/// Polls `cond` until it holds or `limit` passes; returns whether it held.
-pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Blocking variant of [`wait_until`] for non-async tests.
-pub fn wait_until_blocking(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+// Polling, liveness, reaping and the subreaper set-up are the test kit's, under the
+// names these tests have always used.
+#[allow(unused_imports)] // each test binary uses some of them
+pub use dms_testkit::{
+    alive_since as alive, become_subreaper, reap, wait_for as wait_until_blocking,
+    wait_for_async as wait_until,
+};
 
 /// State and start ticks of `pid` from `/proc/PID/stat`, if it exists.
 pub fn stat(pid: i32) -> Option<(char, u64)> {
-    let s = procfs::process::Process::new(pid).ok()?.stat().ok()?;
-    Some((s.state, s.starttime))
-}
-
-/// Whether `pid` is a live (non-zombie) process with `start_ticks`.
-pub fn alive(pid: i32, start_ticks: u64) -> bool {
-    matches!(stat(pid), Some((state, ticks)) if state != 'Z' && ticks == start_ticks)
+    dms_testkit::stat(pid).map(|s| (s.state, s.start_ticks))
 }
 
 /// Whether the probe says dead (gone or zombie).
@@ -85,30 +58,6 @@ pub async fn dead(spawner: &LinuxSpawner, pid: Pid) -> bool {
         spawner.probe(pid).await.expect("probe"),
         Probe::Gone | Probe::Zombie(_)
     )
-}
-
-/// Makes this test process a child subreaper: orphaned descendants become our children.
-pub fn become_subreaper() {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .expect("prctl(PR_SET_CHILD_SUBREAPER)");
-}
-
-/// Reaps `pid` if it is (or becomes, within `limit`) a zombie child of ours; returns its
-/// raw wait status. Never waits for "any child".
-pub fn reap(pid: i32, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut status = 0;
-        // SAFETY: waits for one specific PID with a valid out pointer.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if rc == pid {
-            return Some(status);
-        }
-        if rc < 0 || Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// SIGKILLs the process on drop if it is still the same incarnation (cleanup after a

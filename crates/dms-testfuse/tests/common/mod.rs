@@ -5,8 +5,11 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use dms_testkit::wait_for;
 
 pub const FUSE_HELPER: &str = env!("CARGO_BIN_EXE_dms-testfuse");
 
@@ -51,11 +54,9 @@ pub fn dms_bin() -> Option<PathBuf> {
     bin.is_file().then_some(bin)
 }
 
+/// Makes this test process a child subreaper (the kit's set-up).
 pub fn subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-    });
+    dms_testkit::become_subreaper();
 }
 
 /// A temp run dir and mount root; detaches every mount under it and kills every helper
@@ -194,22 +195,10 @@ pub fn is_mount_point(dir: &Path) -> bool {
 
 /// Reaps `pid` (our child by subreaping), waiting at most `limit`: true once every
 /// thread of it has exited (a leader that is a zombie while another thread is stuck in
-/// the kernel is not reapable yet).
-pub fn reap(pid: i32, limit: Duration) -> bool {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let deadline = Instant::now() + limit;
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Ok(WaitStatus::StillAlive) => return false,
-            Ok(_) => return true,
-            // Not our child (any more): gone only if /proc has no trace of it.
-            Err(_) => return !Path::new(&format!("/proc/{pid}")).exists(),
-        }
-    }
-}
+/// the kernel is not reapable yet), or, not our child (any more), once `/proc` has no
+/// trace of it.
+#[allow(unused_imports)] // each test binary uses some of them
+pub use dms_testkit::process::reap_or_gone as reap;
 
 /// Whether a thread of `pid` waits in the kernel for an answer from its FUSE
 /// connection: its wait channel is FUSE's `request_wait_answer`, or, where the kernel
@@ -243,15 +232,13 @@ pub fn hang(w: &World, target: &str, pid: i32) {
         nix::sys::signal::Signal::SIGUSR1,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w.log(target).contains("statfs hangs from now on") {
-        assert!(
-            Instant::now() < deadline,
-            "helper {pid} never hung: {}",
-            w.log(target)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        wait_for(Duration::from_secs(10), || w
+            .log(target)
+            .contains("statfs hangs from now on")),
+        "helper {pid} never hung: {}",
+        w.log(target)
+    );
 }
 
 /// The PID in a spawn's JSON.
@@ -275,11 +262,11 @@ pub fn operator_mount(w: &World, dir: &Path) -> i32 {
         .unwrap();
     let pid = child.id() as i32;
     w.helpers.lock().unwrap().push(pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_mount_point(dir) {
-        assert!(Instant::now() < deadline, "{} never mounted", dir.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        wait_for(Duration::from_secs(10), || is_mount_point(dir)),
+        "{} never mounted",
+        dir.display()
+    );
     pid
 }
 
@@ -293,13 +280,6 @@ pub fn answers(dir: &Path, limit: Duration) -> bool {
     is_mount_point(dir) && rx.recv_timeout(limit).unwrap_or(false)
 }
 
-/// Whether `pid` (a child of this process, by subreaping) is alive and not a zombie.
-pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| s[i + 2..].split(' ').next() != Some("Z"))
-        })
-        .unwrap_or(false)
-}
+/// Whether `pid` is alive and not a zombie (the kit's).
+#[allow(unused_imports)] // each test binary uses some of them
+pub use dms_testkit::alive;
