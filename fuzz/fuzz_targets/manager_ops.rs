@@ -71,8 +71,8 @@ use async_trait::async_trait;
 use dms_core::{HelperSpec, Manager, ManagerOptions, ProcessState, Source};
 use dms_proc::fake::{FakeConfig, FakeSpawner, FakeState, SpawnFailure};
 use dms_proc::{
-    Pending, Pid, Probe, ProcError, ProcIdentity, SignalOutcome, SpawnSpec, Spawner, StopOutcome,
-    Usage, WaitOutcome,
+    Pending, Pid, Probe, ProbeFields, ProcError, ProcIdentity, SignalOutcome, SpawnSpec, Spawner,
+    StopOutcome, Usage, WaitOutcome,
 };
 use dms_store::{Entry, EntryState, Lookup, MemoryStore, PidStore, Record, TargetId};
 use libfuzzer_sys::fuzz_target;
@@ -84,6 +84,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
 
 /// The targets operations choose from.
 const TARGETS: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -240,8 +241,8 @@ fn global() -> &'static Global {
             boot_id: "probe".into(),
         });
         let id = probe_fake.spawn_foreign();
-        let info = match rt.block_on(probe_fake.probe(id.pid)) {
-            Ok(Probe::Alive(info)) => info,
+        let info = match rt.block_on(probe_fake.probe(id.pid, ProbeFields::DETAIL)) {
+            Ok((Probe::Alive(info), _)) => info,
             other => panic!("probe of a fresh fake process: {other:?}"),
         };
         let boot = info.started_at - TICK * u32::try_from(id.start_ticks).expect("small ticks");
@@ -292,14 +293,22 @@ struct TickSpawner {
 }
 
 #[async_trait]
+#[warn(clippy::missing_trait_methods)]
 impl Spawner for TickSpawner {
+    fn preflight(&self, spec: &SpawnSpec) -> Result<(), ProcError> {
+        self.fake.preflight(spec)
+    }
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError> {
         let pending = self.fake.spawn(spec).await?;
         self.clock.saw(&pending.identity);
         Ok(pending)
     }
-    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
-        self.fake.probe(pid).await
+    async fn probe(
+        &self,
+        pid: Pid,
+        fields: ProbeFields,
+    ) -> Result<(Probe, Option<Usage>), ProcError> {
+        self.fake.probe(pid, fields).await
     }
     async fn signal(
         &self,
@@ -322,8 +331,17 @@ impl Spawner for TickSpawner {
     ) -> Result<Option<Usage>, ProcError> {
         self.fake.usage(who, interval).await
     }
+    fn usage_reader(
+        &self,
+        who: &ProcIdentity,
+    ) -> Result<Option<Box<dyn dms_proc::UsageReader>>, ProcError> {
+        self.fake.usage_reader(who)
+    }
     fn boot_id(&self) -> &str {
         self.fake.boot_id()
+    }
+    fn protected(&self, pid: Pid) -> Option<String> {
+        self.fake.protected(pid)
     }
     fn exit_watch(
         &self,
@@ -331,13 +349,39 @@ impl Spawner for TickSpawner {
     ) -> Result<Option<Box<dyn dms_proc::ExitWatch>>, ProcError> {
         self.fake.exit_watch(exited)
     }
-    async fn terminate_with(
+    async fn group_members(&self, leader: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        self.fake.group_members(leader).await
+    }
+    fn begin_startup(&self) -> dms_proc::StartupWindow {
+        self.fake.begin_startup()
+    }
+    async fn settle(
+        &self,
+        leader: &ProcIdentity,
+        limit: Duration,
+    ) -> Result<dms_proc::Settled, ProcError> {
+        self.fake.settle(leader, limit).await
+    }
+    async fn orphans(
+        &self,
+        leader: &ProcIdentity,
+        window: &dms_proc::StartupWindow,
+    ) -> Result<dms_proc::Orphans, ProcError> {
+        self.fake.orphans(leader, window).await
+    }
+    async fn fuse_children(&self, parent: &ProcIdentity) -> Result<Vec<ProcIdentity>, ProcError> {
+        self.fake.fuse_children(parent).await
+    }
+    async fn adopt_orphan(&self, orphan: &ProcIdentity) -> Result<(), ProcError> {
+        self.fake.adopt_orphan(orphan).await
+    }
+    async fn terminate(
         &self,
         who: &ProcIdentity,
         grace: Duration,
         kill_wait: Duration,
     ) -> Result<StopOutcome, ProcError> {
-        self.fake.terminate_with(who, grace, kill_wait).await
+        self.fake.terminate(who, grace, kill_wait).await
     }
 }
 
@@ -388,7 +432,7 @@ impl ModelStore {
 
     /// The entries as the manager would see them (dated), without injected failures.
     fn snapshot(&self) -> Vec<Entry> {
-        let list = poll_once(self.inner.list())
+        let list = poll_once(dms_store::list_sorted(&*self.inner))
             .expect("MemoryStore::list is immediate")
             .expect("list");
         list.into_iter()
@@ -427,6 +471,7 @@ fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
 }
 
 #[async_trait]
+#[warn(clippy::missing_trait_methods)]
 impl PidStore for ModelStore {
     async fn put(&self, target: &TargetId, record: &Record) -> dms_store::Result<()> {
         self.fail(FailOp::Put, &target.pid_file_in(self.inner.pid_dir()))?;
@@ -449,10 +494,13 @@ impl PidStore for ModelStore {
         self.times.lock().unwrap().remove(target);
         Ok(removed)
     }
-    async fn list(&self) -> dms_store::Result<Vec<Entry>> {
+    async fn list(&self, batches: mpsc::Sender<Vec<Entry>>) -> dms_store::Result<()> {
         self.fail(FailOp::List, self.inner.pid_dir())?;
-        self.inner.list().await?;
-        Ok(self.snapshot())
+        // The inner store's own injected failures first (one-shot: the snapshot then reads).
+        dms_store::list_sorted(&*self.inner).await?;
+        // A receiver gone is not an error of the store.
+        let _ = batches.send(self.snapshot()).await;
+        Ok(())
     }
     async fn remove_stray(&self, file_name: &str) -> dms_store::Result<bool> {
         self.inner.remove_stray(file_name).await

@@ -498,7 +498,7 @@ fuzz_target!(|input: Input| {
         .collect();
 
     let first = env.rt.block_on(store.get(&env.target));
-    let listed = env.rt.block_on(store.list());
+    let listed = env.rt.block_on(dms_store::list_sorted(&store));
     let second = env.rt.block_on(store.get(&env.target));
 
     let first = match first {

@@ -61,7 +61,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 const TARGETS: [&str; 3] = ["t0", "t1", "t2"];
 /// PIDs in the fake range: small, so PIDs are reused quickly.
@@ -163,7 +163,12 @@ impl TestStore {
     /// The fake clock's "now": the start time of a process created (and ended) now.
     async fn stamp(&self) -> SystemTime {
         let probe = self.fake.spawn_foreign();
-        let started = match self.fake.probe(probe.pid).await {
+        let started = match self
+            .fake
+            .probe(probe.pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+        {
             Ok(Probe::Alive(info)) => info.started_at,
             other => panic!("clock probe: {other:?}"),
         };
@@ -349,6 +354,7 @@ fn remove_any(path: &Path) {
 }
 
 #[async_trait]
+#[warn(clippy::missing_trait_methods)]
 impl PidStore for TestStore {
     async fn put(&self, target: &TargetId, record: &Record) -> dms_store::Result<()> {
         let crash = self.before_write()?;
@@ -378,18 +384,27 @@ impl PidStore for TestStore {
         }
     }
 
-    async fn list(&self) -> dms_store::Result<Vec<Entry>> {
-        let mut entries = self.backend.list().await?;
-        for e in &mut entries {
-            if let Entry::Target {
-                target,
-                state: EntryState::Valid(r),
-            } = e
-            {
-                self.fix_stamp(r, target);
+    async fn list(&self, batches: mpsc::Sender<Vec<Entry>>) -> dms_store::Result<()> {
+        // The backend's own streaming listing, each batch's stamps fixed on the way.
+        let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(8);
+        let forward = async {
+            while let Some(mut batch) = rx.recv().await {
+                for e in &mut batch {
+                    if let Entry::Target {
+                        target,
+                        state: EntryState::Valid(r),
+                    } = e
+                    {
+                        self.fix_stamp(r, target);
+                    }
+                }
+                if batches.send(batch).await.is_err() {
+                    break;
+                }
             }
-        }
-        Ok(entries)
+        };
+        let (listed, ()) = tokio::join!(self.backend.list(tx), forward);
+        listed
     }
 
     async fn remove_stray(&self, file_name: &str) -> dms_store::Result<bool> {
@@ -641,7 +656,7 @@ impl Harness {
 
     async fn disk(&self) -> BTreeMap<TargetId, EntryState> {
         let mut out = BTreeMap::new();
-        for e in self.store.list().await.expect("list") {
+        for e in dms_store::list_sorted(&self.store).await.expect("list") {
             if let Entry::Target { target, state } = e {
                 out.insert(target, state);
             }

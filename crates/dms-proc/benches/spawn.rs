@@ -47,7 +47,7 @@ fn spawn(c: &mut Criterion) {
                     pending.gate.release().await.unwrap();
                     total += t0.elapsed();
                     let stop = spawner
-                        .terminate(&id, Duration::from_secs(5))
+                        .terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
                         .await
                         .unwrap();
                     assert!(black_box(stop).stopped);

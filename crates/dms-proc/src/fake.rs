@@ -33,7 +33,7 @@
 //!
 //! ```
 //! use dms_proc::fake::{FakeConfig, FakeSpawner};
-//! use dms_proc::{Probe, SpawnSpec, Spawner};
+//! use dms_proc::{Probe, ProbeFields, SpawnSpec, Spawner};
 //! use std::time::Duration;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
@@ -50,7 +50,8 @@
 //! pending.gate.release().await.unwrap();
 //!
 //! fake.ignore_term(helper.pid);
-//! let stop = fake.terminate(&helper, Duration::from_secs(10)).await.unwrap();
+//! let grace = Duration::from_secs(10);
+//! let stop = fake.terminate(&helper, grace, dms_proc::DEFAULT_KILL_WAIT).await.unwrap();
 //! assert!(stop.stopped);
 //! assert_eq!(stop.signals.len(), 2); // SIGTERM was ignored, SIGKILL was not
 //!
@@ -59,15 +60,16 @@
 //! let again = fake.spawn_foreign();
 //! assert_eq!(again.pid, helper.pid);
 //! assert_ne!(again, helper);
-//! assert!(matches!(fake.probe(foreign.pid).await.unwrap(), Probe::Alive(_)));
+//! let (probe, _) = fake.probe(foreign.pid, ProbeFields::DETAIL).await.unwrap();
+//! assert!(matches!(probe, Probe::Alive(_)));
 //! assert!(fake.signals().iter().all(|s| fake.is_ours(&s.identity)));
 //! # });
 //! ```
 
 use crate::{
-    ExitSender, ExitStatus, ExitWatch, Pending, Pid, Probe, ProcError, ProcIdentity, ProcInfo,
-    Signal, SignalOutcome, SpawnSpec, Spawner, StartGate, Usage, WaitOutcome,
-    GATE_DROPPED_EXIT_CODE,
+    ExitSender, ExitStatus, ExitWatch, Pending, Pid, Probe, ProbeFields, ProcError, ProcIdentity,
+    ProcInfo, Signal, SignalOutcome, SpawnSpec, Spawner, StartGate, StopOutcome, Usage,
+    WaitOutcome, GATE_DROPPED_EXIT_CODE,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

@@ -36,7 +36,8 @@
 //! // Later, possibly after a restart: an identity that no longer matches is refused.
 //! let stale = dms_proc::ProcIdentity { start_ticks: helper.start_ticks + 1, ..helper.clone() };
 //! assert_eq!(spawner.signal(&stale, Signal::Term).await?, SignalOutcome::Mismatch);
-//! let stop = spawner.terminate(&helper, Duration::from_secs(10)).await?;
+//! let grace = Duration::from_secs(10);
+//! let stop = spawner.terminate(&helper, grace, dms_proc::DEFAULT_KILL_WAIT).await?;
 //! assert!(stop.stopped);
 //! # Ok::<(), dms_proc::ProcError>(())
 //! # }).unwrap();
@@ -52,10 +53,10 @@ mod spawner;
 mod types;
 
 pub use error::ProcError;
-pub use spawner::{ExitSender, ExitWatch, Spawner, UsageReader};
+pub use spawner::{escalate, ExitSender, ExitWatch, Spawner, UsageReader};
 pub use types::{
-    ExitStatus, Orphan, Orphans, Pending, Probe, ProcIdentity, ProcInfo, Settled, Signal,
-    SignalOutcome, SpawnSpec, StartGate, StartupWindow, StopOutcome, Usage, WaitOutcome,
+    ExitStatus, Orphan, Orphans, Pending, Probe, ProbeFields, ProcIdentity, ProcInfo, Settled,
+    Signal, SignalOutcome, SpawnSpec, StartGate, StartupWindow, StopOutcome, Usage, WaitOutcome,
 };
 
 /// Exit code of a helper whose [`StartGate`] was dropped (or whose spawner died) before

@@ -63,7 +63,7 @@
 //! state (a zombie is [`Probe::Zombie`], i.e. dead), the start time in clock ticks since
 //! boot (field 22), the process group and session; the boot ID comes from
 //! `/proc/sys/kernel/random/boot_id`, read once. `exe` and `cmdline` are best effort;
-//! [`Spawner::probe_with_usage`] (the listing's probe) does not read `exe`.
+//! [`Spawner::probe`] reads `exe` only when asked ([`ProbeFields::exe`]; a listing does not).
 //! `started_at` is derived from the start ticks and the current offset between
 //! `CLOCK_REALTIME` and `CLOCK_BOOTTIME` (the clock the kernel uses for field 22), not
 //! from the whole seconds of `btime`; it is informational, identities compare raw ticks.
@@ -137,14 +137,15 @@
 //! let helper = pending.identity.clone();
 //! // ... record `helper` durably here, then:
 //! pending.gate.release().await?;
-//! let stop = spawner.terminate(&helper, Duration::from_secs(10)).await?;
+//! let grace = Duration::from_secs(10);
+//! let stop = spawner.terminate(&helper, grace, dms_proc::DEFAULT_KILL_WAIT).await?;
 //! assert!(stop.stopped);
 //! # Ok(()) }
 //! ```
 
 use crate::{
-    ExitStatus, Pending, Pid, Probe, ProcError, ProcIdentity, Signal, SignalOutcome, SpawnSpec,
-    Spawner, Usage, WaitOutcome,
+    ExitStatus, Pending, Pid, Probe, ProbeFields, ProcError, ProcIdentity, Signal, SignalOutcome,
+    SpawnSpec, Spawner, Usage, WaitOutcome,
 };
 #[cfg(doc)]
 use crate::{StartGate, GATE_DROPPED_EXIT_CODE};
@@ -291,14 +292,13 @@ impl Spawner for LinuxSpawner {
         self.spawn_child(spec).await
     }
 
-    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
-        self.probe_stat(pid, false, true).map(|(probe, _)| probe)
-    }
-
-    async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
-        // The usage columns come from the same read of /proc/PID/stat as the identity;
-        // the `exe` link is not read (a listing does not show it).
-        self.probe_stat(pid, true, false)
+    async fn probe(
+        &self,
+        pid: Pid,
+        fields: ProbeFields,
+    ) -> Result<(Probe, Option<Usage>), ProcError> {
+        // The usage columns come from the same read of /proc/PID/stat as the identity.
+        self.probe_stat(pid, fields)
     }
 
     async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
@@ -355,7 +355,7 @@ impl Spawner for LinuxSpawner {
 
     /// SIGTERM (then SIGCONT), `grace`, SIGKILL, `kill_wait`, applied to the helper and
     /// every member of its process group until all are gone (see `linux/group.rs`).
-    async fn terminate_with(
+    async fn terminate(
         &self,
         who: &ProcIdentity,
         grace: Duration,

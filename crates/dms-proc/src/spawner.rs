@@ -3,8 +3,10 @@
 
 use crate::types::*;
 #[cfg(doc)]
+use crate::DEFAULT_KILL_WAIT;
+#[cfg(doc)]
 use crate::{fake, linux};
-use crate::{Pid, ProcError, DEFAULT_KILL_WAIT};
+use crate::{Pid, ProcError};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::time::Duration;
@@ -63,8 +65,19 @@ pub trait Spawner: Debug + Send + Sync {
         Ok(())
     }
 
-    /// Looks at whatever process has `pid` now.
-    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError>;
+    /// Looks at whatever process has `pid` now, reading of a live one what `fields`
+    /// asks besides its identity and command line: [`ProcInfo::exe`] only with
+    /// [`ProbeFields::exe`] (left `None` otherwise), and its [`Spawner::usage`] with a
+    /// zero interval (CPU percent the average since the process started) only with
+    /// [`ProbeFields::usage`]; a spawner that reads both from the same source (on
+    /// Linux, one read of `/proc/PID/stat`) reads it once. The usage is `None` when not
+    /// asked for, when the process is not alive, or when it could not be read (logged at
+    /// debug level).
+    async fn probe(
+        &self,
+        pid: Pid,
+        fields: ProbeFields,
+    ) -> Result<(Probe, Option<Usage>), ProcError>;
 
     /// Sends `signal` to `who` (and its process group, when it leads one), only after
     /// proving that the process with that PID is still that incarnation. The Linux
@@ -89,29 +102,6 @@ pub trait Spawner: Debug + Send + Sync {
         who: &ProcIdentity,
         interval: Duration,
     ) -> Result<Option<Usage>, ProcError>;
-
-    /// [`Spawner::probe`] of `pid` and, when it is alive, its [`Spawner::usage`] with a
-    /// zero interval (CPU percent the average since the process started), as one call:
-    /// a spawner that reads both from the same source (on Linux, one read of
-    /// `/proc/PID/stat`) reads it once. A listing uses it for every live helper. The
-    /// usage is `None` when the process is not alive, or when it could not be read
-    /// (logged at debug level). A listing does not show [`ProcInfo::exe`], so an
-    /// implementation may leave it `None` here (the Linux spawner does: it saves a
-    /// `readlink` per live helper). The default calls the two methods.
-    async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
-        let probe = self.probe(pid).await?;
-        let usage = match &probe {
-            Probe::Alive(info) => match self.usage(&info.identity, Duration::ZERO).await {
-                Ok(usage) => usage,
-                Err(e) => {
-                    tracing::debug!(pid = pid.get(), error = %e, "no usage");
-                    None
-                }
-            },
-            Probe::Gone | Probe::Zombie(_) | Probe::Thread { .. } => None,
-        };
-        Ok((probe, usage))
-    }
 
     /// A reader of `who`'s usage that stays bound to that very process, for a caller
     /// that samples the same processes again and again (the daemon's background
@@ -203,62 +193,71 @@ pub trait Spawner: Debug + Send + Sync {
         Ok(())
     }
 
-    /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to [`DEFAULT_KILL_WAIT`]
-    /// for the exit ([`Spawner::terminate_with`]).
+    /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to `kill_wait` for the exit
+    /// ([`DEFAULT_KILL_WAIT`] unless the caller has a reason). The Linux spawner applies
+    /// both, and both waits, to `who` and every member of its process group (when it
+    /// leads one) until all are gone; [`StopOutcome::signals`] then lists SIGKILL when a
+    /// member needed it, even if the leader died of SIGTERM. A caller that has a further
+    /// remedy for a process SIGKILL cannot end at once (a FUSE daemon with a thread stuck
+    /// in a request to its own mount, freed only by aborting the connection) passes a
+    /// short `kill_wait`. [`escalate`] is the escalation for one process, over
+    /// [`Spawner::signal`] and [`Spawner::wait_exit`].
     async fn terminate(
         &self,
         who: &ProcIdentity,
         grace: Duration,
-    ) -> Result<StopOutcome, ProcError> {
-        self.terminate_with(who, grace, DEFAULT_KILL_WAIT).await
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL and wait up to `kill_wait` for the exit.
-    /// The Linux spawner applies both, and both waits, to `who` and every member of its
-    /// process group (when it leads one) until all are gone; [`StopOutcome::signals`]
-    /// then lists SIGKILL when a member needed it, even if the leader died of SIGTERM.
-    /// A caller that has a further remedy for a process SIGKILL cannot end at once (a
-    /// FUSE daemon with a thread stuck in a request to its own mount, freed only by
-    /// aborting the connection) passes a short `kill_wait`.
-    async fn terminate_with(
-        &self,
-        who: &ProcIdentity,
-        grace: Duration,
         kill_wait: Duration,
-    ) -> Result<StopOutcome, ProcError> {
-        let mut out = StopOutcome {
-            signals: Vec::new(),
-            stopped: false,
-            status: None,
-            mismatch: false,
-        };
-        for (signal, wait) in [(Signal::Term, grace), (Signal::Kill, kill_wait)] {
-            match self.signal(who, signal).await? {
-                SignalOutcome::Delivered => out.signals.push(signal),
-                SignalOutcome::Gone => {}
-                SignalOutcome::Mismatch => {
-                    out.mismatch = true;
-                    return Ok(out);
-                }
-            }
-            if let WaitOutcome::Exited(status) = self.wait_exit(who, Some(wait)).await? {
-                out.stopped = true;
-                out.status = Some(status);
+    ) -> Result<StopOutcome, ProcError>;
+}
+
+/// SIGTERM to `who`, wait up to `grace`, then SIGKILL and wait up to `kill_wait`, through
+/// `spawner`'s [`Spawner::signal`] (which proves the identity before each signal) and
+/// [`Spawner::wait_exit`]: the escalation of [`Spawner::terminate`] for a single process.
+/// Stops at the first exit, or at a mismatch ([`StopOutcome::mismatch`]: the PID is
+/// another process's now, and nothing more is sent).
+pub async fn escalate<S: Spawner + ?Sized>(
+    spawner: &S,
+    who: &ProcIdentity,
+    grace: Duration,
+    kill_wait: Duration,
+) -> Result<StopOutcome, ProcError> {
+    let mut out = StopOutcome {
+        signals: Vec::new(),
+        stopped: false,
+        status: None,
+        mismatch: false,
+    };
+    for (signal, wait) in [(Signal::Term, grace), (Signal::Kill, kill_wait)] {
+        match spawner.signal(who, signal).await? {
+            SignalOutcome::Delivered => out.signals.push(signal),
+            SignalOutcome::Gone => {}
+            SignalOutcome::Mismatch => {
+                out.mismatch = true;
                 return Ok(out);
             }
         }
-        Ok(out)
+        if let WaitOutcome::Exited(status) = spawner.wait_exit(who, Some(wait)).await? {
+            out.stopped = true;
+            out.status = Some(status);
+            return Ok(out);
+        }
     }
+    Ok(out)
 }
 
 /// Forwards to the shared spawner, so a test can keep a handle on its fake.
 #[async_trait]
+#[warn(clippy::missing_trait_methods)]
 impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError> {
         (**self).spawn(spec).await
     }
-    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
-        (**self).probe(pid).await
+    async fn probe(
+        &self,
+        pid: Pid,
+        fields: ProbeFields,
+    ) -> Result<(Probe, Option<Usage>), ProcError> {
+        (**self).probe(pid, fields).await
     }
     async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
         (**self).signal(who, signal).await
@@ -277,8 +276,8 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
     ) -> Result<Option<Usage>, ProcError> {
         (**self).usage(who, interval).await
     }
-    async fn probe_with_usage(&self, pid: Pid) -> Result<(Probe, Option<Usage>), ProcError> {
-        (**self).probe_with_usage(pid).await
+    fn preflight(&self, spec: &SpawnSpec) -> Result<(), ProcError> {
+        (**self).preflight(spec)
     }
     fn usage_reader(&self, who: &ProcIdentity) -> Result<Option<Box<dyn UsageReader>>, ProcError> {
         (**self).usage_reader(who)
@@ -318,15 +317,8 @@ impl<T: Spawner + ?Sized> Spawner for std::sync::Arc<T> {
         &self,
         who: &ProcIdentity,
         grace: Duration,
-    ) -> Result<StopOutcome, ProcError> {
-        (**self).terminate(who, grace).await
-    }
-    async fn terminate_with(
-        &self,
-        who: &ProcIdentity,
-        grace: Duration,
         kill_wait: Duration,
     ) -> Result<StopOutcome, ProcError> {
-        (**self).terminate_with(who, grace, kill_wait).await
+        (**self).terminate(who, grace, kill_wait).await
     }
 }

@@ -262,3 +262,26 @@ pub trait StartGate: Send + Sync {
     /// returns. Dropping the gate instead makes the helper exit without running anything.
     async fn release(self: Box<Self>) -> Result<(), ProcError>;
 }
+
+/// What [`crate::Spawner::probe`] reads of a live process besides its identity and
+/// command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProbeFields {
+    /// [`ProcInfo::exe`], the executable's path (a `readlink` on Linux).
+    pub exe: bool,
+    /// Its [`Usage`], CPU percent the average since the process started.
+    pub usage: bool,
+}
+
+impl ProbeFields {
+    /// A look at one PID: the executable, no usage (what a verdict on the PID needs).
+    pub const DETAIL: ProbeFields = ProbeFields {
+        exe: true,
+        usage: false,
+    };
+    /// A row of a listing: the usage, no executable (a listing does not show it).
+    pub const LISTING: ProbeFields = ProbeFields {
+        exe: false,
+        usage: true,
+    };
+}

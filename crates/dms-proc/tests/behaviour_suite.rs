@@ -196,7 +196,12 @@ mod cases {
         let id = start(h, Kind::Sleeper).await;
         let _guard = common::KillOnDrop(id.clone());
         assert_eq!(id.boot_id, s.boot_id());
-        match s.probe(id.pid).await.unwrap() {
+        match s
+            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap()
+        {
             Probe::Alive(info) => {
                 assert_eq!(info.identity, id);
                 assert_eq!((info.pgid, info.sid), (id.pid.get(), id.pid.get()));
@@ -204,7 +209,7 @@ mod cases {
             other => panic!("expected alive, got {other:?}"),
         }
         assert!(
-            s.terminate(&id, Duration::from_secs(5))
+            s.terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
                 .await
                 .unwrap()
                 .stopped
@@ -215,7 +220,13 @@ mod cases {
         let s = h.spawner();
         let pending = h.spawn(Kind::Sleeper).await;
         let id = pending.identity.clone();
-        assert!(matches!(s.probe(id.pid).await.unwrap(), Probe::Alive(_)));
+        assert!(matches!(
+            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p)
+                .unwrap(),
+            Probe::Alive(_)
+        ));
         drop(pending);
         assert_eq!(
             s.wait_exit(&id, Some(Duration::from_secs(5)))
@@ -223,7 +234,13 @@ mod cases {
                 .unwrap(),
             WaitOutcome::Exited(ExitStatus::Code(GATE_DROPPED_EXIT_CODE))
         );
-        assert_eq!(s.probe(id.pid).await.unwrap(), Probe::Gone);
+        assert_eq!(
+            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p)
+                .unwrap(),
+            Probe::Gone
+        );
     }
 
     pub async fn mismatch_is_refused_and_the_process_lives<H: Harness>(h: &H) {
@@ -238,7 +255,10 @@ mod cases {
             s.signal(&wrong, Signal::Kill).await.unwrap(),
             SignalOutcome::Mismatch
         );
-        let stop = s.terminate(&wrong, Duration::from_secs(1)).await.unwrap();
+        let stop = s
+            .terminate(&wrong, Duration::from_secs(1), dms_proc::DEFAULT_KILL_WAIT)
+            .await
+            .unwrap();
         assert!(stop.mismatch && !stop.stopped && stop.signals.is_empty());
         assert_eq!(
             s.wait_exit(&id, Some(Duration::from_millis(100)))
@@ -247,7 +267,7 @@ mod cases {
             WaitOutcome::TimedOut
         );
         assert!(
-            s.terminate(&id, Duration::from_secs(5))
+            s.terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
                 .await
                 .unwrap()
                 .stopped
@@ -258,10 +278,19 @@ mod cases {
         let s = h.spawner();
         let id = start(h, Kind::Sleeper).await;
         let _guard = common::KillOnDrop(id.clone());
-        let stop = s.terminate(&id, Duration::from_secs(5)).await.unwrap();
+        let stop = s
+            .terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
+            .await
+            .unwrap();
         assert_eq!(stop.signals, vec![Signal::Term]);
         assert_eq!(stop.status, Some(ExitStatus::Signaled(libc::SIGTERM)));
-        assert!(matches!(s.probe(id.pid).await.unwrap(), Probe::Gone));
+        assert!(matches!(
+            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p)
+                .unwrap(),
+            Probe::Gone
+        ));
         assert_ne!(
             s.signal(&id, Signal::Kill).await.unwrap(),
             SignalOutcome::Delivered,
@@ -275,7 +304,10 @@ mod cases {
         let _guard = common::KillOnDrop(id.clone());
         let grace = Duration::from_millis(300);
         let t0 = Instant::now();
-        let stop = s.terminate(&id, grace).await.unwrap();
+        let stop = s
+            .terminate(&id, grace, dms_proc::DEFAULT_KILL_WAIT)
+            .await
+            .unwrap();
         let took = t0.elapsed();
         assert_eq!(stop.signals, vec![Signal::Term, Signal::Kill]);
         assert_eq!(stop.status, Some(ExitStatus::Signaled(libc::SIGKILL)));
@@ -294,7 +326,13 @@ mod cases {
                 .unwrap(),
             WaitOutcome::Exited(ExitStatus::Code(3))
         );
-        assert_eq!(s.probe(id.pid).await.unwrap(), Probe::Gone);
+        assert_eq!(
+            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p)
+                .unwrap(),
+            Probe::Gone
+        );
         assert_eq!(s.usage(&id, Duration::from_millis(10)).await.unwrap(), None);
     }
 
@@ -311,7 +349,13 @@ mod cases {
             }
             other => panic!("expected an exec error, got {other:?}"),
         }
-        assert_eq!(s.probe(id.pid).await.unwrap(), Probe::Gone);
+        assert_eq!(
+            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p)
+                .unwrap(),
+            Probe::Gone
+        );
     }
 
     pub async fn own_pid_is_refused<H: Harness>(h: &H) {

@@ -60,7 +60,11 @@ async fn only_the_most_recent_reaped_statuses_are_kept_and_running_children_neve
     // A dropped child reads as any process that is gone and was never ours.
     let (old, _) = &done[0];
     assert_eq!(
-        spawner.probe(old.pid).await.unwrap_or(Probe::Gone),
+        spawner
+            .probe(old.pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap_or(Probe::Gone),
         Probe::Gone
     );
     assert_eq!(
@@ -73,7 +77,7 @@ async fn only_the_most_recent_reaped_statuses_are_kept_and_running_children_neve
     // The long-running child was never dropped: its exit status, when it comes, is
     // exact (a dropped entry would read Unknown, as for a stranger).
     assert!(matches!(
-        spawner.probe(runner.pid).await.unwrap(),
+        spawner.probe(runner.pid, dms_proc::ProbeFields::DETAIL).await.map(|(p, _)| p).unwrap(),
         Probe::Alive(ref info) if info.identity == runner
     ));
     assert_eq!(

@@ -45,7 +45,7 @@ async fn grandchild_dies_with_its_group() {
     );
 
     let stop = spawner
-        .terminate(&helper, Duration::from_secs(5))
+        .terminate(&helper, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
         .await
         .unwrap();
     assert!(stop.stopped, "{stop:?}");

@@ -74,7 +74,10 @@ async fn member_ignoring_sigterm_is_sigkilled_after_its_leader_died() {
 
     let grace = Duration::from_secs(1);
     let t0 = Instant::now();
-    let stop = spawner.terminate(&helper, grace).await.unwrap();
+    let stop = spawner
+        .terminate(&helper, grace, dms_proc::DEFAULT_KILL_WAIT)
+        .await
+        .unwrap();
     let took = t0.elapsed();
 
     assert!(stop.stopped, "{stop:?}");
@@ -145,7 +148,7 @@ async fn member_forked_during_the_grace_is_stopped_too() {
         .await
     );
     let stop = spawner
-        .terminate(&helper, Duration::from_secs(3))
+        .terminate(&helper, Duration::from_secs(3), dms_proc::DEFAULT_KILL_WAIT)
         .await
         .unwrap();
     let late = pid_in(dir.path(), "late.pid").await;
@@ -183,7 +186,10 @@ async fn stopped_helper_is_continued_and_ends_on_sigterm() {
     );
     let grace = Duration::from_secs(20);
     let t0 = Instant::now();
-    let stop = spawner.terminate(&helper, grace).await.unwrap();
+    let stop = spawner
+        .terminate(&helper, grace, dms_proc::DEFAULT_KILL_WAIT)
+        .await
+        .unwrap();
     assert!(stop.stopped, "{stop:?}");
     assert_eq!(
         stop.signals,

@@ -110,7 +110,12 @@ async fn environment_descriptors_signals_and_session_are_exactly_as_specified() 
     }
 
     // Own session and process group, not ours; working directory as given.
-    let Probe::Alive(info) = spawner.probe(id.pid).await.unwrap() else {
+    let Probe::Alive(info) = spawner
+        .probe(id.pid, dms_proc::ProbeFields::DETAIL)
+        .await
+        .map(|(p, _)| p)
+        .unwrap()
+    else {
         panic!("helper should be alive");
     };
     assert_eq!((info.sid, info.pgid), (pid, pid));
@@ -126,7 +131,7 @@ async fn environment_descriptors_signals_and_session_are_exactly_as_specified() 
 
     assert!(
         spawner
-            .terminate(&id, Duration::from_secs(5))
+            .terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
             .await
             .unwrap()
             .stopped

@@ -73,7 +73,12 @@ fn detached_helper_outlives_the_process_that_spawned_it() {
     // helper still runs, is now our child (we are its subreaper), and leads its own
     // session and process group.
     runtime().block_on(async {
-        match spawner.probe(id.pid).await.unwrap() {
+        match spawner
+            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap()
+        {
             Probe::Alive(info) => {
                 assert_eq!(info.identity, id);
                 assert_eq!(info.sid, pid, "own session");
@@ -98,7 +103,7 @@ fn detached_helper_outlives_the_process_that_spawned_it() {
 
         // Stop it through a spawner that did not start it: pidfd path, status unknown.
         let stop = spawner
-            .terminate(&id, Duration::from_secs(5))
+            .terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
             .await
             .unwrap();
         assert!(stop.stopped, "{stop:?}");

@@ -53,7 +53,7 @@ async fn logs_name_environment_keys_but_never_values() {
     let (id, _guard) = start(&spawner, &spec(dir.path(), "sleep", &["60"])).await;
     assert!(
         spawner
-            .terminate(&id, Duration::from_secs(5))
+            .terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
             .await
             .unwrap()
             .stopped

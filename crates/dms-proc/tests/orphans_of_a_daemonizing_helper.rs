@@ -88,7 +88,11 @@ async fn orphans_are_found_adopted_and_reaped() {
 
     // The adopted one is reaped by its own reaper, with its status known.
     let stop = spawner
-        .terminate(&keep_id, Duration::from_secs(5))
+        .terminate(
+            &keep_id,
+            Duration::from_secs(5),
+            dms_proc::DEFAULT_KILL_WAIT,
+        )
         .await
         .unwrap();
     assert!(stop.stopped, "{stop:?}");

@@ -30,7 +30,11 @@ async fn identity_mismatch_refuses_the_signal_and_the_process_lives() {
             );
         }
         let stop = spawner
-            .terminate(wrong, Duration::from_millis(50))
+            .terminate(
+                wrong,
+                Duration::from_millis(50),
+                dms_proc::DEFAULT_KILL_WAIT,
+            )
             .await
             .unwrap();
         assert!(
@@ -53,7 +57,7 @@ async fn identity_mismatch_refuses_the_signal_and_the_process_lives() {
     );
 
     let stop = spawner
-        .terminate(&helper, Duration::from_secs(5))
+        .terminate(&helper, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
         .await
         .unwrap();
     assert!(stop.stopped);

@@ -107,7 +107,12 @@ fn spawning_process_killed_before_confirmation_leaves_no_helper_running() {
         // not exec'd.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match spawner.probe(Pid::try_from(a).unwrap()).await.unwrap() {
+            match spawner
+                .probe(Pid::try_from(a).unwrap(), dms_proc::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p)
+                .unwrap()
+            {
                 Probe::Alive(info) => {
                     assert_eq!(info.identity.start_ticks, a_ticks);
                     assert_eq!(

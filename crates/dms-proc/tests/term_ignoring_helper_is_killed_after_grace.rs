@@ -28,7 +28,10 @@ async fn term_ignoring_helper_is_sigkilled_after_the_grace_period() {
 
     let grace = Duration::from_millis(300);
     let t0 = Instant::now();
-    let stop = spawner.terminate(&helper, grace).await.unwrap();
+    let stop = spawner
+        .terminate(&helper, grace, dms_proc::DEFAULT_KILL_WAIT)
+        .await
+        .unwrap();
     let took = t0.elapsed();
 
     assert_eq!(stop.signals, vec![Signal::Term, Signal::Kill], "{stop:?}");

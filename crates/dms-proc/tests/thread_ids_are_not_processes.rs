@@ -33,7 +33,11 @@ async fn a_thread_of_this_process_is_not_a_process() {
         let _ = stop_rx.recv();
     });
     let tid = rx.recv().unwrap();
-    let probe = spawner.probe(Pid::try_from(tid).unwrap()).await.unwrap();
+    let probe = spawner
+        .probe(Pid::try_from(tid).unwrap(), dms_proc::ProbeFields::DETAIL)
+        .await
+        .map(|(p, _)| p)
+        .unwrap();
     stop_tx.send(()).unwrap();
     t.join().unwrap();
     assert_eq!(
@@ -44,7 +48,14 @@ async fn a_thread_of_this_process_is_not_a_process() {
     );
     // The process itself is one.
     let me = Pid::try_from(std::process::id() as i32).unwrap();
-    assert!(matches!(spawner.probe(me).await.unwrap(), Probe::Alive(_)));
+    assert!(matches!(
+        spawner
+            .probe(me, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap(),
+        Probe::Alive(_)
+    ));
 }
 
 #[tokio::test]
@@ -67,8 +78,15 @@ async fn a_thread_of_another_process_is_never_signalled() {
         .unwrap();
     let tid: i32 = line.trim().parse().unwrap();
     let pid = Pid::try_from(tid).unwrap();
-    let probe = spawner.probe(pid).await.unwrap();
-    let usage_probe = spawner.probe_with_usage(pid).await.unwrap();
+    let probe = spawner
+        .probe(pid, dms_proc::ProbeFields::DETAIL)
+        .await
+        .map(|(p, _)| p)
+        .unwrap();
+    let usage_probe = spawner
+        .probe(pid, dms_proc::ProbeFields::LISTING)
+        .await
+        .unwrap();
     // An identity that names the thread exactly (its own start ticks), as a PID file
     // naming it would after a PID reuse.
     let as_recorded = ProcIdentity {

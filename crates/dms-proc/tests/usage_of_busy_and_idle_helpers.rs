@@ -45,7 +45,7 @@ async fn busy_loop_shows_cpu_above_half_a_core_and_sleep_below_5_percent() {
     for id in [&busy, &idle] {
         assert!(
             spawner
-                .terminate(id, Duration::from_secs(5))
+                .terminate(id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
                 .await
                 .unwrap()
                 .stopped

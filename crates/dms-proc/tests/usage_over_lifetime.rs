@@ -55,7 +55,7 @@ async fn zero_interval_gives_the_lifetime_average_without_waiting() {
     for id in [&busy, &idle] {
         assert!(
             spawner
-                .terminate(id, Duration::from_secs(5))
+                .terminate(id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
                 .await
                 .unwrap()
                 .stopped

@@ -23,7 +23,12 @@ async fn a_zombie_reads_as_dead() {
         "the child never became a zombie"
     );
     let ticks = stat(pid).unwrap().1;
-    let id = match spawner.probe(Pid::try_from(pid).unwrap()).await.unwrap() {
+    let id = match spawner
+        .probe(Pid::try_from(pid).unwrap(), dms_proc::ProbeFields::DETAIL)
+        .await
+        .map(|(p, _)| p)
+        .unwrap()
+    {
         Probe::Zombie(id) => id,
         other => panic!("expected a zombie, got {other:?}"),
     };
@@ -53,7 +58,7 @@ async fn a_zombie_reads_as_dead() {
         None
     );
     let stop = spawner
-        .terminate(&id, Duration::from_secs(5))
+        .terminate(&id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
         .await
         .unwrap();
     assert!(stop.stopped && stop.signals.is_empty(), "{stop:?}");
@@ -74,7 +79,11 @@ async fn spawned_children_are_reaped_not_left_as_zombies() {
     );
     assert_eq!(spawner.child_status(&id), Some(ExitStatus::Code(7)));
     assert_eq!(
-        spawner.probe(id.pid).await.unwrap(),
+        spawner
+            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap(),
         Probe::Gone,
         "reaped, not a zombie"
     );
@@ -93,5 +102,12 @@ async fn spawned_children_are_reaped_not_left_as_zombies() {
             .unwrap(),
         WaitOutcome::Exited(ExitStatus::Code(dms_proc::GATE_DROPPED_EXIT_CODE))
     );
-    assert_eq!(spawner.probe(held.pid).await.unwrap(), Probe::Gone);
+    assert_eq!(
+        spawner
+            .probe(held.pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap(),
+        Probe::Gone
+    );
 }

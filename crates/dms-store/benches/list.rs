@@ -92,10 +92,14 @@ fn bench_list(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     group.warm_up_time(Duration::from_secs(1));
     for (name, store) in stores {
-        assert_eq!(rt.block_on(store.list()).unwrap().len(), N, "{name}");
+        assert_eq!(
+            rt.block_on(dms_store::list_sorted(store)).unwrap().len(),
+            N,
+            "{name}"
+        );
         group.bench_function(name, |b| {
             b.to_async(&rt)
-                .iter(|| async { store.list().await.unwrap() })
+                .iter(|| async { dms_store::list_sorted(store).await.unwrap() })
         });
     }
     group.finish();

@@ -77,7 +77,7 @@ pub async fn run_all(store: &dyn PidStore, caps: &Capabilities<'_>) {
     stray_listed_and_removed(store, caps.make_stray).await;
     remove_stray_refuses_bad_names(store).await;
     assert!(
-        store.list().await.unwrap().is_empty(),
+        crate::list_sorted(store).await.unwrap().is_empty(),
         "the suite leaves the store empty"
     );
 }
@@ -89,7 +89,7 @@ pub async fn get_absent(store: &dyn PidStore) {
         Lookup::Absent
     );
     assert!(!store.remove(&t("never-written")).await.unwrap());
-    assert!(store.list().await.unwrap().is_empty());
+    assert!(crate::list_sorted(store).await.unwrap().is_empty());
 }
 
 /// What `put` writes, `get` and `list` read back, with `written_at` filled in.
@@ -104,7 +104,7 @@ pub async fn put_get_roundtrip(store: &dyn PidStore) {
         written >= before,
         "written_at {written:?} is before the put"
     );
-    let list = store.list().await.unwrap();
+    let list = crate::list_sorted(store).await.unwrap();
     assert!(
         matches!(&list[..], [Entry::Target { target: lt, state: EntryState::Valid(r) }]
             if lt == &target && r.pid == pid(12345)),
@@ -125,7 +125,7 @@ pub async fn put_replaces(store: &dyn PidStore) {
         "the old identity does not survive a replace"
     );
     assert_eq!(got.meta, Metadata::default());
-    assert_eq!(store.list().await.unwrap().len(), 1);
+    assert_eq!(crate::list_sorted(store).await.unwrap().len(), 1);
     assert!(store.remove(&target).await.unwrap());
 }
 
@@ -152,8 +152,7 @@ pub async fn list_sorted_by_target(store: &dyn PidStore) {
             .await
             .unwrap();
     }
-    let listed: Vec<String> = store
-        .list()
+    let listed: Vec<String> = crate::list_sorted(store)
         .await
         .unwrap()
         .into_iter()
@@ -179,7 +178,7 @@ pub async fn many_targets(store: &dyn PidStore) {
             .await
             .unwrap();
     }
-    let list = store.list().await.unwrap();
+    let list = crate::list_sorted(store).await.unwrap();
     assert_eq!(list.len(), n as usize);
     for (i, e) in list.iter().enumerate() {
         match e {
@@ -213,7 +212,7 @@ pub async fn metadata_roundtrip(store: &dyn PidStore, keeps: bool) {
         assert_eq!(got.identity, None);
         assert_eq!(got.meta, Metadata::default());
     }
-    let list = store.list().await.unwrap();
+    let list = crate::list_sorted(store).await.unwrap();
     assert!(
         matches!(&list[..], [Entry::Target { state: EntryState::Valid(r), .. }] if *r == got),
         "list and get disagree: {list:?} vs {got:?}"
@@ -249,7 +248,7 @@ pub async fn corrupt_entry_listed_replaced_and_removed(
         }
         other => panic!("expected corrupt, got {other:?}"),
     }
-    let list = store.list().await.unwrap();
+    let list = crate::list_sorted(store).await.unwrap();
     assert!(
         matches!(&list[..], [Entry::Target { target: lt, state: EntryState::Corrupt(c) }]
             if lt == &target && c.path == path && !c.reason.is_empty()),
@@ -271,7 +270,7 @@ pub async fn stray_listed_and_removed(store: &dyn PidStore, make_stray: &(dyn Fn
         .put(&t("real"), &Record::bare(pid(999)))
         .await
         .unwrap();
-    let list = store.list().await.unwrap();
+    let list = crate::list_sorted(store).await.unwrap();
     assert_eq!(list.len(), 2, "{list:?}");
     assert!(
         list.iter()

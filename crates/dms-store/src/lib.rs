@@ -17,7 +17,7 @@
 //! let store: Box<dyn PidStore> = Box::new(MemoryStore::new("/run/dms/s3".into()));
 //! let target: TargetId = "target-123".parse()?;
 //! store.put(&target, &Record::bare(Pid::new(12345)?)).await?;
-//! let entries = store.list().await?;
+//! let entries = dms_store::list_sorted(&*store).await?;
 //! assert!(matches!(&entries[..], [Entry::Target { target: t, .. }] if t == &target));
 //! assert!(store.remove(&target).await?);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -47,6 +47,7 @@ pub use target::{InvalidTargetId, TargetId, TARGET_ID_MAX_LEN, TARGET_ID_RULE};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::path::Path;
+use tokio::sync::mpsc;
 
 /// Where helpers are recorded. Implementations must be safe to share between tasks.
 ///
@@ -102,20 +103,12 @@ pub trait PidStore: Debug + Send + Sync {
     /// Removes the entry of `target`; `Ok(true)` if there was one.
     async fn remove(&self, target: &TargetId) -> Result<bool>;
 
-    /// Every entry, sorted by name, corrupt ones included.
-    async fn list(&self) -> Result<Vec<Entry>>;
-
-    /// The entries of [`PidStore::list`], in no particular order, handed over in batches
-    /// on `batches` as they are read, so that a caller can work on the first ones while
-    /// the rest are read (a backend that reads its files on another thread overlaps the
-    /// two). Stops early, without error, when the receiver is gone. The default sends the
-    /// sorted listing as one batch.
-    async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
-        let entries = self.list().await?;
-        // A receiver gone is not an error of the store.
-        let _ = batches.send(entries).await;
-        Ok(())
-    }
+    /// Every entry once, corrupt ones and strays included, in no particular order,
+    /// handed over in batches on `batches` as they are read, so that a caller can work on
+    /// the first ones while the rest are read (the PID-file backends read their files on
+    /// another thread, which overlaps the two). Stops early, without error, when the
+    /// receiver is gone. [`list_sorted`] collects the batches sorted by name.
+    async fn list(&self, batches: mpsc::Sender<Vec<Entry>>) -> Result<()>;
 
     /// Removes an entry whose file name is not a valid target ID (an
     /// [`Entry::Stray`]), by that exact file name. Refuses names that are not a single
@@ -137,6 +130,7 @@ pub trait PidStore: Debug + Send + Sync {
 }
 
 #[async_trait]
+#[warn(clippy::missing_trait_methods)]
 impl<T: PidStore + ?Sized> PidStore for std::sync::Arc<T> {
     async fn put(&self, target: &TargetId, record: &Record) -> Result<()> {
         (**self).put(target, record).await
@@ -147,11 +141,8 @@ impl<T: PidStore + ?Sized> PidStore for std::sync::Arc<T> {
     async fn remove(&self, target: &TargetId) -> Result<bool> {
         (**self).remove(target).await
     }
-    async fn list(&self) -> Result<Vec<Entry>> {
-        (**self).list().await
-    }
-    async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
-        (**self).list_batches(batches).await
+    async fn list(&self, batches: mpsc::Sender<Vec<Entry>>) -> Result<()> {
+        (**self).list(batches).await
     }
     async fn remove_stray(&self, file_name: &str) -> Result<bool> {
         (**self).remove_stray(file_name).await
@@ -165,4 +156,23 @@ impl<T: PidStore + ?Sized> PidStore for std::sync::Arc<T> {
     fn backend_name(&self) -> &'static str {
         (**self).backend_name()
     }
+}
+
+/// Every entry of `store`, sorted by name (the file name without `.pid`, see
+/// [`Entry::name`]): [`PidStore::list`]'s batches collected. For a caller that wants the
+/// whole listing at once, in a stable order; one that works entry by entry reads the
+/// batches as they come instead.
+pub async fn list_sorted(store: &dyn PidStore) -> Result<Vec<Entry>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(8);
+    let collect = async {
+        let mut all = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            all.extend(batch);
+        }
+        all
+    };
+    let (listed, mut all) = tokio::join!(store.list(tx), collect);
+    listed?;
+    all.sort_by(|a, b| a.name().cmp(b.name()));
+    Ok(all)
 }

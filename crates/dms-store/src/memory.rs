@@ -159,6 +159,43 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Every entry (the one batch of [`PidStore::list`]).
+    fn entries(&self) -> Result<Vec<Entry>> {
+        let st = self.begin(StoreOp::List, &self.pid_dir)?;
+        let sorted: BTreeMap<&str, (&String, &Slot)> = st
+            .entries
+            .iter()
+            .map(|(name, slot)| (sort_key(name), (name, slot)))
+            .collect();
+        Ok(sorted
+            .into_values()
+            .map(|(name, slot)| {
+                let target = || {
+                    TargetId::new(sort_key(name)).expect("only valid targets are stored as such")
+                };
+                match slot {
+                    Slot::Valid(r) => Entry::Target {
+                        target: target(),
+                        state: EntryState::Valid(r.clone()),
+                    },
+                    Slot::Corrupt(reason) => Entry::Target {
+                        target: target(),
+                        state: EntryState::Corrupt(Corrupt {
+                            path: self.pid_dir.join(name),
+                            reason: reason.clone(),
+                        }),
+                    },
+                    Slot::Stray(reason) => Entry::Stray {
+                        file_name: name.clone(),
+                        reason: reason.clone(),
+                    },
+                }
+            })
+            .collect())
+    }
+}
+
 fn file_name(target: &TargetId) -> String {
     format!("{}{PID_SUFFIX}", target.as_str())
 }
@@ -193,38 +230,11 @@ impl PidStore for MemoryStore {
         Ok(st.entries.remove(&file_name(target)).is_some())
     }
 
-    async fn list(&self) -> Result<Vec<Entry>> {
-        let st = self.begin(StoreOp::List, &self.pid_dir)?;
-        let sorted: BTreeMap<&str, (&String, &Slot)> = st
-            .entries
-            .iter()
-            .map(|(name, slot)| (sort_key(name), (name, slot)))
-            .collect();
-        Ok(sorted
-            .into_values()
-            .map(|(name, slot)| {
-                let target = || {
-                    TargetId::new(sort_key(name)).expect("only valid targets are stored as such")
-                };
-                match slot {
-                    Slot::Valid(r) => Entry::Target {
-                        target: target(),
-                        state: EntryState::Valid(r.clone()),
-                    },
-                    Slot::Corrupt(reason) => Entry::Target {
-                        target: target(),
-                        state: EntryState::Corrupt(Corrupt {
-                            path: self.pid_dir.join(name),
-                            reason: reason.clone(),
-                        }),
-                    },
-                    Slot::Stray(reason) => Entry::Stray {
-                        file_name: name.clone(),
-                        reason: reason.clone(),
-                    },
-                }
-            })
-            .collect())
+    async fn list(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
+        let entries = self.entries()?;
+        // A receiver gone is not an error of the store.
+        let _ = batches.send(entries).await;
+        Ok(())
     }
 
     async fn remove_stray(&self, file_name: &str) -> Result<bool> {
@@ -282,7 +292,7 @@ mod tests {
         store.insert_stray("a b.pid", "bad name").unwrap();
         assert!(store.insert_stray("good.pid", "x").is_err());
         assert!(store.insert_stray("../x.pid", "x").is_err());
-        let list = store.list().await.unwrap();
+        let list = crate::list_sorted(&store).await.unwrap();
         assert_eq!(list.len(), 2);
         assert!(matches!(&list[0], Entry::Stray { file_name, .. } if file_name == "a b.pid"));
         assert!(matches!(

@@ -213,14 +213,9 @@ impl PidStore for PidFileStore {
         blocking("remove", move || dir.remove(&target)).await
     }
 
-    async fn list(&self) -> Result<Vec<Entry>> {
+    async fn list(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
         let dir = self.dir.clone();
-        blocking("list", move || dir.list()).await
-    }
-
-    async fn list_batches(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
-        let dir = self.dir.clone();
-        blocking("list", move || dir.list_batches(&batches)).await
+        blocking("list", move || dir.list(&batches)).await
     }
 
     async fn remove_stray(&self, file_name: &str) -> Result<bool> {

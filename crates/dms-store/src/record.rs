@@ -103,3 +103,14 @@ pub enum Entry {
         reason: String,
     },
 }
+
+impl Entry {
+    /// The name entries are sorted by: the file name without `.pid` (for a target, its
+    /// ID).
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::Target { target, .. } => target.as_str(),
+            Entry::Stray { file_name, .. } => crate::names::sort_key(file_name),
+        }
+    }
+}

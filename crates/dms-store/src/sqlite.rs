@@ -439,9 +439,12 @@ impl PidStore for SqliteStore {
         blocking("remove", move || inner.remove(&target)).await
     }
 
-    async fn list(&self) -> Result<Vec<Entry>> {
+    async fn list(&self, batches: tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
         let inner = self.inner.clone();
-        blocking("list", move || inner.list()).await
+        let entries = blocking("list", move || inner.list()).await?;
+        // A receiver gone is not an error of the store.
+        let _ = batches.send(entries).await;
+        Ok(())
     }
 
     async fn remove_stray(&self, file_name: &str) -> Result<bool> {

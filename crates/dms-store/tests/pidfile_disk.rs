@@ -110,7 +110,7 @@ fn every_kind_of_bad_entry_is_corrupt_with_a_reason() {
     fs::write(dir.join("good.pid"), b"12345").unwrap();
 
     let s = store.clone();
-    let list = within_deadline(move || rt().block_on(s.list())).unwrap();
+    let list = within_deadline(move || rt().block_on(dms_store::list_sorted(&s))).unwrap();
     let by_name: BTreeMap<String, EntryState> = list
         .into_iter()
         .map(|e| match e {
@@ -158,7 +158,7 @@ fn every_kind_of_bad_entry_is_corrupt_with_a_reason() {
     }
     assert_eq!(fs::read(&secret).unwrap(), b"4242\n");
     assert!(fs::metadata(outside.path()).unwrap().is_dir());
-    let left = rt().block_on(store.list()).unwrap();
+    let left = rt().block_on(dms_store::list_sorted(&store)).unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
 }
 
@@ -228,7 +228,7 @@ fn other_files_are_ignored_and_bad_names_are_strays() {
     use std::os::unix::ffi::OsStrExt;
     fs::write(dir.join(std::ffi::OsStr::from_bytes(b"bad\xff.pid")), "1").unwrap();
     let rt = rt();
-    let list = rt.block_on(store.list()).unwrap();
+    let list = rt.block_on(dms_store::list_sorted(&store)).unwrap();
     let strays: Vec<&str> = list
         .iter()
         .filter_map(|e| match e {
@@ -250,7 +250,10 @@ fn other_files_are_ignored_and_bad_names_are_strays() {
     for name in ["a b.pid", ".hidden.pid", ".pid", "bad\u{fffd}.pid"] {
         assert!(rt.block_on(store.remove_stray(name)).unwrap(), "{name}");
     }
-    assert_eq!(rt.block_on(store.list()).unwrap().len(), 1);
+    assert_eq!(
+        rt.block_on(dms_store::list_sorted(&store)).unwrap().len(),
+        1
+    );
     assert!(dir.join("notes.txt").exists() && dir.join("t.lock").exists());
 }
 
@@ -276,7 +279,10 @@ fn temp_files_are_never_entries_and_stale_ones_are_removed_at_open() {
         fresh.exists(),
         "a fresh one may be a write in progress elsewhere"
     );
-    assert!(rt().block_on(store.list()).unwrap().is_empty());
+    assert!(rt()
+        .block_on(dms_store::list_sorted(&store))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -337,7 +343,10 @@ fn concurrent_puts_never_expose_a_partial_file() {
     });
     stop_tx.send(()).unwrap();
     assert!(reader.join().unwrap() > 0);
-    assert_eq!(rt.block_on(store.list()).unwrap().len(), 1);
+    assert_eq!(
+        rt.block_on(dms_store::list_sorted(&store)).unwrap().len(),
+        1
+    );
 }
 
 #[test]
@@ -438,7 +447,7 @@ fn fifo_stays_a_fifo_and_is_not_opened_for_writing() {
     assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
 }
 
-/// `list_batches` hands over exactly the entries `list` returns (valid, corrupt and
+/// `list` hands over exactly the entries `list` returns (valid, corrupt and
 /// stray), over several batches, each once; it stops quietly when the receiver is gone.
 #[test]
 fn batched_listing_holds_what_list_holds() {
@@ -452,7 +461,7 @@ fn batched_listing_holds_what_list_holds() {
     fs::write(s3.join("a b.pid"), "5").unwrap();
     fs::write(s3.join("not-an-entry.lock"), "").unwrap();
     let rt = rt();
-    let listed = rt.block_on(store.list()).unwrap();
+    let listed = rt.block_on(dms_store::list_sorted(&store)).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let (done, batches) = rt.block_on(async {
         let collect = async {
@@ -462,7 +471,7 @@ fn batched_listing_holds_what_list_holds() {
             }
             batches
         };
-        tokio::join!(store.list_batches(tx), collect)
+        tokio::join!(store.list(tx), collect)
     });
     done.unwrap();
     assert!(batches.len() > 1, "one batch for {} entries", listed.len());
@@ -490,7 +499,7 @@ fn batched_listing_holds_what_list_holds() {
             drop(rx);
             b
         };
-        tokio::join!(store.list_batches(tx), first)
+        tokio::join!(store.list(tx), first)
     });
     done.0.unwrap();
     assert!(done.1.is_some());
@@ -529,7 +538,7 @@ fn written_at_is_the_exact_mtime_from_get_and_list() {
         };
         assert_eq!(r.written_at, Some(mtime), "{name}: get");
     }
-    let listed = rt().block_on(store.list()).unwrap();
+    let listed = rt().block_on(dms_store::list_sorted(&store)).unwrap();
     let mut seen = 0;
     for entry in listed {
         if let dms_store::Entry::Target {

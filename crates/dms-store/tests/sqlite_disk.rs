@@ -227,7 +227,7 @@ fn pid_files_added_or_removed_by_hand_are_picked_up() {
     fs::remove_file(run.path().join("s3/deleted-by-hand.pid")).unwrap();
     fs::write(run.path().join("s3/added-by-hand.pid"), b"12345").unwrap();
 
-    let list = rt.block_on(store.list()).unwrap();
+    let list = rt.block_on(dms_store::list_sorted(&store)).unwrap();
     let summary: Vec<(String, i32, bool)> = list
         .iter()
         .map(|e| match e {
@@ -388,7 +388,10 @@ fn a_missing_database_is_created_from_the_pid_files() {
     let _ = fs::remove_file(run.path().join(format!("{DB_FILE_NAME}-wal")));
     let _ = fs::remove_file(run.path().join(format!("{DB_FILE_NAME}-shm")));
     let store = SqliteStore::open(run.path()).unwrap();
-    assert_eq!(rt().block_on(store.list()).unwrap().len(), 2);
+    assert_eq!(
+        rt().block_on(dms_store::list_sorted(&store)).unwrap().len(),
+        2
+    );
 }
 
 #[test]
@@ -456,13 +459,13 @@ fn two_stores_on_one_run_dir_see_each_others_writes() {
         let tb = tokio::spawn(async move {
             for i in 0..30 {
                 b2.put(&t(&format!("b{i}")), &full(2000 + i)).await.unwrap();
-                b2.list().await.unwrap();
+                dms_store::list_sorted(&b2).await.unwrap();
             }
         });
         ta.await.unwrap();
         tb.await.unwrap();
     });
-    let list = rt.block_on(a.list()).unwrap();
+    let list = rt.block_on(dms_store::list_sorted(&a)).unwrap();
     assert_eq!(list.len(), 60);
     assert!(list.iter().all(
         |e| matches!(e, Entry::Target { state: EntryState::Valid(r), .. } if r.identity.is_some())
@@ -509,7 +512,7 @@ fn a_reader_writes_nothing() {
     let before = names(run.path());
     let store = SqliteStore::open_for_reading(run.path()).unwrap();
     assert!(store.has_database());
-    let list = rt.block_on(store.list()).unwrap();
+    let list = rt.block_on(dms_store::list_sorted(&store)).unwrap();
     assert_eq!(list.len(), 3, "{list:?}"); // a (no row), kept, new
     assert!(present(rt.block_on(store.get(&t("kept"))).unwrap())
         .identity
@@ -530,7 +533,10 @@ fn a_reader_writes_nothing() {
     let before = names(run.path());
     let store = SqliteStore::open_for_reading(run.path()).unwrap();
     assert!(!store.has_database());
-    assert_eq!(rt.block_on(store.list()).unwrap().len(), 3);
+    assert_eq!(
+        rt.block_on(dms_store::list_sorted(&store)).unwrap().len(),
+        3
+    );
     drop(store);
     assert_eq!(fs::read(run.path().join(DB_FILE_NAME)).unwrap(), garbage);
     assert_eq!(names(run.path()), before);

@@ -31,8 +31,8 @@ pub mod daemon;
 
 pub use dirs::{temp_dir, tmpfs_dir};
 pub use process::{
-    alive, alive_since, become_subreaper, is_our_child, reap, reap_zombies_except, stat, wait_dead,
-    Stat,
+    alive, alive_since, become_subreaper, is_our_child, reap, reap_or_gone, reap_zombies_except,
+    stat, wait_dead, Stat,
 };
 pub use wait::{wait_for, wait_for_every};
 #[cfg(feature = "tokio")]

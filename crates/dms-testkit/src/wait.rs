@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-/// The interval of [`wait_for`] and [`wait_for_async`].
+/// The interval of [`wait_for`] and `wait_for_async` (feature `tokio`).
 pub const POLL: Duration = Duration::from_millis(10);
 
 /// Polls `cond` every 10 ms until it holds (`true`) or `limit` passes (`false`).

@@ -48,7 +48,12 @@ impl Inner {
                 other,
             });
         }
-        let info = match self.spawner.probe(pid).await? {
+        let info = match self
+            .spawner
+            .probe(pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)?
+        {
             Probe::Alive(info) => info,
             Probe::Gone | Probe::Zombie(_) => {
                 return Err(Error::NotRunning {
@@ -106,7 +111,7 @@ impl Inner {
         target: &TargetId,
         identity: &ProcIdentity,
     ) -> Result<Option<TargetId>> {
-        for entry in self.store.list().await? {
+        for entry in dms_store::list_sorted(&self.store).await? {
             let Entry::Target {
                 target: other,
                 state: EntryState::Valid(record),

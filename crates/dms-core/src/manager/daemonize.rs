@@ -86,7 +86,11 @@ impl Inner {
         for o in &orphans.ours {
             match self
                 .spawner
-                .terminate(&o.identity, self.opts.kill_grace)
+                .terminate(
+                    &o.identity,
+                    self.opts.kill_grace,
+                    dms_proc::DEFAULT_KILL_WAIT,
+                )
                 .await
             {
                 Ok(out) if out.stopped || out.mismatch => {
@@ -113,7 +117,11 @@ impl Inner {
     /// After a start that failed while following the helper: stops the leader (if it
     /// still runs) and what it left, so nothing runs untracked once the record is gone.
     pub(super) async fn stop_startup(&self, leader: &ProcIdentity, window: &StartupWindow) {
-        if let Err(e) = self.spawner.terminate(leader, self.opts.kill_grace).await {
+        if let Err(e) = self
+            .spawner
+            .terminate(leader, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
+            .await
+        {
             warn!(pid = leader.pid.get(), error = %e, "cannot stop a helper whose start failed");
         }
         self.stop_orphans(leader, window).await;
@@ -337,7 +345,10 @@ impl Inner {
         .await;
         if let Err(e) = recorded {
             warn!(target = %target, pid = helper.pid.get(), error = %e, "cannot record the helper's daemon; stopping it");
-            let _ = self.spawner.terminate(helper, self.opts.kill_grace).await;
+            let _ = self
+                .spawner
+                .terminate(helper, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
+                .await;
             self.forget(target, Some(leader));
             let _ = self.store.remove(target).await;
             return Err(e);

@@ -202,7 +202,7 @@ impl Inner {
     ///
     /// With `inline_usage`, the usage of a running helper is read with its probe (as
     /// [`dms_proc::Spawner::usage`] with a zero interval, see
-    /// [`dms_proc::Spawner::probe_with_usage`]) and is already in the info object; a
+    /// [`dms_proc::Spawner::probe`] with [`dms_proc::ProbeFields::LISTING`]) and is already in the info object; a
     /// helper held in memory shows its background sample when there is a fresh one.
     pub(super) async fn describe(
         &self,

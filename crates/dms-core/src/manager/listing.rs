@@ -127,7 +127,7 @@ impl Manager {
     ///
     /// One listing of the store serves every target (no second read per PID file), and
     /// the entries are classified while the store is still reading the rest
-    /// ([`dms_store::PidStore::list_batches`]). Helpers held in memory are answered as
+    /// ([`dms_store::PidStore::list`]). Helpers held in memory are answered as
     /// [`Manager::process_info`] answers them, from memory. With a zero
     /// [`crate::ManagerOptions::usage_interval`] the usage of a running helper is read
     /// with its probe, without waiting; with a longer one the usage of every running
@@ -170,7 +170,7 @@ impl Manager {
             }
             made
         };
-        let (listed, mut made) = tokio::join!(store.list_batches(tx), classify);
+        let (listed, mut made) = tokio::join!(store.list(tx), classify);
         listed?;
         // Targets only in memory (their PID file is gone).
         let memory: Vec<TargetId> = self.inner.read_memory().keys().cloned().collect();
@@ -261,7 +261,7 @@ impl Manager {
 impl Inner {
     /// Every target in memory or on disk (sorted), and the raw store listing.
     pub(super) async fn all_targets(&self) -> Result<(Vec<TargetId>, Vec<Entry>)> {
-        let entries = self.store.list().await?;
+        let entries = dms_store::list_sorted(&self.store).await?;
         let mut targets: BTreeSet<TargetId> = self.read_memory().keys().cloned().collect();
         for e in &entries {
             if let Entry::Target { target, .. } = e {

@@ -42,7 +42,9 @@ impl Inner {
             let spawner = self.spawner.clone();
             let m = m.clone();
             tasks.spawn(async move {
-                let out = spawner.terminate(&m, grace).await;
+                let out = spawner
+                    .terminate(&m, grace, dms_proc::DEFAULT_KILL_WAIT)
+                    .await;
                 (m, out)
             });
         }

@@ -242,10 +242,7 @@ impl Inner {
             Some(_) => STUCK_MOUNT_KILL_WAIT,
             None => dms_proc::DEFAULT_KILL_WAIT,
         };
-        let mut out = self
-            .spawner
-            .terminate_with(victim, grace, kill_wait)
-            .await?;
+        let mut out = self.spawner.terminate(victim, grace, kill_wait).await?;
         steps.extend(out.signals.iter().map(|s| s.name().to_owned()));
         let Some(conn) = conn.filter(|_| !out.stopped && !out.mismatch) else {
             return Ok(out);

@@ -338,7 +338,10 @@ impl Inner {
         if let Some(id) = came_up {
             self.drop_failed_mount(path, &id);
         }
-        let stop = self.spawner.terminate(identity, self.opts.kill_grace).await;
+        let stop = self
+            .spawner
+            .terminate(identity, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
+            .await;
         if let Err(e) = &stop {
             warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot stop helper that did not mount");
         }

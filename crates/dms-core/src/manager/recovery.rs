@@ -106,7 +106,7 @@ impl Inner {
             }
         }
 
-        let entries = self.store.list().await?;
+        let entries = dms_store::list_sorted(&self.store).await?;
         let mut on_disk = BTreeSet::new();
         let mut found: Vec<(TargetId, Record, Verdict)> = Vec::new();
         for entry in entries {

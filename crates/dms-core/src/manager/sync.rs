@@ -92,7 +92,7 @@ impl Manager {
     /// emitted; a target whose sync fails is logged and skipped.
     pub async fn sync_all(&self) -> Result<Vec<Event>> {
         let mut targets: BTreeSet<TargetId> = self.inner.read_memory().keys().cloned().collect();
-        for entry in self.inner.store.list().await? {
+        for entry in dms_store::list_sorted(&self.inner.store).await? {
             if let Entry::Target { target, .. } = entry {
                 targets.insert(target);
             }

@@ -203,7 +203,11 @@ impl Inner {
             if !self.may_observe(target) {
                 return;
             }
-            match self.spawner.probe_with_usage(id.pid).await {
+            match self
+                .spawner
+                .probe(id.pid, dms_proc::ProbeFields::LISTING)
+                .await
+            {
                 Ok((Probe::Alive(p), usage)) if p.identity == *id => {
                     self.observe(target, &p);
                     if let Some(u) = usage {

@@ -22,7 +22,11 @@ pub(super) enum Verdict {
 impl Inner {
     /// Probes `record.pid` and decides whether it is the recorded helper of `target`.
     pub(super) async fn classify(&self, target: &TargetId, record: &Record) -> Verdict {
-        let probe = self.spawner.probe(record.pid).await;
+        let probe = self
+            .spawner
+            .probe(record.pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p);
         self.classify_probed(target, record, probe)
     }
 
@@ -113,7 +117,13 @@ impl Inner {
 
     /// Whether the exact process `id` is still alive.
     pub(super) async fn verify(&self, id: &ProcIdentity) -> Verdict {
-        verify_probed(id, self.spawner.probe(id.pid).await)
+        verify_probed(
+            id,
+            self.spawner
+                .probe(id.pid, dms_proc::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p),
+        )
     }
 
     /// Probes `pid` and, when it is alive, reads its usage (zero interval) with it.
@@ -124,7 +134,11 @@ impl Inner {
         std::result::Result<Probe, ProcError>,
         Option<dms_proc::Usage>,
     ) {
-        match self.spawner.probe_with_usage(pid).await {
+        match self
+            .spawner
+            .probe(pid, dms_proc::ProbeFields::LISTING)
+            .await
+        {
             Ok((probe, usage)) => (Ok(probe), usage),
             Err(e) => (Err(e), None),
         }

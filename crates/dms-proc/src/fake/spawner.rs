@@ -51,34 +51,30 @@ impl Spawner for FakeSpawner {
         })
     }
 
-    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
-        let st = self.state();
-        let Some(p) = st.procs.get(&pid.get()) else {
-            return Ok(Probe::Gone);
+    async fn probe(
+        &self,
+        pid: Pid,
+        fields: ProbeFields,
+    ) -> Result<(Probe, Option<Usage>), ProcError> {
+        let mut probe = probe_table(self, pid)?;
+        let Probe::Alive(info) = &mut probe else {
+            return Ok((probe, None));
         };
-        if p.deny_probe {
-            return Err(denied(pid, "read /proc/PID/stat"));
+        if !fields.exe {
+            info.exe = None;
         }
-        Ok(match p.state {
-            FakeState::Zombie => Probe::Zombie(p.identity.clone()),
-            FakeState::Pending | FakeState::Running => {
-                let running = p.state == FakeState::Running;
-                let spec = p.spec.as_ref().filter(|_| running);
-                Probe::Alive(ProcInfo {
-                    identity: p.identity.clone(),
-                    started_at: self.started_at(p.identity.start_ticks),
-                    pgid: pid.get(),
-                    sid: pid.get(),
-                    exe: spec.map(|s| PathBuf::from(&s.program)),
-                    cmdline: spec.map(|s| {
-                        std::iter::once(&s.program)
-                            .chain(&s.args)
-                            .map(|a| a.to_string_lossy().into_owned())
-                            .collect()
-                    }),
-                })
+        let usage = if fields.usage {
+            match self.usage(&info.identity, Duration::ZERO).await {
+                Ok(usage) => usage,
+                Err(e) => {
+                    tracing::debug!(pid = pid.get(), error = %e, "no usage");
+                    None
+                }
             }
-        })
+        } else {
+            None
+        };
+        Ok((probe, usage))
     }
 
     async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
@@ -177,6 +173,17 @@ impl Spawner for FakeSpawner {
     fn exit_watch(&self, exited: ExitSender) -> Result<Option<Box<dyn ExitWatch>>, ProcError> {
         Ok(Some(Box::new(FakeExitWatch::start(self.clone(), exited))))
     }
+
+    /// The escalation for one process ([`crate::escalate`]): the fake has no process
+    /// groups.
+    async fn terminate(
+        &self,
+        who: &ProcIdentity,
+        grace: Duration,
+        kill_wait: Duration,
+    ) -> Result<StopOutcome, ProcError> {
+        crate::escalate(self, who, grace, kill_wait).await
+    }
 }
 
 /// The fake start barrier.
@@ -243,4 +250,35 @@ impl Drop for FakeGate {
             self.fake.bump();
         }
     }
+}
+
+/// What the process table holds at `pid` now, everything read.
+fn probe_table(fake: &FakeSpawner, pid: Pid) -> Result<Probe, ProcError> {
+    let st = fake.state();
+    let Some(p) = st.procs.get(&pid.get()) else {
+        return Ok(Probe::Gone);
+    };
+    if p.deny_probe {
+        return Err(denied(pid, "read /proc/PID/stat"));
+    }
+    Ok(match p.state {
+        FakeState::Zombie => Probe::Zombie(p.identity.clone()),
+        FakeState::Pending | FakeState::Running => {
+            let running = p.state == FakeState::Running;
+            let spec = p.spec.as_ref().filter(|_| running);
+            Probe::Alive(ProcInfo {
+                identity: p.identity.clone(),
+                started_at: fake.started_at(p.identity.start_ticks),
+                pgid: pid.get(),
+                sid: pid.get(),
+                exe: spec.map(|s| PathBuf::from(&s.program)),
+                cmdline: spec.map(|s| {
+                    std::iter::once(&s.program)
+                        .chain(&s.args)
+                        .map(|a| a.to_string_lossy().into_owned())
+                        .collect()
+                }),
+            })
+        }
+    })
 }

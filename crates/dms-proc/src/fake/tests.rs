@@ -57,7 +57,9 @@ async fn pids_wrap_around_and_reuse_gets_new_identity() {
         SignalOutcome::Mismatch
     );
     assert!(fake.signals().is_empty());
-    assert!(matches!(fake.probe(b.pid).await.unwrap(), Probe::Alive(i) if i.identity == foreign));
+    assert!(
+        matches!(fake.probe(b.pid, crate::ProbeFields::DETAIL).await.map(|(p, _)| p).unwrap(), Probe::Alive(i) if i.identity == foreign)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -65,9 +67,17 @@ async fn dropped_gate_means_the_program_never_ran() {
     let fake = small();
     let pending = fake.spawn(&spec()).await.unwrap();
     let id = pending.identity.clone();
-    assert!(matches!(fake.probe(id.pid).await.unwrap(), Probe::Alive(ref i) if i.exe.is_none()));
+    assert!(
+        matches!(fake.probe(id.pid, crate::ProbeFields::DETAIL).await.map(|(p, _)| p).unwrap(), Probe::Alive(ref i) if i.exe.is_none())
+    );
     drop(pending);
-    assert_eq!(fake.probe(id.pid).await.unwrap(), Probe::Gone);
+    assert_eq!(
+        fake.probe(id.pid, crate::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap(),
+        Probe::Gone
+    );
     assert!(fake.running_ours().is_empty());
     assert_eq!(
         fake.wait_exit(&id, Some(Duration::ZERO)).await.unwrap(),
@@ -95,7 +105,13 @@ async fn scripted_exec_failures_surface_at_release_and_leave_nothing() {
             }
             other => panic!("expected an exec error, got {other:?}"),
         }
-        assert_eq!(fake.probe(id.pid).await.unwrap(), Probe::Gone);
+        assert_eq!(
+            fake.probe(id.pid, crate::ProbeFields::DETAIL)
+                .await
+                .map(|(p, _)| p)
+                .unwrap(),
+            Probe::Gone
+        );
     }
     fake.fail_next_spawn(SpawnFailure::Injected("fork".into()));
     assert!(matches!(
@@ -117,7 +133,10 @@ async fn term_ignoring_helper_is_killed_after_grace_in_paused_time() {
     let id = start(&fake).await;
     fake.ignore_term(id.pid);
     let t0 = tokio::time::Instant::now();
-    let out = fake.terminate(&id, Duration::from_secs(30)).await.unwrap();
+    let out = fake
+        .terminate(&id, Duration::from_secs(30), crate::DEFAULT_KILL_WAIT)
+        .await
+        .unwrap();
     assert_eq!(out.signals, vec![Signal::Term, Signal::Kill]);
     assert!(out.stopped);
     assert_eq!(out.status, Some(ExitStatus::Signaled(SIGKILL)));
@@ -158,7 +177,13 @@ async fn zombies_count_as_dead_and_permission_errors_are_not_death() {
     let fake = small();
     let id = start(&fake).await;
     fake.make_zombie(id.pid, 0);
-    assert_eq!(fake.probe(id.pid).await.unwrap(), Probe::Zombie(id.clone()));
+    assert_eq!(
+        fake.probe(id.pid, crate::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap(),
+        Probe::Zombie(id.clone())
+    );
     assert_eq!(
         fake.signal(&id, Signal::Term).await.unwrap(),
         SignalOutcome::Gone
@@ -181,7 +206,9 @@ async fn zombies_count_as_dead_and_permission_errors_are_not_death() {
     fake.deny_probe(other.pid);
     fake.deny_signal(other.pid);
     assert!(matches!(
-        fake.probe(other.pid).await,
+        fake.probe(other.pid, crate::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p),
         Err(ProcError::PermissionDenied { .. })
     ));
     assert!(matches!(

@@ -4,7 +4,7 @@
 
 use super::stat::{self, ProcStat};
 use super::LinuxSpawner;
-use crate::{Pid, Probe, ProcError, ProcIdentity, ProcInfo, Usage};
+use crate::{Pid, Probe, ProbeFields, ProcError, ProcIdentity, ProcInfo, Usage};
 use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -17,13 +17,12 @@ use std::time::{Duration, SystemTime};
 
 impl LinuxSpawner {
     /// [`Spawner::probe`] of `pid`, with the usage of a live process read from the same
-    /// `/proc/PID/stat` (as [`Spawner::usage`] with a zero interval) when `with_usage`.
-    /// `with_exe`: also read the `exe` link (a listing does not show it).
+    /// `/proc/PID/stat` (as [`Spawner::usage`] with a zero interval) when `fields.usage`;
+    /// the `exe` link only when `fields.exe` (a listing does not show it).
     pub(super) fn probe_stat(
         &self,
         pid: Pid,
-        with_usage: bool,
-        with_exe: bool,
+        fields: ProbeFields,
     ) -> Result<(Probe, Option<Usage>), ProcError> {
         // `kill(pid, 0)` settles a free PID in one cheap call (most entries of a scan
         // over stale PID files); a live PID, or one we may not signal, is read from
@@ -50,7 +49,8 @@ impl LinuxSpawner {
                 if let Some(tgid) = thread_of(pid, &dir, &mut buf)? {
                     return Ok((Probe::Thread { tgid: Some(tgid) }, None));
                 }
-                let exe = with_exe
+                let exe = fields
+                    .exe
                     .then(|| rustix::fs::readlinkat(&dir, c"exe", Vec::new()).ok())
                     .flatten()
                     .map(|link| PathBuf::from(OsString::from_vec(link.into_bytes())));
@@ -75,7 +75,7 @@ impl LinuxSpawner {
                         exe,
                         cmdline,
                     }),
-                    with_usage.then(|| lifetime_usage(&stat)),
+                    fields.usage.then(|| lifetime_usage(&stat)),
                 )
             }
         })

@@ -152,7 +152,12 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::new(i64::from(child.id())).unwrap();
-        let crate::Probe::Alive(info) = spawner.probe(pid).await.unwrap() else {
+        let crate::Probe::Alive(info) = spawner
+            .probe(pid, crate::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .unwrap()
+        else {
             panic!("the child is alive");
         };
         let mut reader = spawner.usage_reader(&info.identity).unwrap().unwrap();

@@ -55,7 +55,11 @@ pub fn stat(pid: i32) -> Option<(char, u64)> {
 /// Whether the probe says dead (gone or zombie).
 pub async fn dead(spawner: &LinuxSpawner, pid: Pid) -> bool {
     matches!(
-        spawner.probe(pid).await.expect("probe"),
+        spawner
+            .probe(pid, dms_proc::ProbeFields::DETAIL)
+            .await
+            .map(|(p, _)| p)
+            .expect("probe"),
         Probe::Gone | Probe::Zombie(_)
     )
 }

@@ -4,7 +4,7 @@
 use super::read::*;
 use super::*;
 use crate::error::Access;
-use crate::names::{check_stray_name, classify, sort_key, Name, PID_SUFFIX};
+use crate::names::{check_stray_name, classify, Name, PID_SUFFIX};
 use crate::{Entry, EntryState, Error, Lookup, Pid, Result, TargetId};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -300,28 +300,20 @@ impl PidDir {
         Ok(true)
     }
 
-    /// Every entry, sorted by file name without `.pid`.
-    pub(crate) fn list(&self) -> Result<Vec<Entry>> {
-        Ok(self.list_stamped()?.into_iter().map(|(e, _)| e).collect())
-    }
-
-    /// Every entry with the stamp of each valid PID file, sorted like [`Self::list`].
+    /// Every entry with the stamp of each valid PID file, sorted by [`Entry::name`].
     pub(crate) fn list_stamped(&self) -> Result<Vec<(Entry, Option<Stamp>)>> {
         let mut entries = Vec::new();
         self.scan(|entry, stamp| {
             entries.push((entry, stamp));
             true
         })?;
-        entries.sort_by(|(a, _), (b, _)| entry_key(a).cmp(entry_key(b)));
+        entries.sort_by(|(a, _), (b, _)| a.name().cmp(b.name()));
         Ok(entries)
     }
 
     /// Every entry, in directory order, handed over in batches on `batches` as it is
     /// read; stops early when the receiver is gone.
-    pub(crate) fn list_batches(
-        &self,
-        batches: &tokio::sync::mpsc::Sender<Vec<Entry>>,
-    ) -> Result<()> {
+    pub(crate) fn list(&self, batches: &tokio::sync::mpsc::Sender<Vec<Entry>>) -> Result<()> {
         let mut batch = Vec::with_capacity(LIST_BATCH);
         let mut open = true;
         self.scan(|entry, _| {
@@ -388,14 +380,6 @@ const DIRENT_BUF: usize = 32 * 1024;
 
 /// Entries per batch of [`PidDir::list_batches`].
 const LIST_BATCH: usize = 256;
-
-/// The sort key of an entry: its name without `.pid`.
-pub(crate) fn entry_key(e: &Entry) -> &str {
-    match e {
-        Entry::Target { target, .. } => target.as_str(),
-        Entry::Stray { file_name, .. } => sort_key(file_name),
-    }
-}
 
 fn is_temp_name(name: &OsStr) -> bool {
     let b = name.as_bytes();

@@ -57,7 +57,7 @@ async fn a_crash_at_every_step_of_put_is_reported_correctly() {
                 } // the crash: everything in memory is gone
 
                 let store = SqliteStore::open(run.path()).unwrap();
-                let list = store.list().await.unwrap();
+                let list = crate::list_sorted(&store).await.unwrap();
                 let expected: Option<Record> = match crash {
                     Some(WriteStep::TempCreated | WriteStep::TempSynced) => prior.clone(),
                     Some(WriteStep::Renamed | WriteStep::DirSynced) => Some(Record::bare(new.pid)),
@@ -116,7 +116,7 @@ async fn a_crash_between_the_steps_of_remove_is_repaired() {
     }
     assert_eq!(rows(run.path()).len(), 1);
     let store = SqliteStore::open(run.path()).unwrap();
-    assert!(store.list().await.unwrap().is_empty());
+    assert!(crate::list_sorted(&store).await.unwrap().is_empty());
     assert!(rows(run.path()).is_empty(), "the orphan row is dropped");
     // A later put of the same target starts afresh.
     store

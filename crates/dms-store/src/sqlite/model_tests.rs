@@ -64,7 +64,7 @@ fn record(pid: i32, ticks: u64) -> Record {
 }
 
 fn listed(store: &SqliteStore, rt: &tokio::runtime::Runtime) -> BTreeMap<String, Model> {
-    rt.block_on(store.list())
+    rt.block_on(crate::list_sorted(store))
         .unwrap()
         .into_iter()
         .map(|e| match e {

@@ -1,72 +1,40 @@
-//! `probe_with_usage` (one read of `/proc/PID/stat` on Linux, used by `dms status` for
-//! every live helper) reports the same probe as `probe` and the same usage fields as
-//! `usage` with a zero interval: RSS, threads, CPU time and the lifetime CPU average.
-//! The trait's default implementation (probe, then usage) agrees with the override,
-//! except that the override does not read the `exe` link (a listing does not show it).
+//! `probe` told which fields to read: with `usage` (one read of `/proc/PID/stat` on
+//! Linux, used by `dms status` for every live helper) it reports the same probe as
+//! without, and the same usage fields as `usage` with a zero interval: RSS, threads, CPU
+//! time and the lifetime CPU average; the `exe` link is read only when asked for.
 
 mod common;
 
-use async_trait::async_trait;
 use common::*;
 use dms_proc::linux::LinuxSpawner;
-use dms_proc::{
-    Pending, Pid, Probe, ProcError, ProcIdentity, Signal, SignalOutcome, SpawnSpec, Spawner, Usage,
-    WaitOutcome,
-};
+use dms_proc::{Probe, ProbeFields, ProcIdentity, Spawner};
 use std::time::Duration;
 
-/// The Linux spawner without its `probe_with_usage` override: the trait's default.
-#[derive(Debug)]
-struct DefaultOnly(LinuxSpawner);
-
-#[async_trait]
-impl Spawner for DefaultOnly {
-    async fn spawn(&self, spec: &SpawnSpec) -> Result<Pending, ProcError> {
-        self.0.spawn(spec).await
-    }
-    async fn probe(&self, pid: Pid) -> Result<Probe, ProcError> {
-        self.0.probe(pid).await
-    }
-    async fn signal(&self, who: &ProcIdentity, signal: Signal) -> Result<SignalOutcome, ProcError> {
-        self.0.signal(who, signal).await
-    }
-    async fn wait_exit(
-        &self,
-        who: &ProcIdentity,
-        timeout: Option<Duration>,
-    ) -> Result<WaitOutcome, ProcError> {
-        self.0.wait_exit(who, timeout).await
-    }
-    async fn usage(
-        &self,
-        who: &ProcIdentity,
-        interval: Duration,
-    ) -> Result<Option<Usage>, ProcError> {
-        self.0.usage(who, interval).await
-    }
-    fn boot_id(&self) -> &str {
-        self.0.boot_id()
-    }
-}
-
-/// Checks `probe_with_usage` of `id` on `s` against `probe` and `usage` read just
-/// before and just after it (CPU time only grows, so it lies between the two).
-/// `reads_exe`: whether `probe_with_usage` fills in the executable.
+/// Checks `probe` of `id` on `s` with usage (and the executable when `reads_exe`)
+/// against a plain `probe` and `usage` read just before and just after it (CPU time only
+/// grows, so it lies between the two).
 async fn check(s: &dyn Spawner, id: &ProcIdentity, reads_exe: bool) {
+    let fields = ProbeFields {
+        exe: reads_exe,
+        usage: true,
+    };
     let before = s.usage(id, Duration::ZERO).await.unwrap().expect("alive");
-    let (probe, usage) = s.probe_with_usage(id.pid).await.unwrap();
+    let (probe, usage) = s.probe(id.pid, fields).await.unwrap();
     let after = s.usage(id, Duration::ZERO).await.unwrap().expect("alive");
     let usage = usage.expect("a live process has usage");
     let Probe::Alive(info) = probe else {
         panic!("live helper probed as {probe:?}")
     };
-    let Probe::Alive(plain) = s.probe(id.pid).await.unwrap() else {
+    let (Probe::Alive(plain), None) = s.probe(id.pid, ProbeFields::DETAIL).await.unwrap() else {
         panic!("live helper not alive for probe")
     };
     assert_eq!(info.identity, *id);
     assert!(plain.exe.is_some(), "probe reads the executable");
     if !reads_exe {
-        assert_eq!(info.exe, None, "the listing's probe reads no exe link");
+        assert_eq!(
+            info.exe, None,
+            "a probe not asked for the executable reads no exe link"
+        );
     }
     let exe = if reads_exe { &plain.exe } else { &None };
     assert_eq!(
@@ -113,7 +81,7 @@ async fn check(s: &dyn Spawner, id: &ProcIdentity, reads_exe: bool) {
 }
 
 #[tokio::test]
-async fn probe_with_usage_matches_probe_and_zero_interval_usage() {
+async fn probe_with_usage_matches_a_plain_probe_and_zero_interval_usage() {
     let dir = tempfile::tempdir().unwrap();
     let linux = LinuxSpawner::new().unwrap();
     let (busy, _g1) = start(&linux, &sh(dir.path(), "while :; do :; done")).await;
@@ -132,20 +100,19 @@ async fn probe_with_usage_matches_probe_and_zero_interval_usage() {
         .await,
         "busy loop got no CPU time"
     );
-    let plain = DefaultOnly(LinuxSpawner::new().unwrap());
     for id in [&busy, &idle] {
         check(&linux, id, false).await;
-        check(&plain, id, true).await;
+        check(&linux, id, true).await;
     }
     for id in [&busy, &idle] {
         assert!(
             linux
-                .terminate(id, Duration::from_secs(5))
+                .terminate(id, Duration::from_secs(5), dms_proc::DEFAULT_KILL_WAIT)
                 .await
                 .unwrap()
                 .stopped
         );
-        // Gone now (reaped by the spawner that started it): no usage, for both.
+        // Gone now (reaped by the spawner that started it): no usage.
         assert!(
             wait_until(Duration::from_secs(5), || !alive(
                 id.pid.get(),
@@ -153,15 +120,13 @@ async fn probe_with_usage_matches_probe_and_zero_interval_usage() {
             ))
             .await
         );
-        for s in [&linux as &dyn Spawner, &plain] {
-            let (probe, usage) = s.probe_with_usage(id.pid).await.unwrap();
-            assert!(
-                !matches!(probe, Probe::Alive(ref i) if i.identity == *id),
-                "{probe:?}"
-            );
-            if !matches!(probe, Probe::Alive(_)) {
-                assert_eq!(usage, None);
-            }
+        let (probe, usage) = linux.probe(id.pid, ProbeFields::LISTING).await.unwrap();
+        assert!(
+            !matches!(probe, Probe::Alive(ref i) if i.identity == *id),
+            "{probe:?}"
+        );
+        if !matches!(probe, Probe::Alive(_)) {
+            assert_eq!(usage, None);
         }
     }
 }
