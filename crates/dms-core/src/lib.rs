@@ -48,8 +48,9 @@ pub use error::{Error, Result};
 pub use manager::{ListOrder, Manager, DEFAULT_READY_TIMEOUT};
 pub use options::{HelperSpec, ManagerOptions, DEFAULT_START_TIME_SLACK};
 pub use report::{
-    CleanupReport, Event, KillReport, MountAction, MountState, ProcessInfo, ProcessState,
-    RecoveryReport, RemovalReason, Removed, Source, Stats, StrayNote, TargetNote, TargetPid,
+    CleanupReport, Event, KeptMount, KillReport, KillStep, MountAction, MountOutcome, MountState,
+    ProcessInfo, ProcessState, RecoveryReport, RemovalReason, Removed, Source, Stats, StrayNote,
+    TargetNote, TargetPid,
 };
 
 /// The README's library example, compiled as a doctest so it stays true.

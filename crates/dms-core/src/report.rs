@@ -128,11 +128,96 @@ pub struct KillReport {
     pub signal: Option<Signal>,
     /// Whether a running helper was stopped by this call.
     pub stopped: bool,
-    /// What was done, in order: `"unmount"` (or `"unmount_failed"`), `"SIGTERM"`,
-    /// `"SIGKILL"`, `"abort"` (FUSE connection aborted), `"detach"` (lazy unmount of a
-    /// mount left behind, or `"detach_failed"`), `"forget_mount"`, `"forget_memory"`,
-    /// `"remove_pid_file"`, `"clear_stale"`, `"clear_foreign"`, `"clear_corrupt"`.
-    pub steps: Vec<String>,
+    /// What was done, in order.
+    pub steps: Vec<KillStep>,
+}
+
+/// One step of [`KillReport::steps`], serialized as its [`KillStep::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum KillStep {
+    /// The helper's FUSE mount unmounted before any signal (`"unmount"`).
+    #[serde(rename = "unmount")]
+    Unmount,
+    /// That unmount failed (`"unmount_failed"`): the kill went on with signals.
+    #[serde(rename = "unmount_failed")]
+    UnmountFailed,
+    /// Another mount lies on top of the recorded one, which was left alone
+    /// (`"mount_covered"`).
+    #[serde(rename = "mount_covered")]
+    MountCovered,
+    /// The mount at the recorded path could not be proven the helper's, and was left
+    /// alone (`"mount_unproven"`).
+    #[serde(rename = "mount_unproven")]
+    MountUnproven,
+    /// SIGTERM delivered (`"SIGTERM"`).
+    #[serde(rename = "SIGTERM")]
+    Sigterm,
+    /// SIGKILL delivered (`"SIGKILL"`).
+    #[serde(rename = "SIGKILL")]
+    Sigkill,
+    /// The FUSE connection aborted, for a helper SIGKILL could not end (`"abort"`).
+    #[serde(rename = "abort")]
+    Abort,
+    /// A mount left behind by the dead helper lazily unmounted (`"detach"`).
+    #[serde(rename = "detach")]
+    Detach,
+    /// That lazy unmount failed (`"detach_failed"`).
+    #[serde(rename = "detach_failed")]
+    DetachFailed,
+    /// The helper dropped from memory (`"forget_memory"`).
+    #[serde(rename = "forget_memory")]
+    ForgetMemory,
+    /// Its PID file removed (`"remove_pid_file"`).
+    #[serde(rename = "remove_pid_file")]
+    RemovePidFile,
+    /// A PID file of a dead helper removed (`"clear_stale"`).
+    #[serde(rename = "clear_stale")]
+    ClearStale,
+    /// A PID file naming another process removed, that process left alone
+    /// (`"clear_foreign"`).
+    #[serde(rename = "clear_foreign")]
+    ClearForeign,
+    /// A corrupt PID file removed (`"clear_corrupt"`).
+    #[serde(rename = "clear_corrupt")]
+    ClearCorrupt,
+}
+
+impl KillStep {
+    /// The step's name, as serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            KillStep::Unmount => "unmount",
+            KillStep::UnmountFailed => "unmount_failed",
+            KillStep::MountCovered => "mount_covered",
+            KillStep::MountUnproven => "mount_unproven",
+            KillStep::Sigterm => "SIGTERM",
+            KillStep::Sigkill => "SIGKILL",
+            KillStep::Abort => "abort",
+            KillStep::Detach => "detach",
+            KillStep::DetachFailed => "detach_failed",
+            KillStep::ForgetMemory => "forget_memory",
+            KillStep::RemovePidFile => "remove_pid_file",
+            KillStep::ClearStale => "clear_stale",
+            KillStep::ClearForeign => "clear_foreign",
+            KillStep::ClearCorrupt => "clear_corrupt",
+        }
+    }
+}
+
+impl From<Signal> for KillStep {
+    /// The step of a delivered signal.
+    fn from(signal: Signal) -> KillStep {
+        match signal {
+            Signal::Term => KillStep::Sigterm,
+            Signal::Kill => KillStep::Sigkill,
+        }
+    }
+}
+
+impl std::fmt::Display for KillStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Totals over every tracked target: the `stats` JSON shape.
@@ -205,11 +290,61 @@ pub struct MountAction {
     pub path: PathBuf,
     /// Its state before the action.
     pub state: MountState,
-    /// What was done: `detach` (lazy unmount of the recorded mount), `detach+abort` (and
-    /// its FUSE connection aborted), `detach_failed: <error>`, `gone` (it went meanwhile),
-    /// or `kept: <why>` (nothing done: the record holds no mount identity, or another
-    /// mount lies on top of the recorded one).
-    pub action: String,
+    /// What was done.
+    pub action: MountOutcome,
+}
+
+/// What [`crate::Manager::cleanup_mounts`] did to one mount ([`MountAction::action`]),
+/// serialized as one string, its `Display`: `detach`, `detach+abort`,
+/// `detach_failed: <error>`, `gone` or `kept: <why>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOutcome {
+    /// The recorded mount lazily unmounted (`detach`), and its FUSE connection aborted
+    /// when `aborted` (`detach+abort`).
+    Detached {
+        /// Whether the FUSE connection was aborted too.
+        aborted: bool,
+    },
+    /// The lazy unmount failed (`detach_failed: <error>`).
+    DetachFailed(String),
+    /// The mount went meanwhile (`gone`).
+    Gone,
+    /// Nothing done (`kept: <why>`).
+    Kept(KeptMount),
+}
+
+/// Why [`MountOutcome::Kept`] left a mount alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptMount {
+    /// The record holds no mount identity (written by an older dms), so nothing proves
+    /// the mount at its path is the target's.
+    NoIdentity,
+    /// Another mount lies on top of the recorded one.
+    Covered,
+}
+
+impl std::fmt::Display for MountOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountOutcome::Detached { aborted: false } => f.write_str("detach"),
+            MountOutcome::Detached { aborted: true } => f.write_str("detach+abort"),
+            MountOutcome::DetachFailed(e) => write!(f, "detach_failed: {e}"),
+            MountOutcome::Gone => f.write_str("gone"),
+            MountOutcome::Kept(KeptMount::NoIdentity) => f.write_str(
+                "kept: the record holds no mount identity (written by an older dms), so \
+                 nothing proves the mount there is this target's; unmount it by hand if it is",
+            ),
+            MountOutcome::Kept(KeptMount::Covered) => {
+                f.write_str("kept: another mount lies on top of it; unmount that one first")
+            }
+        }
+    }
+}
+
+impl Serialize for MountOutcome {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// A target and the PID involved.

@@ -5,7 +5,8 @@ mod common;
 
 use common::{fake, init_tracing, run_dir, t};
 use dms_core::{
-    Error, Event, HelperSpec, Manager, ManagerOptions, ProcessState, RemovalReason, Source,
+    Error, Event, HelperSpec, KillStep, Manager, ManagerOptions, ProcessState, RemovalReason,
+    Source,
 };
 use dms_proc::fake::{FakeSpawner, SpawnFailure};
 use dms_proc::{ExitStatus, Pid, Signal};
@@ -153,7 +154,12 @@ async fn kill_escalates_and_clears_both_places() {
     assert_eq!(report.signal, Some(Signal::Kill));
     assert_eq!(
         report.steps,
-        ["SIGTERM", "SIGKILL", "forget_memory", "remove_pid_file"]
+        [
+            KillStep::Sigterm,
+            KillStep::Sigkill,
+            KillStep::ForgetMemory,
+            KillStep::RemovePidFile
+        ]
     );
     assert!(w.manager.memory_snapshot().is_empty());
     assert_eq!(w.store.get(&t("a")).await.unwrap(), Lookup::Absent);
@@ -342,7 +348,7 @@ async fn restart_recovers_live_helpers_clears_stale_and_reports_foreign() {
         .await
         .unwrap();
     assert!(!k.was_running);
-    assert_eq!(k.steps, ["clear_foreign"]);
+    assert_eq!(k.steps, [KillStep::ClearForeign]);
     assert!(fake.signals().is_empty());
     assert!(fake.processes().iter().any(|p| p.identity == stranger));
 

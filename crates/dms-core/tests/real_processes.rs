@@ -9,7 +9,9 @@
 mod common;
 
 use common::{init_tracing, run_dir, store, t, Backend};
-use dms_core::{Error, Event, HelperSpec, ListOrder, Manager, ManagerOptions, ProcessState};
+use dms_core::{
+    Error, Event, HelperSpec, KillStep, ListOrder, Manager, ManagerOptions, ProcessState,
+};
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::{ExitStatus, Pid, Spawner};
 use dms_store::{Lookup, PidStore, TargetId};
@@ -379,7 +381,7 @@ async fn foreign_pid_is_never_signalled(backend: Backend) {
     // ...but first: kill clears it without any signal.
     let k = m.kill(&target, Duration::from_secs(1)).await.unwrap();
     assert!(!k.was_running && !k.stopped, "{k:?}");
-    assert_eq!(k.steps, ["clear_foreign"]);
+    assert_eq!(k.steps, [KillStep::ClearForeign]);
     assert!(!path.exists());
     // And cleanup of a fresh foreign entry removes it, again without a signal.
     std::fs::write(&path, format!("{pid}\n")).unwrap();

@@ -7,7 +7,7 @@
 use super::verdict::Verdict;
 use super::{Inner, Manager};
 use crate::error::{Error, Result};
-use crate::report::{Event, KillReport, RemovalReason};
+use crate::report::{Event, KillReport, KillStep, RemovalReason};
 use dms_proc::WaitOutcome;
 use dms_store::{Lookup, TargetId};
 use std::sync::Arc;
@@ -150,18 +150,15 @@ impl Inner {
             self.kill_mount_after(target, m, &mut report.steps).await;
         }
         if self.forget(target, None) {
-            report.steps.push("forget_memory".to_owned());
+            report.steps.push(KillStep::ForgetMemory);
         }
         if !matches!(disk, Lookup::Absent) && self.store.remove(target).await? {
-            report.steps.push(
-                match disk_reason {
-                    Some(RemovalReason::Stale) => "clear_stale",
-                    Some(RemovalReason::Foreign) => "clear_foreign",
-                    Some(RemovalReason::Corrupt) => "clear_corrupt",
-                    None => "remove_pid_file",
-                }
-                .to_owned(),
-            );
+            report.steps.push(match disk_reason {
+                Some(RemovalReason::Stale) => KillStep::ClearStale,
+                Some(RemovalReason::Foreign) => KillStep::ClearForeign,
+                Some(RemovalReason::Corrupt) => KillStep::ClearCorrupt,
+                None => KillStep::RemovePidFile,
+            });
             if let Some(reason) = disk_reason {
                 self.emit(Event::Cleaned {
                     target: target.clone(),

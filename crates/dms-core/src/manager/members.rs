@@ -4,6 +4,7 @@
 //! `kill` and `spawn --replace` leave no member running in that case either.
 
 use super::Inner;
+use crate::report::KillStep;
 use dms_proc::{ProcIdentity, Signal};
 use std::time::Duration;
 use tracing::warn;
@@ -35,7 +36,7 @@ impl Inner {
         &self,
         members: &[ProcIdentity],
         grace: Duration,
-        steps: &mut Vec<String>,
+        steps: &mut Vec<KillStep>,
     ) -> MembersStopped {
         let mut tasks = tokio::task::JoinSet::new();
         for m in members {
@@ -80,7 +81,7 @@ impl Inner {
         }
         for s in [Signal::Term, Signal::Kill] {
             if sent.contains(&s) {
-                steps.push(s.name().to_owned());
+                steps.push(s.into());
                 done.last = Some(s);
             }
         }

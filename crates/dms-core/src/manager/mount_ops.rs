@@ -5,7 +5,7 @@
 use super::{Inner, Manager};
 use crate::error::{Error, Result};
 use crate::mount::{self, Exact, FuseConn, MountRecord, MountRegistry, Proof, PROBE_TIMEOUT};
-use crate::report::{MountAction, MountState, ProcessInfo};
+use crate::report::{KeptMount, KillStep, MountAction, MountOutcome, MountState, ProcessInfo};
 use dms_proc::{ExitStatus, ProcIdentity, StopOutcome, WaitOutcome};
 use dms_store::TargetId;
 use std::collections::HashMap;
@@ -201,25 +201,25 @@ impl Inner {
 
     /// Kill step 1: a clean unmount of the recorded mount, when it is mounted. Returns
     /// whether it succeeded (the helper should then exit by itself).
-    pub(super) fn kill_unmount_first(&self, m: &mut KillMount, steps: &mut Vec<String>) -> bool {
+    pub(super) fn kill_unmount_first(&self, m: &mut KillMount, steps: &mut Vec<KillStep>) -> bool {
         let Some(id) = m.record.identity.filter(|_| m.present && !m.tried_unmount) else {
             return false;
         };
         m.tried_unmount = true;
         match mount::unmount_exact(&m.record.path, &id) {
             Ok(Exact::Done) => {
-                steps.push("unmount".to_owned());
+                steps.push(KillStep::Unmount);
                 true
             }
             Ok(Exact::Gone) => false,
             Ok(Exact::Covered) => {
                 warn!(mount = %m.record.path.display(), "the recorded mount is covered by another mount; not unmounted");
-                steps.push("mount_covered".to_owned());
+                steps.push(KillStep::MountCovered);
                 false
             }
             Err(e) => {
                 warn!(mount = %m.record.path.display(), %e, "clean unmount failed; stopping the helper");
-                steps.push("unmount_failed".to_owned());
+                steps.push(KillStep::UnmountFailed);
                 false
             }
         }
@@ -235,7 +235,7 @@ impl Inner {
         victim: &ProcIdentity,
         grace: Duration,
         mount: Option<&KillMount>,
-        steps: &mut Vec<String>,
+        steps: &mut Vec<KillStep>,
     ) -> Result<StopOutcome> {
         let conn = mount.and_then(|m| m.conn.as_ref());
         let kill_wait = match conn {
@@ -243,12 +243,12 @@ impl Inner {
             None => dms_proc::DEFAULT_KILL_WAIT,
         };
         let mut out = self.spawner.terminate(victim, grace, kill_wait).await?;
-        steps.extend(out.signals.iter().map(|s| s.name().to_owned()));
+        steps.extend(out.signals.iter().map(|&s| KillStep::from(s)));
         let Some(conn) = conn.filter(|_| !out.stopped && !out.mismatch) else {
             return Ok(out);
         };
         match conn.abort() {
-            Ok(true) => steps.push("abort".to_owned()),
+            Ok(true) => steps.push(KillStep::Abort),
             Ok(false) => return Ok(out),
             Err(e) => {
                 warn!(connection = conn.name(), %e, "cannot abort FUSE connection");
@@ -273,7 +273,7 @@ impl Inner {
         &self,
         target: &TargetId,
         m: &mut KillMount,
-        steps: &mut Vec<String>,
+        steps: &mut Vec<KillStep>,
     ) {
         let path = m.record.path.clone();
         let Some(id) = m.record.identity else {
@@ -282,7 +282,7 @@ impl Inner {
             } else {
                 warn!(target = %target, mount = %path.display(),
                     "the mount record holds no mount identity (written by an older dms): the mount there is not touched; unmount it by hand if it is this target's");
-                steps.push("mount_unproven".to_owned());
+                steps.push(KillStep::MountUnproven);
             }
             return;
         };
@@ -290,20 +290,20 @@ impl Inner {
         match mount::detach_exact(&path, &id) {
             Ok(Exact::Done) => {
                 detached = true;
-                steps.push("detach".to_owned());
+                steps.push(KillStep::Detach);
             }
             Ok(Exact::Gone) => {}
-            Ok(Exact::Covered) => steps.push("mount_covered".to_owned()),
+            Ok(Exact::Covered) => steps.push(KillStep::MountCovered),
             Err(err) => {
                 warn!(mount = %path.display(), %err, "cannot detach mount");
-                steps.push("detach_failed".to_owned());
+                steps.push(KillStep::DetachFailed);
             }
         }
         // Still there: the connection outlives its mount (a process holds a file on the
         // detached mount).
         if let Some(conn) = m.conn.as_ref().filter(|c| detached && c.exists()) {
             match conn.abort() {
-                Ok(true) => steps.push("abort".to_owned()),
+                Ok(true) => steps.push(KillStep::Abort),
                 Ok(false) => {}
                 Err(e) => warn!(connection = conn.name(), %e, "cannot abort FUSE connection"),
             }
@@ -386,10 +386,7 @@ impl Manager {
                     target: target.clone(),
                     path,
                     state,
-                    action: "kept: the record holds no mount identity (written by an older \
-                             dms), so nothing proves the mount there is this target's; \
-                             unmount it by hand if it is"
-                        .to_owned(),
+                    action: MountOutcome::Kept(KeptMount::NoIdentity),
                 });
                 continue;
             };
@@ -422,21 +419,21 @@ impl Manager {
                 })
             };
             let mut action = match mount::detach_exact(&path, &id) {
-                Ok(Exact::Done) => "detach".to_owned(),
-                Ok(Exact::Gone) => "gone".to_owned(),
-                Ok(Exact::Covered) => {
-                    "kept: another mount lies on top of it; unmount that one first".to_owned()
-                }
-                Err(e) => format!("detach_failed: {e}"),
+                Ok(Exact::Done) => MountOutcome::Detached { aborted: false },
+                Ok(Exact::Gone) => MountOutcome::Gone,
+                Ok(Exact::Covered) => MountOutcome::Kept(KeptMount::Covered),
+                Err(e) => MountOutcome::DetachFailed(e.to_string()),
             };
-            if let Some(conn) = conn.filter(|c| action == "detach" && c.exists()) {
+            if let Some(conn) =
+                conn.filter(|c| action == MountOutcome::Detached { aborted: false } && c.exists())
+            {
                 match conn.abort() {
-                    Ok(true) => action.push_str("+abort"),
+                    Ok(true) => action = MountOutcome::Detached { aborted: true },
                     Ok(false) => {}
                     Err(e) => warn!(connection = conn.name(), %e, "cannot abort FUSE connection"),
                 }
             }
-            info!(target = %target, mount = %path.display(), ?state, action, "cleaned mount");
+            info!(target = %target, mount = %path.display(), ?state, %action, "cleaned mount");
             let gone = matches!(mount::prove(&path, &id), Ok(Proof::Gone));
             actions.push(MountAction {
                 target: target.clone(),
