@@ -161,8 +161,18 @@ mod tests {
             panic!("the child is alive");
         };
         let mut reader = spawner.usage_reader(&info.identity).unwrap().unwrap();
-        let u = reader.read().unwrap().unwrap();
-        assert!(u.rss_bytes > 0 && u.threads == 1, "{u:?}");
+        // Just after its exec the child may have faulted in no page yet (RSS 0): await
+        // its first one, read through the reader.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let u = reader.read().unwrap().unwrap();
+            assert_eq!(u.threads, 1, "{u:?}");
+            if u.rss_bytes > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "RSS still 0: {u:?}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(reader.read().unwrap().map(|u| u.threads), Some(1));
         // Another identity at that PID is not this process.
         let mut other = info.identity.clone();
