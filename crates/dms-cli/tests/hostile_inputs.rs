@@ -1,5 +1,5 @@
-//! The hostile-input table: the README's "Hostile inputs" section, row by row, run through
-//! the `dms` binary.
+//! The hostile-input table: the "Hostile inputs" section of `docs/hostile-inputs.md`, row
+//! by row, run through the `dms` binary.
 //!
 //! Each [`Row`] is one hostile input and one command, with the result it must give: the
 //! exit code, fields of the `--json` output (state, steps, removal reason), words the
@@ -17,8 +17,8 @@
 //! those rows are skipped with a printed reason; they are never run outside.
 //!
 //! `DMS_PRINT_HOSTILE_TABLE=1 cargo test -p dms-cli --test hostile_inputs -- --nocapture`
-//! prints the table as markdown (the README section is that output). When README.md has a
-//! "## Hostile inputs" section, the test checks that every row's line is in it.
+//! prints the table as markdown (the docs section is that output); the test fails when a
+//! row's line is missing from the "## Hostile inputs" section of `docs/hostile-inputs.md`.
 
 mod common;
 #[path = "hostile_inputs/inputs.rs"]
@@ -2007,16 +2007,14 @@ fn snapshot_outside(c: &Ctx) -> Snapshot {
     out
 }
 
-/// The README's section, when it has one, lists every row exactly as the test runs it.
-fn check_readme(lines: &[String]) {
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let Ok(text) = std::fs::read_to_string(&readme) else {
-        return;
-    };
-    let Some(start) = text.find("## Hostile inputs") else {
-        eprintln!("README.md has no \"## Hostile inputs\" section yet; not compared");
-        return;
-    };
+/// The section of `docs/hostile-inputs.md` lists every row exactly as the test runs it.
+fn check_docs(lines: &[String]) {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/hostile-inputs.md");
+    let text = std::fs::read_to_string(&docs)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", docs.display()));
+    let start = text
+        .find("## Hostile inputs")
+        .unwrap_or_else(|| panic!("{} has no \"## Hostile inputs\" section", docs.display()));
     let section = &text[start..];
     let section = match section[3..].find("\n## ") {
         Some(end) => &section[..end + 3],
@@ -2025,7 +2023,7 @@ fn check_readme(lines: &[String]) {
     for line in lines {
         assert!(
             section.contains(line.as_str()),
-            "README.md's Hostile inputs table lacks the row\n{line}\n(regenerate it with \
+            "docs/hostile-inputs.md's table lacks the row\n{line}\n(regenerate it with \
              DMS_PRINT_HOSTILE_TABLE=1 cargo test -p dms-cli --test hostile_inputs -- --nocapture)"
         );
     }
@@ -2042,7 +2040,7 @@ fn hostile_inputs_table() {
             println!("{l}");
         }
     }
-    check_readme(&lines);
+    check_docs(&lines);
 
     // The canary in the test's own process group: a kill(0) or kill(-1) would hit it.
     let canary = Canary::start();
