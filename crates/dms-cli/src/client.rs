@@ -200,20 +200,6 @@ pub fn api_error(status: StatusCode, body: &[u8]) -> CliError {
     }
 }
 
-/// Percent-encodes one path segment (a target ID is `[A-Za-z0-9._-]`, so this only
-/// matters for what the daemon would refuse anyway).
-pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,11 +214,5 @@ mod tests {
         assert_eq!(e.exit_code(), crate::EXIT_FAILED);
         let e = api_error(StatusCode::BAD_GATEWAY, b"<html>");
         assert!(e.to_string().contains("502"), "{e}");
-    }
-
-    #[test]
-    fn segments_are_encoded() {
-        assert_eq!(segment("t-1.a_b"), "t-1.a_b");
-        assert_eq!(segment("../x"), "..%2Fx");
     }
 }

@@ -10,7 +10,7 @@
 //! a service the manager's environment, not the caller's.
 
 use crate::cli::{AdoptArgs, CleanupArgs, EventsArgs, KillArgs, RestartArgs, StatusArgs};
-use crate::client::{segment, Client};
+use crate::client::Client;
 use crate::output;
 use crate::run::{flag, stdout_error, CliError, Out, PreparedSpawn};
 use crate::{EXIT_FAILED, EXIT_NOT_RUNNING};
@@ -18,10 +18,12 @@ use hyper::Method;
 use serde_json::{json, Map, Value};
 use std::io::Write;
 
+/// The API path of `target` (and `action`). A target ID's alphabet,
+/// [`dms_store::TARGET_ID_RULE`], is all unreserved URL characters: it needs no encoding.
 fn target_path(target: &dms_store::TargetId, action: &str) -> String {
     match action {
-        "" => format!("/v1/targets/{}", segment(target.as_str())),
-        a => format!("/v1/targets/{}/{a}", segment(target.as_str())),
+        "" => format!("/v1/targets/{}", target.as_str()),
+        a => format!("/v1/targets/{}/{a}", target.as_str()),
     }
 }
 
