@@ -221,12 +221,7 @@ pub async fn escalate<S: Spawner + ?Sized>(
     grace: Duration,
     kill_wait: Duration,
 ) -> Result<StopOutcome, ProcError> {
-    let mut out = StopOutcome {
-        signals: Vec::new(),
-        stopped: false,
-        status: None,
-        mismatch: false,
-    };
+    let mut out = StopOutcome::default();
     for (signal, wait) in [(Signal::Term, grace), (Signal::Kill, kill_wait)] {
         match spawner.signal(who, signal).await? {
             SignalOutcome::Delivered => out.signals.push(signal),

@@ -125,8 +125,8 @@ pub enum WaitOutcome {
     TimedOut,
 }
 
-/// The result of [`Spawner::terminate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The result of [`Spawner::terminate`]; the default is "nothing sent, not stopped".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StopOutcome {
     /// Signals sent, in order.
     pub signals: Vec<Signal>,

@@ -103,10 +103,8 @@ impl Inner {
             }
             let out = if unmounted_exit {
                 dms_proc::StopOutcome {
-                    signals: Vec::new(),
                     stopped: true,
-                    status: None,
-                    mismatch: false,
+                    ..Default::default()
                 }
             } else {
                 // As in `kill`: a helper stuck in its own mount is freed by an abort.

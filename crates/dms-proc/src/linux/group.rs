@@ -277,12 +277,7 @@ impl LinuxSpawner {
         grace: Duration,
         kill_wait: Duration,
     ) -> Result<StopOutcome, ProcError> {
-        let mut out = StopOutcome {
-            signals: Vec::new(),
-            stopped: false,
-            status: None,
-            mismatch: false,
-        };
+        let mut out = StopOutcome::default();
         let mut group = Group {
             pgid: who.pid.get(),
             leader: who.clone(),
