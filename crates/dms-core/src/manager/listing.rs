@@ -190,21 +190,20 @@ impl Manager {
             return Ok(());
         }
         made.sort_by(|a, b| a.info.target.cmp(&b.info.target));
-        let mut added = false;
-        for target in memory {
-            if made
-                .binary_search_by(|d| d.info.target.cmp(&target))
-                .is_err()
-            {
+        // Searched while `made` is still sorted: pushing before every search is done
+        // would search an unsorted vector, and list a target twice (the fuzzer's find).
+        let missing: Vec<TargetId> = memory
+            .into_iter()
+            .filter(|t| made.binary_search_by(|d| d.info.target.cmp(t)).is_err())
+            .collect();
+        if !missing.is_empty() {
+            for target in missing {
                 let d = self
                     .inner
                     .describe(&target, Lookup::Absent, Some(&mounts), inline)
                     .await;
                 made.push(d);
-                added = true;
             }
-        }
-        if added {
             made.sort_by(|a, b| a.info.target.cmp(&b.info.target));
         }
         if let Some(interval) = interval {
