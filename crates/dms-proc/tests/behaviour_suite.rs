@@ -196,12 +196,7 @@ mod cases {
         let id = start(h, Kind::Sleeper).await;
         let _guard = common::KillOnDrop(id.clone());
         assert_eq!(id.boot_id, s.boot_id());
-        match s
-            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .unwrap()
-        {
+        match common::probe_now(s, id.pid).await {
             Probe::Alive(info) => {
                 assert_eq!(info.identity, id);
                 assert_eq!((info.pgid, info.sid), (id.pid.get(), id.pid.get()));
@@ -221,10 +216,7 @@ mod cases {
         let pending = h.spawn(Kind::Sleeper).await;
         let id = pending.identity.clone();
         assert!(matches!(
-            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
-                .await
-                .map(|(p, _)| p)
-                .unwrap(),
+            common::probe_now(s, id.pid).await,
             Probe::Alive(_)
         ));
         drop(pending);
@@ -234,13 +226,7 @@ mod cases {
                 .unwrap(),
             WaitOutcome::Exited(ExitStatus::Code(GATE_DROPPED_EXIT_CODE))
         );
-        assert_eq!(
-            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
-                .await
-                .map(|(p, _)| p)
-                .unwrap(),
-            Probe::Gone
-        );
+        assert_eq!(common::probe_now(s, id.pid).await, Probe::Gone);
     }
 
     pub async fn mismatch_is_refused_and_the_process_lives<H: Harness>(h: &H) {
@@ -284,13 +270,7 @@ mod cases {
             .unwrap();
         assert_eq!(stop.signals, vec![Signal::Term]);
         assert_eq!(stop.status, Some(ExitStatus::Signaled(libc::SIGTERM)));
-        assert!(matches!(
-            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
-                .await
-                .map(|(p, _)| p)
-                .unwrap(),
-            Probe::Gone
-        ));
+        assert!(matches!(common::probe_now(s, id.pid).await, Probe::Gone));
         assert_ne!(
             s.signal(&id, Signal::Kill).await.unwrap(),
             SignalOutcome::Delivered,
@@ -326,13 +306,7 @@ mod cases {
                 .unwrap(),
             WaitOutcome::Exited(ExitStatus::Code(3))
         );
-        assert_eq!(
-            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
-                .await
-                .map(|(p, _)| p)
-                .unwrap(),
-            Probe::Gone
-        );
+        assert_eq!(common::probe_now(s, id.pid).await, Probe::Gone);
         assert_eq!(s.usage(&id, Duration::from_millis(10)).await.unwrap(), None);
     }
 
@@ -349,13 +323,7 @@ mod cases {
             }
             other => panic!("expected an exec error, got {other:?}"),
         }
-        assert_eq!(
-            s.probe(id.pid, dms_proc::ProbeFields::DETAIL)
-                .await
-                .map(|(p, _)| p)
-                .unwrap(),
-            Probe::Gone
-        );
+        assert_eq!(common::probe_now(s, id.pid).await, Probe::Gone);
     }
 
     pub async fn own_pid_is_refused<H: Harness>(h: &H) {

@@ -29,14 +29,7 @@ async fn missing_program_by_path_errors_at_release_and_leaves_nothing() {
     }
     assert!(err.to_string().contains("no-such-helper"), "{err}");
     // Already reaped when release returns: nothing is left, not even a zombie.
-    assert_eq!(
-        spawner
-            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .unwrap(),
-        Probe::Gone
-    );
+    assert_eq!(probe_now(&spawner, id.pid).await, Probe::Gone);
     assert_eq!(
         spawner.wait_exit(&id, Some(Duration::ZERO)).await.unwrap(),
         WaitOutcome::Exited(ExitStatus::Code(127))
@@ -79,14 +72,7 @@ async fn non_executable_program_errors_with_permission_denied() {
         }
         other => panic!("expected an EACCES exec error, got {other:?}"),
     }
-    assert_eq!(
-        spawner
-            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .unwrap(),
-        Probe::Gone
-    );
+    assert_eq!(probe_now(&spawner, id.pid).await, Probe::Gone);
     let log = std::fs::read_to_string(dir.path().join("helper.log")).unwrap_or_default();
     assert!(
         !log.contains("ran"),
@@ -109,14 +95,7 @@ async fn missing_working_directory_errors_and_leaves_nothing() {
         }
         other => panic!("expected an exec error, got {other:?}"),
     }
-    assert_eq!(
-        spawner
-            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .unwrap(),
-        Probe::Gone
-    );
+    assert_eq!(probe_now(&spawner, id.pid).await, Probe::Gone);
 }
 
 #[tokio::test]

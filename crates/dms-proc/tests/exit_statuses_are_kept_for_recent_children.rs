@@ -77,7 +77,7 @@ async fn only_the_most_recent_reaped_statuses_are_kept_and_running_children_neve
     // The long-running child was never dropped: its exit status, when it comes, is
     // exact (a dropped entry would read Unknown, as for a stranger).
     assert!(matches!(
-        spawner.probe(runner.pid, dms_proc::ProbeFields::DETAIL).await.map(|(p, _)| p).unwrap(),
+        probe_now(&spawner, runner.pid).await,
         Probe::Alive(ref info) if info.identity == runner
     ));
     assert_eq!(

@@ -110,12 +110,7 @@ async fn environment_descriptors_signals_and_session_are_exactly_as_specified() 
     }
 
     // Own session and process group, not ours; working directory as given.
-    let Probe::Alive(info) = spawner
-        .probe(id.pid, dms_proc::ProbeFields::DETAIL)
-        .await
-        .map(|(p, _)| p)
-        .unwrap()
-    else {
+    let Probe::Alive(info) = probe_now(&spawner, id.pid).await else {
         panic!("helper should be alive");
     };
     assert_eq!((info.sid, info.pgid), (pid, pid));

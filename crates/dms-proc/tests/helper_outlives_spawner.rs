@@ -73,12 +73,7 @@ fn detached_helper_outlives_the_process_that_spawned_it() {
     // helper still runs, is now our child (we are its subreaper), and leads its own
     // session and process group.
     runtime().block_on(async {
-        match spawner
-            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .unwrap()
-        {
+        match probe_now(&spawner, id.pid).await {
             Probe::Alive(info) => {
                 assert_eq!(info.identity, id);
                 assert_eq!(info.sid, pid, "own session");

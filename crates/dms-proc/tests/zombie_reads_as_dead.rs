@@ -79,11 +79,7 @@ async fn spawned_children_are_reaped_not_left_as_zombies() {
     );
     assert_eq!(spawner.child_status(&id), Some(ExitStatus::Code(7)));
     assert_eq!(
-        spawner
-            .probe(id.pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .unwrap(),
+        probe_now(&spawner, id.pid).await,
         Probe::Gone,
         "reaped, not a zombie"
     );
@@ -102,12 +98,5 @@ async fn spawned_children_are_reaped_not_left_as_zombies() {
             .unwrap(),
         WaitOutcome::Exited(ExitStatus::Code(dms_proc::GATE_DROPPED_EXIT_CODE))
     );
-    assert_eq!(
-        spawner
-            .probe(held.pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .unwrap(),
-        Probe::Gone
-    );
+    assert_eq!(probe_now(&spawner, held.pid).await, Probe::Gone);
 }

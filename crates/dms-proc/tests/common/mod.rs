@@ -52,14 +52,19 @@ pub fn stat(pid: i32) -> Option<(char, u64)> {
     dms_testkit::stat(pid).map(|s| (s.state, s.start_ticks))
 }
 
+/// What `spawner` finds at `pid` now: a probe of one PID, its executable read, no usage.
+pub async fn probe_now<S: Spawner + ?Sized>(spawner: &S, pid: Pid) -> Probe {
+    let (probe, _) = spawner
+        .probe(pid, dms_proc::ProbeFields::DETAIL)
+        .await
+        .expect("probe");
+    probe
+}
+
 /// Whether the probe says dead (gone or zombie).
 pub async fn dead(spawner: &LinuxSpawner, pid: Pid) -> bool {
     matches!(
-        spawner
-            .probe(pid, dms_proc::ProbeFields::DETAIL)
-            .await
-            .map(|(p, _)| p)
-            .expect("probe"),
+        probe_now(spawner, pid).await,
         Probe::Gone | Probe::Zombie(_)
     )
 }
