@@ -60,8 +60,9 @@ pub async fn run(
         Err(LogError::Missing { .. }) if args.follow => None,
         Err(e) => {
             return Err(CliError::Failed(format!(
-                "target {}: {e}; check the target ID and --run-dir",
-                args.target
+                "target {}: {}; check the target ID and --run-dir",
+                args.target,
+                dms_server::render(&e)
             )))
         }
     };
@@ -115,12 +116,12 @@ async fn log_path(run_dir: &Path, backend: BackendChoice, target: &TargetId) -> 
             Ok(Lookup::Present(r)) => r.meta.log_path,
             Ok(_) => None,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot read the target's record; using the default log");
+                tracing::debug!(error = %dms_core::Report::new(&e), "cannot read the target's record; using the default log");
                 None
             }
         },
         Err(e) => {
-            tracing::debug!(error = %e, "cannot open the store; using the default log");
+            tracing::debug!(error = %dms_core::Report::new(&e), "cannot open the store; using the default log");
             None
         }
     };

@@ -51,7 +51,7 @@ impl From<EnvError> for CliError {
 
 /// A manager error: what failed, with its causes, on one line.
 fn failed(e: &(dyn std::error::Error + 'static)) -> CliError {
-    CliError::Failed(dms_server::chain(e))
+    CliError::Failed(dms_server::render(e))
 }
 
 /// The backend actually used.

@@ -13,7 +13,7 @@ use crate::cli::ServeArgs;
 use crate::env;
 use crate::run::{choose_backend, Backend, CliError};
 use dms_core::{Manager, ManagerOptions};
-use dms_server::{chain, serve::ServeOptions, Access, Daemon};
+use dms_server::{render, serve::ServeOptions, Access, Daemon};
 use std::ffi::OsString;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
@@ -95,13 +95,13 @@ pub async fn run(
     let backend = choose_backend(backend, &run_dir);
     let store: Arc<dyn dms_store::PidStore> = match backend {
         Backend::Pidfile => {
-            Arc::new(dms_store::PidFileStore::open(&run_dir).map_err(|e| failed(chain(&e)))?)
+            Arc::new(dms_store::PidFileStore::open(&run_dir).map_err(|e| failed(render(&e)))?)
         }
         Backend::Sqlite => {
-            Arc::new(dms_store::SqliteStore::open(&run_dir).map_err(|e| failed(chain(&e)))?)
+            Arc::new(dms_store::SqliteStore::open(&run_dir).map_err(|e| failed(render(&e)))?)
         }
     };
-    let spawner = Arc::new(dms_proc::linux::LinuxSpawner::new().map_err(|e| failed(chain(&e)))?);
+    let spawner = Arc::new(dms_proc::linux::LinuxSpawner::new().map_err(|e| failed(render(&e)))?);
     // Watched before the startup recovery scans it, so no change after the scan is
     // missed (automatic sync, dms_server::sync).
     let watch = dms_server::sync::DiskWatch::new(store.pid_dir())
@@ -114,7 +114,7 @@ pub async fn run(
     opts.usage_sampling = Some(USAGE_SAMPLING);
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
-        .map_err(|e| failed(chain(&e)))?;
+        .map_err(|e| failed(render(&e)))?;
     let manager = Arc::new(manager);
     tracing::info!(
         adopted = recovery.adopted.len(),

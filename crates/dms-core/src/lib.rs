@@ -44,7 +44,7 @@ pub mod mount;
 mod options;
 mod report;
 
-pub use error::{Error, Result};
+pub use error::{Error, Report, Result};
 pub use manager::{ListOrder, Manager, DEFAULT_READY_TIMEOUT};
 pub use options::{HelperSpec, ManagerOptions, DEFAULT_START_TIME_SLACK};
 pub use report::{

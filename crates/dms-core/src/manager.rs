@@ -280,7 +280,7 @@ impl Inner {
             }
             // In memory first: an exit reported at once finds its target.
             if let Err(e) = watch.watch(&identity) {
-                warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot watch helper exit; is_running will probe");
+                warn!(target = %target, pid = identity.pid.get(), error = %crate::Report::new(&e), "cannot watch helper exit; is_running will probe");
                 let mut memory = self.write_memory();
                 if let Some(t) = memory.get_mut(target).filter(|t| t.is(&identity)) {
                     t.watched = false;

@@ -296,7 +296,9 @@ pub async fn probe(path: &Path, timeout: Duration) -> MountState {
     match read_mountinfo() {
         Ok(table) if mount_at(&table, path).is_none() => return MountState::Unmounted,
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read {MOUNTINFO}; probing the path"),
+        Err(e) => {
+            tracing::warn!(error = %crate::Report::new(&e), "cannot read {MOUNTINFO}; probing the path")
+        }
     }
     match statfs_with_timeout(path, timeout).await {
         Ok(Answer::Ok) => MountState::Mounted,
@@ -311,7 +313,7 @@ pub async fn probe(path: &Path, timeout: Duration) -> MountState {
             MountState::Stale
         }
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot start a prober; counted as stale");
+            tracing::warn!(path = %path.display(), error = %crate::Report::new(&e), "cannot start a prober; counted as stale");
             MountState::Stale
         }
     }
@@ -354,7 +356,7 @@ pub async fn probe_all(
             Ok((path, state)) => {
                 out.insert(path, state);
             }
-            Err(e) => tracing::warn!(error = %e, "a mount probe task failed"),
+            Err(e) => tracing::warn!(error = %crate::Report::new(&e), "a mount probe task failed"),
         }
     }
     out

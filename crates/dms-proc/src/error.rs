@@ -6,12 +6,13 @@ use crate::Spawner;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// A process-layer failure.
+/// A process-layer failure. Its `Display` says what failed and where; the cause is its
+/// [`std::error::Error::source`] only, and how to fix it is [`ProcError::hint`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProcError {
     /// The program could not be started.
-    #[error("cannot start {program:?}: {source}")]
+    #[error("cannot start {program:?}")]
     Exec {
         /// The program.
         program: OsString,
@@ -20,7 +21,7 @@ pub enum ProcError {
         source: std::io::Error,
     },
     /// The log file could not be opened.
-    #[error("cannot open log file {}: {source}", path.display())]
+    #[error("cannot open log file {}", path.display())]
     Log {
         /// The log path.
         path: PathBuf,
@@ -29,7 +30,7 @@ pub enum ProcError {
         source: std::io::Error,
     },
     /// The caller may not signal or inspect this process.
-    #[error("permission denied on PID {pid}: {what}; run dms as the helper's user or as root")]
+    #[error("permission denied on PID {pid}: {what}")]
     PermissionDenied {
         /// The PID.
         pid: Pid,
@@ -49,7 +50,7 @@ pub enum ProcError {
         why: String,
     },
     /// Any other OS error.
-    #[error("{op} PID {pid}: {source}")]
+    #[error("{op} PID {pid}")]
     Os {
         /// What was being done.
         op: &'static str,
@@ -60,7 +61,7 @@ pub enum ProcError {
         source: std::io::Error,
     },
     /// A file under `/proc` could not be read.
-    #[error("cannot read {}: {source}; is /proc mounted?", path.display())]
+    #[error("cannot read {}", path.display())]
     ProcFs {
         /// The file.
         path: PathBuf,
@@ -69,7 +70,7 @@ pub enum ProcError {
         source: std::io::Error,
     },
     /// The shared exit watcher ([`Spawner::exit_watch`]) could not be set up.
-    #[error("cannot {op} of the shared exit watcher: {source}; check the limit on open files (ulimit -n)")]
+    #[error("cannot {op} of the shared exit watcher")]
     ExitWatch {
         /// What was being done.
         op: &'static str,
@@ -80,4 +81,16 @@ pub enum ProcError {
     /// A scripted failure of the fake spawner.
     #[error("injected failure: {0}")]
     Injected(String),
+}
+
+impl ProcError {
+    /// How to fix it, where there is a fix to name (in words: no command-line flags).
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ProcError::PermissionDenied { .. } => Some("run dms as the helper's user or as root"),
+            ProcError::ProcFs { .. } => Some("is /proc mounted?"),
+            ProcError::ExitWatch { .. } => Some("check the limit on open files (ulimit -n)"),
+            _ => None,
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub mod supervise;
 pub mod sync;
 
 pub use body::{JsonBody, BODY_TIMEOUT, MAX_BODY_BYTES};
-pub use error::{chain, ApiError};
+pub use error::{remedy, render, ApiError};
 pub use events::EventLog;
 pub use handlers::router;
 pub use peer::{Access, Peer};

@@ -40,7 +40,8 @@ pub fn older_generation(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Why a log cannot be read.
+/// Why a log cannot be read (the cause of [`LogError::Io`] is its `source()` only:
+/// render it with [`crate::render`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// Neither the log nor its older generation exists.
@@ -58,7 +59,7 @@ pub enum LogError {
         what: &'static str,
     },
     /// Reading failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: PathBuf,

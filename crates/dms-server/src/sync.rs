@@ -223,7 +223,7 @@ fn schedule(manager: &Arc<Manager>, pending: &Arc<Mutex<HashSet<TargetId>>>, tar
             .unwrap_or_else(|e| e.into_inner())
             .remove(&target);
         if let Err(e) = manager.sync_target(&target).await {
-            tracing::warn!(target = %target, error = %crate::chain(&e), "cannot sync the target with its PID file");
+            tracing::warn!(target = %target, error = %crate::render(&e), "cannot sync the target with its PID file");
         }
     });
 }
@@ -232,7 +232,7 @@ fn schedule(manager: &Arc<Manager>, pending: &Arc<Mutex<HashSet<TargetId>>>, tar
 fn sync_all(manager: Arc<Manager>) {
     tokio::spawn(async move {
         if let Err(e) = manager.sync_all().await {
-            tracing::warn!(error = %crate::chain(&e), "cannot sync memory with the PID directory");
+            tracing::warn!(error = %crate::render(&e), "cannot sync memory with the PID directory");
         }
     });
 }

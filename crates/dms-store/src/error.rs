@@ -3,13 +3,15 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-/// A store operation failed. Every variant names the path involved and, where it can,
-/// what to do about it. No variant ever carries an environment value.
+/// A store operation failed. Every variant names the path involved; the cause is its
+/// [`std::error::Error::source`] only (never repeated in its `Display`), and what to do
+/// about it, where known, is [`Error::hint`]. No variant ever carries an environment
+/// value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A file-system operation failed.
-    #[error("cannot {op} {}: {source}{}", path.display(), hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// What was being done ("write", "create directory", ...).
         op: &'static str,
@@ -22,7 +24,7 @@ pub enum Error {
         hint: Option<String>,
     },
     /// The SQLite metadata database failed in a way that could not be repaired.
-    #[error("SQLite database {}: {source}", path.display())]
+    #[error("SQLite database {}", path.display())]
     Sqlite {
         /// The database path.
         path: PathBuf,
@@ -33,7 +35,7 @@ pub enum Error {
     /// The run directory (or its `s3/`, `locks/` or `logs/`) is unsafe to trust: writable
     /// by every user, owned by another unprivileged user, or (for the subdirectories) a
     /// symbolic link. Nothing was read or written.
-    #[error("refusing to use {}: {problem}; fix: {fix}", path.display())]
+    #[error("refusing to use {}: {problem}", path.display())]
     Unsafe {
         /// The directory (or symlink).
         path: PathBuf,
@@ -65,6 +67,24 @@ pub(crate) enum Access {
 }
 
 impl Error {
+    /// How to fix it, where known (in words: no command-line flags).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Io { hint, .. } => hint.clone(),
+            Error::Unsafe { fix, .. } => Some(format!("fix: {fix}")),
+            _ => None,
+        }
+    }
+
+    /// Whether the fix is to choose another run directory (it is read-only, or a
+    /// component of its path is not a directory): front ends name their flag for it.
+    pub fn wants_other_run_dir(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if matches!(
+            source.kind(),
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory
+        ))
+    }
+
     /// An [`Error::Io`] on `path` with a hint derived from the OS error: for permission
     /// errors it names the effective user who needs `access` to `dir`.
     pub(crate) fn io(
@@ -97,7 +117,7 @@ fn hint_for(source: &std::io::Error, dir: &Path, access: Access) -> Option<Strin
             dir.display()
         )),
         ErrorKind::ReadOnlyFilesystem => Some(format!(
-            "{} is on a read-only file system; choose a writable run directory with --run-dir",
+            "{} is on a read-only file system; choose a writable run directory",
             dir.display()
         )),
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some(format!(
@@ -105,7 +125,7 @@ fn hint_for(source: &std::io::Error, dir: &Path, access: Access) -> Option<Strin
             dir.display()
         )),
         ErrorKind::NotADirectory => Some(format!(
-            "a component of {} is not a directory; move it aside or choose another --run-dir",
+            "a component of {} is not a directory; move it aside or choose another run directory",
             dir.display()
         )),
         _ => None,

@@ -133,11 +133,17 @@ mod tests {
         check_run_dir(tmp.path()).unwrap();
     }
 
+    /// The error as a front end shows it: what, where, each cause, then the fix.
+    fn shown(e: crate::Error) -> String {
+        let hint = e.hint().map(|h| format!("; {h}")).unwrap_or_default();
+        format!("{}{hint}", dms_testkit::chain(&e))
+    }
+
     #[test]
     fn world_writable_run_dir_or_subdir_is_refused_with_chmod_fix() {
         let tmp = tempfile::tempdir().unwrap();
         chmod(tmp.path(), 0o1777);
-        let msg = check_run_dir(tmp.path()).unwrap_err().to_string();
+        let msg = shown(check_run_dir(tmp.path()).unwrap_err());
         assert!(msg.contains("writable by every user (mode 1777)"), "{msg}");
         assert!(
             msg.contains(&format!("`chmod o-w {}`", tmp.path().display())),
@@ -148,7 +154,7 @@ mod tests {
             let p = tmp.path().join(sub);
             fs::create_dir(&p).unwrap();
             chmod(&p, 0o757);
-            let msg = check_run_dir(tmp.path()).unwrap_err().to_string();
+            let msg = shown(check_run_dir(tmp.path()).unwrap_err());
             assert!(
                 msg.contains(&format!("`chmod o-w {}`", p.display())),
                 "{msg}"
@@ -171,7 +177,7 @@ mod tests {
         for sub in CHECKED_SUBDIRS {
             let p = real.join(sub);
             std::os::unix::fs::symlink(&elsewhere, &p).unwrap();
-            let msg = check_run_dir(&real).unwrap_err().to_string();
+            let msg = shown(check_run_dir(&real).unwrap_err());
             assert!(msg.contains("is a symbolic link to"), "{msg}");
             assert!(msg.contains(&format!("`rm {}", p.display())), "{msg}");
             fs::remove_file(&p).unwrap();
@@ -191,7 +197,7 @@ mod tests {
         let s3 = tmp.path().join("s3");
         fs::create_dir(&s3).unwrap();
         nix::unistd::chown(&s3, Some(65534.into()), None).unwrap();
-        let msg = check_run_dir(tmp.path()).unwrap_err().to_string();
+        let msg = shown(check_run_dir(tmp.path()).unwrap_err());
         assert!(msg.contains("uid 65534"), "{msg}");
         assert!(
             msg.contains(&format!("`chown root {}`", s3.display())),

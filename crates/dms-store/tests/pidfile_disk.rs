@@ -13,6 +13,12 @@ fn t(s: &str) -> TargetId {
     s.parse().unwrap()
 }
 
+/// The error as a front end shows it: what, where, each cause, then the fix.
+fn shown(e: &Error) -> String {
+    let hint = e.hint().map(|h| format!("; {h}")).unwrap_or_default();
+    format!("{}{hint}", dms_testkit::chain(e))
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -189,13 +195,13 @@ fn a_directory_in_the_way_is_reported_not_deleted() {
     let err = rt
         .block_on(store.put(&t("d"), &Record::bare(Pid::new(99).unwrap())))
         .unwrap_err();
-    let msg = err.to_string();
+    let msg = shown(&err);
     assert!(
         msg.contains(&path.display().to_string()) && msg.contains("directory is in the way"),
         "{msg}"
     );
     let err = rt.block_on(store.remove(&t("d"))).unwrap_err();
-    let msg = err.to_string();
+    let msg = shown(&err);
     assert!(
         msg.contains("non-empty directory") && msg.contains(&path.display().to_string()),
         "{msg}"
@@ -355,7 +361,7 @@ fn run_dir_in_the_way_is_an_error_naming_the_path() {
     let file = tmp.path().join("not-a-dir");
     fs::write(&file, b"x").unwrap();
     let err = PidFileStore::open(&file).unwrap_err();
-    let msg = err.to_string();
+    let msg = shown(&err);
     assert!(matches!(err, Error::Io { .. }));
     assert!(
         msg.contains(&file.display().to_string()) && msg.contains("not a directory"),
@@ -375,7 +381,7 @@ fn permission_denied_names_the_user_who_needs_write_access() {
         // The child: report the error on stdout for the parent to check.
         match PidFileStore::open(Path::new(&run_dir)) {
             Ok(_) => println!("CHILD-RESULT: opened"),
-            Err(e) => println!("CHILD-RESULT: {e}"),
+            Err(e) => println!("CHILD-RESULT: {}", shown(&e)),
         }
         return;
     }

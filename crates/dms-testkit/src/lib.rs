@@ -10,6 +10,8 @@
 //!   [`reap_or_gone`] for PIDs that may or may not be ours.
 //! - [`dirs`]: temp run dirs, on tmpfs when there is one.
 //! - [`per_backend!`]: one test per store backend from one scenario function.
+//! - [`chain`]: an error and its causes on one line, to assert on a cause (dms's errors
+//!   carry their cause in `source()` only).
 //! - `daemon` (feature `daemon`): a `dms serve` started by a test, requests and event
 //!   streams on its socket. The binary's path is passed in (only dms-cli's tests have
 //!   `CARGO_BIN_EXE_dms`).
@@ -35,5 +37,18 @@ pub use process::{
     stat, wait_dead, Stat,
 };
 pub use wait::{wait_for, wait_for_every};
+
+/// `e` and each of its causes ([`std::error::Error::source`]), joined with `": "`: what
+/// a test asserts on when the words it looks for are in a cause.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
 #[cfg(feature = "tokio")]
 pub use wait::{wait_for_async, wait_for_future};

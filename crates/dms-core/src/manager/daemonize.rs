@@ -79,7 +79,7 @@ impl Inner {
         let orphans = match self.spawner.orphans(leader, window).await {
             Ok(o) => o,
             Err(e) => {
-                warn!(pid = leader.pid.get(), error = %e, "cannot look for what the helper left running");
+                warn!(pid = leader.pid.get(), error = %crate::Report::new(&e), "cannot look for what the helper left running");
                 return;
             }
         };
@@ -105,7 +105,7 @@ impl Inner {
                     "a process the helper left running outlived SIGKILL"
                 ),
                 Err(e) => {
-                    warn!(pid = o.identity.pid.get(), error = %e, "cannot stop a process the helper left running")
+                    warn!(pid = o.identity.pid.get(), error = %crate::Report::new(&e), "cannot stop a process the helper left running")
                 }
             }
         }
@@ -122,7 +122,7 @@ impl Inner {
             .terminate(leader, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
             .await
         {
-            warn!(pid = leader.pid.get(), error = %e, "cannot stop a helper whose start failed");
+            warn!(pid = leader.pid.get(), error = %crate::Report::new(&e), "cannot stop a helper whose start failed");
         }
         self.stop_orphans(leader, window).await;
     }
@@ -318,7 +318,7 @@ impl Inner {
             )),
             Err(_) => Err(format!(
                 "the helper went into the background (its first process {}) and did not mount \
-                 within {:.1} s (--ready-timeout)",
+                 within {:.1} s (the ready timeout)",
                 describe(&status),
                 left.as_secs_f64()
             )),
@@ -344,7 +344,7 @@ impl Inner {
         }
         .await;
         if let Err(e) = recorded {
-            warn!(target = %target, pid = helper.pid.get(), error = %e, "cannot record the helper's daemon; stopping it");
+            warn!(target = %target, pid = helper.pid.get(), error = %crate::Report::new(&e), "cannot record the helper's daemon; stopping it");
             let _ = self
                 .spawner
                 .terminate(helper, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)

@@ -40,17 +40,17 @@ impl Inner {
                         }) =>
                 {
                     if let Err(e) = self.store.remove(target).await {
-                        warn!(target = %target, pid, error = %e, "cannot remove PID file of exited helper; cleanup will");
+                        warn!(target = %target, pid, error = %crate::Report::new(&e), "cannot remove PID file of exited helper; cleanup will");
                     }
                     self.forget_mount_if_gone(target);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    warn!(target = %target, pid, error = %e, "cannot read PID file of exited helper; cleanup will");
+                    warn!(target = %target, pid, error = %crate::Report::new(&e), "cannot read PID file of exited helper; cleanup will");
                 }
             },
             Err(e) => {
-                warn!(target = %target, pid, error = %e, "cannot lock target; PID file of exited helper left for cleanup");
+                warn!(target = %target, pid, error = %crate::Report::new(&e), "cannot lock target; PID file of exited helper left for cleanup");
             }
         }
         info!(target = %target, pid, ?status, "helper exited");

@@ -336,7 +336,9 @@ pub(super) fn apply_usage(
             }
         }
         Ok(None) => {}
-        Err(e) => debug!(target = %info.target, pid = id.pid.get(), error = %e, "no usage"),
+        Err(e) => {
+            debug!(target = %info.target, pid = id.pid.get(), error = %crate::Report::new(&e), "no usage")
+        }
     }
     read
 }

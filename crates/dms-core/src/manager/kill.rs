@@ -192,7 +192,7 @@ impl Inner {
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((i, r)) => results[i] = Some(r.map(|k| k.stopped)),
-                Err(e) => error!(error = %e, "a stop task failed"),
+                Err(e) => error!(error = %crate::Report::new(&e), "a stop task failed"),
             }
         }
         let mut stopped = Vec::new();
@@ -202,7 +202,7 @@ impl Inner {
                 Some(Ok(true)) => stopped.push(target),
                 Some(Ok(false)) | None => {}
                 Some(Err(e)) => {
-                    error!(target = %target, error = %e, "cannot stop helper");
+                    error!(target = %target, error = %crate::Report::new(&e), "cannot stop helper");
                     first_err.get_or_insert(e);
                 }
             }

@@ -24,7 +24,7 @@ impl Inner {
         match self.spawner.group_members(leader).await {
             Ok(m) => m,
             Err(e) => {
-                warn!(pid = leader.pid.get(), error = %e, "cannot list the members of the helper's group");
+                warn!(pid = leader.pid.get(), error = %crate::Report::new(&e), "cannot list the members of the helper's group");
                 Vec::new()
             }
         }
@@ -58,7 +58,7 @@ impl Inner {
             let (m, out) = match joined {
                 Ok(done) => done,
                 Err(e) => {
-                    warn!(error = %e, "a task stopping a member of the helper's group failed");
+                    warn!(error = %crate::Report::new(&e), "a task stopping a member of the helper's group failed");
                     continue;
                 }
             };
@@ -74,7 +74,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    warn!(pid = m.pid.get(), error = %e, "cannot stop a member of the helper's group");
+                    warn!(pid = m.pid.get(), error = %crate::Report::new(&e), "cannot stop a member of the helper's group");
                     done.left.get_or_insert(m);
                 }
             }

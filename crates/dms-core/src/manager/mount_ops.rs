@@ -186,7 +186,7 @@ impl Inner {
             .is_some_and(|id| matches!(mount::prove(&record.path, &id), Ok(Proof::Ours(_))));
         let conn = match (&record.identity, present) {
             (Some(id), true) => FuseConn::open(&record.path, id).unwrap_or_else(|e| {
-                warn!(target = %target, %e, "cannot open the FUSE connection of the mount");
+                warn!(target = %target, error = %crate::Report::new(&e), "cannot open the FUSE connection of the mount");
                 None
             }),
             _ => None,
@@ -218,7 +218,7 @@ impl Inner {
                 false
             }
             Err(e) => {
-                warn!(mount = %m.record.path.display(), %e, "clean unmount failed; stopping the helper");
+                warn!(mount = %m.record.path.display(), error = %crate::Report::new(&e), "clean unmount failed; stopping the helper");
                 steps.push(KillStep::UnmountFailed);
                 false
             }
@@ -251,7 +251,7 @@ impl Inner {
             Ok(true) => steps.push(KillStep::Abort),
             Ok(false) => return Ok(out),
             Err(e) => {
-                warn!(connection = conn.name(), %e, "cannot abort FUSE connection");
+                warn!(connection = conn.name(), error = %crate::Report::new(&e), "cannot abort FUSE connection");
                 return Ok(out);
             }
         }
@@ -305,7 +305,9 @@ impl Inner {
             match conn.abort() {
                 Ok(true) => steps.push(KillStep::Abort),
                 Ok(false) => {}
-                Err(e) => warn!(connection = conn.name(), %e, "cannot abort FUSE connection"),
+                Err(e) => {
+                    warn!(connection = conn.name(), error = %crate::Report::new(&e), "cannot abort FUSE connection")
+                }
             }
         }
         if matches!(mount::prove(&path, &id), Ok(Proof::Gone)) {
@@ -316,7 +318,7 @@ impl Inner {
     /// Removes the mount record of `target`.
     fn forget_mount_record(&self, target: &TargetId) {
         if let Err(e) = self.registry().remove(target.as_str()) {
-            warn!(target = %target, %e, "cannot remove mount record");
+            warn!(target = %target, error = %crate::Report::new(&e), "cannot remove mount record");
         }
     }
 
@@ -403,7 +405,7 @@ impl Manager {
                     mount::probe(&path, PROBE_TIMEOUT).await
                 }
                 Err(e) => {
-                    warn!(target = %target, mount = %path.display(), %e, "cannot check the recorded mount; left alone");
+                    warn!(target = %target, mount = %path.display(), error = %crate::Report::new(&e), "cannot check the recorded mount; left alone");
                     continue;
                 }
             };
@@ -414,7 +416,7 @@ impl Manager {
                 None
             } else {
                 FuseConn::open(&path, &id).unwrap_or_else(|e| {
-                    warn!(target = %target, %e, "cannot open the FUSE connection of the mount");
+                    warn!(target = %target, error = %crate::Report::new(&e), "cannot open the FUSE connection of the mount");
                     None
                 })
             };
@@ -430,7 +432,9 @@ impl Manager {
                 match conn.abort() {
                     Ok(true) => action = MountOutcome::Detached { aborted: true },
                     Ok(false) => {}
-                    Err(e) => warn!(connection = conn.name(), %e, "cannot abort FUSE connection"),
+                    Err(e) => {
+                        warn!(connection = conn.name(), error = %crate::Report::new(&e), "cannot abort FUSE connection")
+                    }
                 }
             }
             info!(target = %target, mount = %path.display(), ?state, %action, "cleaned mount");

@@ -166,7 +166,7 @@ impl Inner {
     ) -> Result<PreparedMount> {
         if !wait {
             if let Err(e) = self.registry().put(target.as_str(), dir) {
-                warn!(target = %target, %e, "cannot record mount path");
+                warn!(target = %target, error = %crate::Report::new(&e), "cannot record mount path");
             }
             return Ok(PreparedMount {
                 path: dir.to_owned(),
@@ -244,6 +244,7 @@ impl Inner {
         })
         .await;
         let mut came_up = None;
+        let timed_out = outcome.is_err();
         let why = match outcome {
             Ok(Ok(Ok(m))) => {
                 let id = MountIdentity::of(&m, path);
@@ -323,11 +324,14 @@ impl Inner {
                         }
                     }
                     Ok(WaitOutcome::TimedOut) => "the helper could not be watched".to_owned(),
-                    Err(e) => format!("the helper could not be watched: {e}"),
+                    Err(e) => format!(
+                        "the helper could not be watched: {}",
+                        crate::error::detail(&e)
+                    ),
                 }
             }
             Err(_) => format!(
-                "not mounted within {:.1} s (--ready-timeout)",
+                "not mounted within {:.1} s (the ready timeout)",
                 timeout.as_secs_f64()
             ),
         };
@@ -343,7 +347,7 @@ impl Inner {
             .terminate(identity, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
             .await;
         if let Err(e) = &stop {
-            warn!(target = %target, pid = identity.pid.get(), error = %e, "cannot stop helper that did not mount");
+            warn!(target = %target, pid = identity.pid.get(), error = %crate::Report::new(e), "cannot stop helper that did not mount");
         }
         self.stop_orphans(identity, window).await;
         self.undo_mount(target, identity, &prepared).await;
@@ -362,6 +366,7 @@ impl Inner {
             why,
             log: log.to_owned(),
             log_tail: log_tail(log, LOG_TAIL_LINES),
+            timed_out,
         })
     }
 
@@ -389,7 +394,7 @@ impl Inner {
         }
         self.forget(target, Some(identity));
         if let Err(e) = self.store.remove(target).await {
-            warn!(target = %target, error = %e, "cannot remove the record of a helper that did not mount; cleanup will");
+            warn!(target = %target, error = %crate::Report::new(&e), "cannot remove the record of a helper that did not mount; cleanup will");
         }
         if mount::mount_ids_at(&prepared.path).is_ok_and(|ids| ids.is_empty()) {
             let _ = self.registry().remove(target.as_str());
@@ -450,11 +455,13 @@ impl Inner {
             Ok(Exact::Covered) => {
                 warn!(mount = %path.display(), "the failed helper's mount is covered by another mount; left in place")
             }
-            Err(e) => warn!(mount = %path.display(), %e, "cannot detach mount of failed helper"),
+            Err(e) => {
+                warn!(mount = %path.display(), error = %crate::Report::new(&e), "cannot detach mount of failed helper")
+            }
         }
         if let Some(conn) = conn {
             if let Err(e) = conn.abort() {
-                warn!(connection = conn.name(), %e, "cannot abort FUSE connection of failed helper");
+                warn!(connection = conn.name(), error = %crate::Report::new(&e), "cannot abort FUSE connection of failed helper");
             }
         }
     }

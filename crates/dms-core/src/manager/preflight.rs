@@ -52,13 +52,15 @@ pub(super) fn absolute_paths(spec: &mut HelperSpec) -> Result<()> {
 /// The mount path can be used: an existing path is a directory; a missing one (created
 /// when the spawn waits for the mount) has a directory as its nearest existing ancestor.
 fn check_mount_path(dir: &Path, created: bool) -> Result<()> {
-    let not_dir = |path: &Path, what: &str| Error::Mount {
+    let not_dir = |path: &Path, what: &str| {
+        Error::Mount {
         path: path.to_owned(),
         op: "use as mount point",
         source: io::Error::new(
             io::ErrorKind::NotADirectory,
-            format!("{what} is not a directory; pass a directory (or a path to create) as --mount"),
+            format!("{what} is not a directory; pass a directory (or a path to create) as the mount point"),
         ),
+    }
     };
     // A path on or below a FUSE mount is left to the mount checks, which never touch the
     // file system there: a stat would hang on a mount whose daemon is stopped or hung
@@ -167,11 +169,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"").unwrap();
-        let err = check_mount_path(&file, true).unwrap_err().to_string();
+        let err = crate::Report::new(&check_mount_path(&file, true).unwrap_err()).to_string();
         assert!(err.contains("not a directory"), "{err}");
-        let err = check_mount_path(&file.join("sub"), true)
-            .unwrap_err()
-            .to_string();
+        let err = check_mount_path(&file.join("sub"), true).unwrap_err();
+        let err = crate::Report::new(&err).to_string();
         assert!(err.contains("its parent"), "{err}");
         check_mount_path(&dir.path().join("new/deeper"), true).unwrap();
         check_mount_path(dir.path(), true).unwrap();

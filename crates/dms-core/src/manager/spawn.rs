@@ -177,7 +177,7 @@ impl Inner {
         {
             // Dropping the gate makes the helper exit without running its program.
             drop(pending.gate);
-            warn!(target = %target, pid, error = %e, "cannot record helper; it was not started");
+            warn!(target = %target, pid, error = %crate::Report::new(&e), "cannot record helper; it was not started");
             if let Some(p) = &prepared {
                 let _ = self.registry().remove(target.as_str());
                 debug!(target = %target, mount = %p.path.display(), "mount record removed");
@@ -189,7 +189,7 @@ impl Inner {
         // background becomes our child (see manager/daemonize.rs).
         let window = self.spawner.begin_startup();
         if let Err(e) = pending.gate.release().await {
-            warn!(target = %target, pid, error = %e, "helper program did not start");
+            warn!(target = %target, pid, error = %crate::Report::new(&e), "helper program did not start");
             self.forget(target, Some(&identity));
             if let Err(re) = self.store.remove(target).await {
                 error!(target = %target, pid, error = %re,

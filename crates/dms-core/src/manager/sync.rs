@@ -103,7 +103,7 @@ impl Manager {
                 Ok(Some(e)) => events.push(e),
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(target = %target, error = %e, "cannot sync the target with its PID file")
+                    warn!(target = %target, error = %crate::Report::new(&e), "cannot sync the target with its PID file")
                 }
             }
         }
@@ -128,7 +128,7 @@ impl Inner {
             Ok(Some(_guard)) => self.load_locked(target, record, p).await,
             Ok(None) => false,
             Err(e) => {
-                debug!(target = %target, error = %e, "cannot lock the target to load its helper");
+                debug!(target = %target, error = %crate::Report::new(&e), "cannot lock the target to load its helper");
                 false
             }
         }

@@ -221,7 +221,7 @@ impl Inner {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    debug!(target = %target, pid = id.pid.get(), error = %e, "cannot probe helper")
+                    debug!(target = %target, pid = id.pid.get(), error = %crate::Report::new(&e), "cannot probe helper")
                 }
             }
             return;
@@ -237,7 +237,7 @@ impl Inner {
             // Gone, or another process now: the exit watcher says so.
             Ok(None) => {}
             Err(e) => {
-                debug!(target = %target, pid = id.pid.get(), error = %e, "cannot read helper usage")
+                debug!(target = %target, pid = id.pid.get(), error = %crate::Report::new(&e), "cannot read helper usage")
             }
         }
     }
@@ -265,7 +265,7 @@ impl Inner {
                 // Gone, or a spawner without readers.
                 Ok(None) => return None,
                 Err(e) => {
-                    debug!(target = %target, pid = id.pid.get(), error = %e, "cannot open a usage reader");
+                    debug!(target = %target, pid = id.pid.get(), error = %crate::Report::new(&e), "cannot open a usage reader");
                     return None;
                 }
             }

@@ -54,7 +54,7 @@ impl Inner {
             Ok(Probe::Thread { tgid }) => {
                 return Verdict::Foreign(crate::error::thread_detail(record.pid, tgid))
             }
-            Err(e) => return Verdict::Unverified(e.to_string()),
+            Err(e) => return Verdict::Unverified(crate::error::detail(&e)),
         };
         // A process is the helper of one target only: a second PID file naming the
         // helper of another target (a copied file) must never let one target's kill
@@ -185,6 +185,6 @@ pub(super) fn verify_probed(
         Ok(Probe::Gone | Probe::Zombie(_)) => Verdict::Stale,
         // The recorded process is gone: its PID is now a thread of another one.
         Ok(Probe::Thread { tgid }) => Verdict::Foreign(crate::error::thread_detail(id.pid, tgid)),
-        Err(e) => Verdict::Unverified(e.to_string()),
+        Err(e) => Verdict::Unverified(crate::error::detail(&e)),
     }
 }

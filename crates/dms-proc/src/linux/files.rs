@@ -71,7 +71,7 @@ pub(crate) fn open_log(path: &Path) -> Result<File, ProcError> {
                         format!(
                             "it is {kind}, not a regular file (symbolic links are not \
                              followed, FIFOs and sockets are refused); remove it or pass \
-                             --log with a regular file"
+                             a regular file as the log"
                         ),
                     ));
                 }
@@ -93,7 +93,7 @@ pub(crate) fn open_log(path: &Path) -> Result<File, ProcError> {
             io::ErrorKind::InvalidInput,
             format!(
                 "it is {}, not a regular file or a character device; remove it or pass \
-                 --log with a regular file",
+                 a regular file as the log",
                 kind_name(t)
             ),
         ));
@@ -157,6 +157,13 @@ pub(crate) fn preflight(spec: &SpawnSpec) -> Result<(), ProcError> {
 mod tests {
     use super::*;
 
+    /// What the refusal says, which is the log error's cause (its `source`).
+    fn cause(e: ProcError) -> String {
+        std::error::Error::source(&e)
+            .expect("a log error has a cause")
+            .to_string()
+    }
+
     #[test]
     fn a_fifo_is_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -167,7 +174,7 @@ mod tests {
             rustix::fs::Mode::from_raw_mode(0o644),
         )
         .unwrap();
-        let err = open_log(&fifo).unwrap_err().to_string();
+        let err = cause(open_log(&fifo).unwrap_err());
         assert!(err.contains("a FIFO"), "{err}");
     }
 
@@ -178,7 +185,7 @@ mod tests {
         std::fs::write(&victim, b"keep").unwrap();
         let link = dir.path().join("log");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        let err = open_log(&link).unwrap_err().to_string();
+        let err = cause(open_log(&link).unwrap_err());
         assert!(err.contains("a symbolic link"), "{err}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
@@ -191,7 +198,7 @@ mod tests {
             let flags = rustix::fs::fcntl_getfl(&f).unwrap();
             assert!(!flags.contains(OFlags::NONBLOCK), "{}", p.display());
         }
-        let err = open_log(dir.path()).unwrap_err().to_string();
+        let err = cause(open_log(dir.path()).unwrap_err());
         assert!(err.contains("a directory"), "{err}");
     }
 }

@@ -47,7 +47,7 @@ pub(crate) async fn logs(
         LogError::Missing { .. } | LogError::NotRegular { .. } => {
             ApiError::not_found(format!("target {target}: {e}"))
         }
-        LogError::Io { .. } => ApiError::failed(format!("target {target}: {e}")),
+        LogError::Io { .. } => ApiError::failed(format!("target {target}: {}", crate::render(&e))),
     })?;
     Ok(([(header::CONTENT_TYPE, "text/plain")], bytes).into_response())
 }

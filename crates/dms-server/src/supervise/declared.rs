@@ -228,7 +228,7 @@ async fn apply(
         d.manager
             .kill(target, DEFAULT_GRACE)
             .await
-            .map_err(|e| crate::chain(&e))?;
+            .map_err(|e| crate::render(&e))?;
     }
     start_locked(d, target, &slot).await
 }
@@ -264,7 +264,7 @@ pub async fn reload(d: &Arc<Daemon>) -> ReloadReport {
                     line: None,
                     message: format!(
                         "removed, but its helper cannot be stopped: {}",
-                        crate::chain(&e)
+                        crate::render(&e)
                     ),
                 }),
             }

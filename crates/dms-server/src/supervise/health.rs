@@ -34,7 +34,7 @@ pub(crate) async fn repair_if_stale(d: &Daemon, target: &TargetId, mount: &Path)
                 .push("mount_repaired", json!(target), Value::Null, f);
         }
         Err(e) => {
-            tracing::warn!(target = %target, error = %crate::chain(&e), "cannot repair the stale mount");
+            tracing::warn!(target = %target, error = %crate::render(&e), "cannot repair the stale mount");
         }
     }
     true

@@ -106,7 +106,7 @@ async fn start(
         .manager
         .spawn(target, helper)
         .await
-        .map_err(|e| crate::chain(&e))?;
+        .map_err(|e| crate::render(&e))?;
     let mut e = slot.entry();
     e.pid = info.pid;
     e.started = Some(Instant::now());
