@@ -229,7 +229,7 @@ impl Inner {
                 let id = view.identity;
                 info.pid = Some(id.pid);
                 let verdict = if inline_usage {
-                    let (probe, u) = self.probe_with_usage(id.pid).await;
+                    let (probe, u) = self.probe_for_listing(id.pid).await;
                     usage = u;
                     verify_probed(&id, probe)
                 } else {
@@ -240,7 +240,7 @@ impl Inner {
             (None, Lookup::Present(r)) => {
                 info.pid = Some(r.pid);
                 let verdict = if inline_usage {
-                    let (probe, u) = self.probe_with_usage(r.pid).await;
+                    let (probe, u) = self.probe_for_listing(r.pid).await;
                     usage = u;
                     self.classify_probed(target, &r, probe)
                 } else {

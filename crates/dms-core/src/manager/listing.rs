@@ -5,13 +5,13 @@
 use super::info::{apply_usage, Described};
 use super::verdict::Verdict;
 use super::{Inner, Manager};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::report::{ProcessInfo, ProcessState, Source, Stats};
-use dms_proc::ProcError;
 use dms_store::{Entry, EntryState, Lookup, TargetId};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
+use tracing::warn;
 
 /// The order in which [`Manager::list_each`] hands over the info objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,31 +46,25 @@ impl Manager {
             }
         };
         if let Some(id) = unwatched {
-            match self.inner.verify(&id).await {
-                Verdict::Own(_) => return Ok(true),
-                Verdict::Unverified(reason) => {
-                    return Err(Error::Unverified {
-                        target: target.clone(),
-                        pid: id.pid,
-                        reason,
-                    })
-                }
-                Verdict::Stale | Verdict::Foreign(_) => {}
+            if self
+                .inner
+                .verify(&id)
+                .await
+                .proven(target, id.pid)?
+                .is_some()
+            {
+                return Ok(true);
             }
         }
         match self.inner.store.get(target).await? {
-            Lookup::Present(r) => match self.inner.classify(target, &r).await {
-                Verdict::Own(info) => {
-                    self.inner.load_found(target, &r, &info).await;
-                    Ok(true)
-                }
-                Verdict::Unverified(reason) => Err(Error::Unverified {
-                    target: target.clone(),
-                    pid: r.pid,
-                    reason,
-                }),
-                Verdict::Stale | Verdict::Foreign(_) => Ok(false),
-            },
+            Lookup::Present(r) => {
+                let verdict = self.inner.classify(target, &r).await;
+                let Some(info) = verdict.proven(target, r.pid)? else {
+                    return Ok(false);
+                };
+                self.inner.load_found(target, &r, &info).await;
+                Ok(true)
+            }
             Lookup::Absent | Lookup::Corrupt(_) => Ok(false),
         }
     }
@@ -207,7 +201,7 @@ impl Manager {
             made.sort_by(|a, b| a.info.target.cmp(&b.info.target));
         }
         if let Some(interval) = interval {
-            self.inner.sample_all(&mut made, interval).await?;
+            self.inner.sample_all(&mut made, interval).await;
         }
         for d in made {
             each(d.finished());
@@ -272,7 +266,7 @@ impl Inner {
 
     /// Samples the usage of every running helper of `made` concurrently, over one shared
     /// `interval`.
-    async fn sample_all(&self, made: &mut [Described], interval: Duration) -> Result<()> {
+    async fn sample_all(&self, made: &mut [Described], interval: Duration) {
         let mut set = tokio::task::JoinSet::new();
         for (i, d) in made.iter_mut().enumerate() {
             if let Some(id) = d.live.take() {
@@ -284,13 +278,19 @@ impl Inner {
             }
         }
         while let Some(joined) = set.join_next().await {
-            let (i, id, usage) = joined
-                .map_err(|e| Error::Proc(ProcError::Injected(format!("usage task failed: {e}"))))?;
+            // A usage task that panicked leaves its helper's usage unknown (`null`), as
+            // a failed read does; the listing goes on.
+            let (i, id, usage) = match joined {
+                Ok(sampled) => sampled,
+                Err(e) => {
+                    warn!(error = %e, "a usage sampling task failed; that usage is unknown");
+                    continue;
+                }
+            };
             if apply_usage(&mut made[i].info, &id, usage) {
                 made[i].sampled_at = Some(SystemTime::now());
             }
         }
-        Ok(())
     }
 }
 

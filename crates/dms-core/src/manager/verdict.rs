@@ -19,6 +19,23 @@ pub(super) enum Verdict {
     Unverified(String),
 }
 
+impl Verdict {
+    /// The proven helper ([`Verdict::Own`]), or `None` when `pid` is dead or someone
+    /// else's; a PID that cannot be verified is [`Error::Unverified`] (its entry is
+    /// neither signalled nor forgotten). The one answer of every "is it running" check.
+    pub(super) fn proven(self, target: &TargetId, pid: Pid) -> Result<Option<Box<ProcInfo>>> {
+        match self {
+            Verdict::Own(info) => Ok(Some(info)),
+            Verdict::Stale | Verdict::Foreign(_) => Ok(None),
+            Verdict::Unverified(reason) => Err(Error::Unverified {
+                target: target.clone(),
+                pid,
+                reason,
+            }),
+        }
+    }
+}
+
 impl Inner {
     /// Probes `record.pid` and decides whether it is the recorded helper of `target`.
     pub(super) async fn classify(&self, target: &TargetId, record: &Record) -> Verdict {
@@ -126,8 +143,9 @@ impl Inner {
         )
     }
 
-    /// Probes `pid` and, when it is alive, reads its usage (zero interval) with it.
-    pub(super) async fn probe_with_usage(
+    /// Probes `pid` for a listing ([`dms_proc::ProbeFields::LISTING`]): when it is alive,
+    /// its usage (zero interval) is read in the same pass.
+    pub(super) async fn probe_for_listing(
         &self,
         pid: Pid,
     ) -> (
@@ -147,28 +165,16 @@ impl Inner {
     /// The live helper of `target` proven ours, from memory or disk. Call with the lock.
     pub(super) async fn live_helper(&self, target: &TargetId) -> Result<Option<ProcIdentity>> {
         if let Some(id) = self.memory_identity(target) {
-            match self.verify(&id).await {
-                Verdict::Own(_) => return Ok(Some(id)),
-                Verdict::Unverified(reason) => {
-                    return Err(Error::Unverified {
-                        target: target.clone(),
-                        pid: id.pid,
-                        reason,
-                    })
-                }
-                Verdict::Stale | Verdict::Foreign(_) => {}
+            if self.verify(&id).await.proven(target, id.pid)?.is_some() {
+                return Ok(Some(id));
             }
         }
         match self.store.get(target).await? {
-            Lookup::Present(r) => match self.classify(target, &r).await {
-                Verdict::Own(info) => Ok(Some(info.identity)),
-                Verdict::Unverified(reason) => Err(Error::Unverified {
-                    target: target.clone(),
-                    pid: r.pid,
-                    reason,
-                }),
-                Verdict::Stale | Verdict::Foreign(_) => Ok(None),
-            },
+            Lookup::Present(r) => Ok(self
+                .classify(target, &r)
+                .await
+                .proven(target, r.pid)?
+                .map(|info| info.identity)),
             Lookup::Absent | Lookup::Corrupt(_) => Ok(None),
         }
     }
