@@ -7,14 +7,14 @@
 //!   SQLite, the row with the recorded identity) is read and the process probed.
 //!   `pidfile` proves a bare file by the process's start time against the file's mtime.
 //! - `process_info/<where>`: the info object of `dms status TARGET` with the command
-//!   line's usage sampling ([`dms_benches::CLI_USAGE_INTERVAL`]), and without sampling.
+//!   line's usage sampling ([`dms_benches::CLI_USAGE`]), and without sampling.
 //!
 //! Run: `cargo bench -p dms-benches --bench lookup`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dms_benches::cli_options;
 use dms_benches::fixture::{self, Helpers};
-use dms_core::{HelperSpec, Manager, ProcessState};
+use dms_core::{HelperSpec, Manager, ProcessState, UsageSampling};
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::Spawner;
 use dms_store::{PidFileStore, PidStore, SqliteStore, TargetId};
@@ -57,7 +57,7 @@ fn open_with(
     usage: bool,
 ) -> Manager {
     if !usage {
-        opts.usage_interval = None;
+        opts.usage = UsageSampling::Off;
     }
     rt.block_on(Manager::open(store, spawner.clone(), opts))
         .expect("Manager::open")

@@ -82,20 +82,19 @@ mod cpu_time {
     }
 }
 
-use dms_core::ManagerOptions;
+use dms_core::{ManagerOptions, UsageSampling};
 use std::path::Path;
-use std::time::Duration;
 
 /// The manager options the `dms` command line uses (`crates/dms-cli/src/run.rs`,
 /// `open_manager`), so that in-process figures match what `dms status` does.
 pub fn cli_options(run_dir: &Path) -> ManagerOptions {
     let mut opts = ManagerOptions::new(run_dir);
-    opts.usage_interval = CLI_USAGE_INTERVAL;
+    opts.usage = CLI_USAGE;
     opts
 }
 
-/// The usage sampling interval of the command line.
-pub const CLI_USAGE_INTERVAL: Option<Duration> = Some(Duration::ZERO);
+/// How the command line reads usage.
+pub const CLI_USAGE: UsageSampling = UsageSampling::Lifetime;
 
 /// Whether this benchmark binary runs in criterion's test mode (`cargo test --bench`,
 /// without `--bench` on its command line): then fixtures are built at their smallest

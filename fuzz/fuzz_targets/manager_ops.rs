@@ -68,7 +68,7 @@
 
 use arbitrary::Arbitrary;
 use async_trait::async_trait;
-use dms_core::{HelperSpec, Manager, ManagerOptions, ProcessState, Source};
+use dms_core::{UsageSampling, HelperSpec, Manager, ManagerOptions, ProcessState, Source};
 use dms_proc::fake::{FakeConfig, FakeSpawner, FakeState, SpawnFailure};
 use dms_proc::{
     Pending, Pid, Probe, ProbeFields, ProcError, ProcIdentity, SignalOutcome, SpawnSpec, Spawner,
@@ -566,8 +566,8 @@ struct World {
 
 fn opts() -> ManagerOptions {
     let mut o = ManagerOptions::new(global().run_dir);
-    o.kill_grace = Duration::ZERO;
-    o.usage_interval = None;
+    o.failed_start_grace = Duration::ZERO;
+    o.usage = UsageSampling::Off;
     o.start_time_slack = Duration::ZERO;
     o
 }
@@ -580,7 +580,7 @@ fn helper(target: &TargetId, replace: bool) -> HelperSpec {
         args: vec!["--target".into(), target.as_str().into()],
         env: vec![("AWS_SECRET_ACCESS_KEY".into(), "fuzz-secret".into())],
         log: Some(PathBuf::from("/nonexistent/fuzz.log")),
-        replace,
+        replace: replace.then_some(Duration::ZERO),
         ..HelperSpec::default()
     }
 }

@@ -14,7 +14,7 @@
 //! it in a new PID namespace, where `pid_max` is 4,194,304:
 //! `unshare --pid --fork --mount-proc target/release/mem_per_helper 100000`.
 
-use dms_core::{Manager, ManagerOptions};
+use dms_core::{Manager, ManagerOptions, UsageSampling};
 use dms_proc::fake::{FakeConfig, FakeSpawner};
 use dms_proc::{SpawnSpec, Spawner};
 use dms_store::{Identity, MemoryStore, Metadata, PidStore, Record};
@@ -89,7 +89,7 @@ async fn run(n: usize) -> Result<(), String> {
     let before_raw = dms_benches::rss_bytes().map_err(|e| e.to_string())?;
     let before = trimmed_rss().map_err(|e| e.to_string())?;
     let mut opts = ManagerOptions::new(run_dir.path());
-    opts.usage_interval = None;
+    opts.usage = UsageSampling::Off;
     let (manager, report) = Manager::open(store, spawner.clone(), opts)
         .await
         .map_err(|e| e.to_string())?;

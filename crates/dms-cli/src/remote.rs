@@ -79,7 +79,8 @@ fn spawn_request(p: &PreparedSpawn) -> Result<Value, CliError> {
         .iter()
         .map(|f| utf8("--env-file", f.as_os_str()))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut req = json!({"argv": argv, "env": env, "env_files": files, "replace": p.spec.replace});
+    let mut req =
+        json!({"argv": argv, "env": env, "env_files": files, "replace": p.spec.replace.is_some()});
     let o = req.as_object_mut().expect("an object");
     if let Some(m) = &p.spec.mount {
         o.insert("mount".into(), json!(utf8("--mount", m.as_os_str())?));
@@ -90,7 +91,7 @@ fn spawn_request(p: &PreparedSpawn) -> Result<Value, CliError> {
     if let Some(l) = &p.spec.log {
         o.insert("log".into(), json!(utf8("--log", l.as_os_str())?));
     }
-    if let Some(g) = p.spec.replace_grace {
+    if let Some(g) = p.spec.replace {
         o.insert("grace_secs".into(), json!(g.as_secs_f64()));
     }
     if let Some(policy) = p.restart {
@@ -111,7 +112,7 @@ pub async fn spawn(c: &mut Client, p: PreparedSpawn, out: &Out) -> Result<u8, Cl
         // A refusal because a helper runs: worded as the one-shot path words it, with the
         // running helper's PID.
         Err(CliError::Failed(m))
-            if !p.spec.replace && m.contains("already has a running helper") =>
+            if p.spec.replace.is_none() && m.contains("already has a running helper") =>
         {
             let e = CliError::Failed(m);
             let now = c.json(Method::GET, &target_path(&target, ""), None).await;

@@ -9,7 +9,9 @@ use crate::env::{self, EnvError};
 use crate::output;
 use crate::remote;
 use crate::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE};
-use dms_core::{HelperSpec, ListOrder, Manager, ManagerOptions, ProcessInfo, ProcessState};
+use dms_core::{
+    HelperSpec, ListOrder, Manager, ManagerOptions, ProcessInfo, ProcessState, UsageSampling,
+};
 use dms_store::{Pid, TargetId};
 use serde::Serialize;
 use serde_json::Value;
@@ -246,8 +248,7 @@ fn prepare_spawn(args: SpawnArgs, run_dir: &Path) -> Result<PreparedSpawn, CliEr
         log,
         mount,
         ready_timeout: Some(args.ready_timeout),
-        replace: args.replace,
-        replace_grace: args.replace.then_some(args.grace),
+        replace: args.replace.then_some(args.grace),
     };
     let restart = args.restart;
     Ok(PreparedSpawn {
@@ -300,7 +301,7 @@ async fn open_manager(
     // CPU percent is the average since the helper started (what ps shows as %CPU), read
     // without waiting: sampling over an interval would make every spawn and status
     // wait for that interval.
-    opts.usage_interval = Some(std::time::Duration::ZERO);
+    opts.usage = UsageSampling::Lifetime;
     opts.one_shot = one_shot;
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await

@@ -12,7 +12,7 @@ use crate::cli::BackendChoice;
 use crate::cli::ServeArgs;
 use crate::env;
 use crate::run::{choose_backend, Backend, CliError};
-use dms_core::{Manager, ManagerOptions};
+use dms_core::{Manager, ManagerOptions, UsageSampling};
 use dms_server::{render, serve::ServeOptions, Access, Daemon};
 use std::ffi::OsString;
 use std::io::{Read, Seek, Write};
@@ -110,8 +110,9 @@ pub async fn run(
     let mut opts = ManagerOptions::new(run_dir.clone());
     // Usage sampled in the background every second (serve.md: at most 2 s old); a
     // helper not sampled yet has its usage read without waiting.
-    opts.usage_interval = Some(Duration::ZERO);
-    opts.usage_sampling = Some(USAGE_SAMPLING);
+    opts.usage = UsageSampling::Background {
+        every: USAGE_SAMPLING,
+    };
     let (manager, recovery) = Manager::open(store, spawner, opts)
         .await
         .map_err(|e| failed(render(&e)))?;

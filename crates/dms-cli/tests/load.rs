@@ -17,7 +17,7 @@
 mod common;
 
 use common::{alive, files_under, is_our_child, pid_of, reap_zombies, Backend, World};
-use dms_core::{HelperSpec, Manager, ManagerOptions};
+use dms_core::{HelperSpec, Manager, ManagerOptions, UsageSampling};
 use dms_proc::linux::LinuxSpawner;
 use dms_store::{PidFileStore, TargetId};
 use nix::fcntl::{Flock, FlockArg};
@@ -225,7 +225,7 @@ fn thousand_helpers_through_the_library() {
         let store = Arc::new(PidFileStore::open(&run_dir).unwrap());
         let spawner = Arc::new(LinuxSpawner::new().unwrap());
         let mut opts = ManagerOptions::new(&run_dir);
-        opts.usage_interval = None; // no CPU sampling: this measures spawn and kill
+        opts.usage = UsageSampling::Off; // no CPU sampling: this measures spawn and kill
         let (manager, _) = Manager::open(store, spawner, opts).await.unwrap();
         let fds_open = fd_count();
 
@@ -303,7 +303,7 @@ fn soak_spawn_kill_cycles_keep_fds_and_memory_flat() {
         let store = Arc::new(PidFileStore::open(&run_dir).unwrap());
         let spawner = Arc::new(LinuxSpawner::new().unwrap());
         let mut opts = ManagerOptions::new(&run_dir);
-        opts.usage_interval = None;
+        opts.usage = UsageSampling::Off;
         let (manager, _) = Manager::open(store, spawner, opts).await.unwrap();
         let mut fds = Vec::new();
         let mut rss = Vec::new();

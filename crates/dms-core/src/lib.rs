@@ -46,7 +46,7 @@ mod report;
 
 pub use error::{Error, Report, Result};
 pub use manager::{ListOrder, Manager, DEFAULT_READY_TIMEOUT};
-pub use options::{HelperSpec, ManagerOptions, DEFAULT_START_TIME_SLACK};
+pub use options::{HelperSpec, ManagerOptions, UsageSampling, DEFAULT_START_TIME_SLACK};
 pub use report::{
     CleanupReport, Event, KeptMount, KillReport, KillStep, MountAction, MountOutcome, MountState,
     ProcessInfo, ProcessState, RecoveryReport, RemovalReason, Removed, Source, Stats, StrayNote,

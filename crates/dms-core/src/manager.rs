@@ -78,7 +78,7 @@ struct Inner {
     watch_ok: AtomicBool,
     /// The task that handles the exits the watcher reports.
     exit_task: Mutex<Option<AbortHandle>>,
-    /// The background usage sampler ([`ManagerOptions::usage_sampling`]).
+    /// The background usage sampler ([`crate::UsageSampling::Background`]).
     sample_task: Mutex<Option<AbortHandle>>,
     /// When the sampler's readers last wanted a sample (it parks without them).
     demand: usage::Demand,
@@ -185,7 +185,7 @@ impl Manager {
             return Ok((Manager { inner }, RecoveryReport::default()));
         }
         let report = inner.reload().await?;
-        if let Some(period) = inner.opts.usage_sampling.filter(|p| !p.is_zero()) {
+        if let Some(period) = inner.opts.usage.background() {
             let task = tokio::spawn(usage::sample_usage(Arc::downgrade(&inner), period));
             *inner.sample_task.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(task.abort_handle());

@@ -24,7 +24,7 @@ pub const DEFAULT_START_TIME_SLACK: Duration = Duration::from_millis(20);
 /// use dms_core::ManagerOptions;
 /// use std::time::Duration;
 /// let mut opts = ManagerOptions::new("/tmp/dms-example");
-/// opts.kill_grace = Duration::from_secs(2);
+/// opts.failed_start_grace = Duration::from_secs(2);
 /// assert_eq!(opts.locks_dir(), std::path::Path::new("/tmp/dms-example/locks"));
 /// ```
 #[derive(Debug, Clone)]
@@ -32,22 +32,16 @@ pub const DEFAULT_START_TIME_SLACK: Duration = Duration::from_millis(20);
 pub struct ManagerOptions {
     /// The run directory (`/run/dms` in production).
     pub run_dir: PathBuf,
-    /// How long a helper may take to stop after SIGTERM before it gets SIGKILL, when a
-    /// helper is replaced (`spawn` with `replace`) or stopped by `cleanup_all`. Default 10 s.
-    pub kill_grace: Duration,
-    /// The interval over which `process_info` samples CPU use; `None` skips resource
-    /// sampling (cpu_percent, rss_bytes and threads are then `null`). A zero interval
-    /// reads usage without waiting, with CPU percent averaged over the helper's lifetime
-    /// (see [`dms_proc::Usage::cpu_percent`]). Default 100 ms.
-    pub usage_interval: Option<Duration>,
-    /// Background sampling of usage: every this often (in slices spread over the
-    /// period), the CPU time, resident memory and threads of every helper held in
-    /// memory are read (one read of `/proc/PID/stat` each), and `process_info` and the
-    /// listings show the last sample (CPU percent over the time since the one before,
-    /// as `top` shows it) instead of sampling in line, while it is at most 2 s old.
-    /// Not in one-shot mode. `None` (the default): no background sampling. `dms serve`
-    /// samples every second.
-    pub usage_sampling: Option<Duration>,
+    /// How long a helper the manager stops on its own, because its start failed (it did
+    /// not mount, went into the background in a way dms cannot follow, or its record
+    /// could not be written), may take to stop after SIGTERM before it gets SIGKILL.
+    /// Default 10 s. (The grace of a replaced helper is the spec's
+    /// [`HelperSpec::replace`]; `kill` and `cleanup_all` take theirs as an argument.)
+    pub failed_start_grace: Duration,
+    /// How the resource usage (CPU percent, resident memory, threads) of a running
+    /// helper is read for `process_info` and the listings. Default
+    /// [`UsageSampling::Interval`] of 100 ms.
+    pub usage: UsageSampling,
     /// Tolerance of the bare-PID-file identity rule: a live process named by a PID file
     /// without recorded identity counts as ours when it started no later than the file's
     /// mtime plus this slack. Both times are on one clock: the start ticks since boot
@@ -79,9 +73,8 @@ impl ManagerOptions {
     pub fn new(run_dir: impl Into<PathBuf>) -> ManagerOptions {
         ManagerOptions {
             run_dir: run_dir.into(),
-            kill_grace: Duration::from_secs(10),
-            usage_interval: Some(Duration::from_millis(100)),
-            usage_sampling: None,
+            failed_start_grace: Duration::from_secs(10),
+            usage: UsageSampling::Interval(Duration::from_millis(100)),
             start_time_slack: DEFAULT_START_TIME_SLACK,
             event_capacity: 1024,
             one_shot: false,
@@ -96,6 +89,63 @@ impl ManagerOptions {
     /// `<run-dir>/logs`.
     pub fn logs_dir(&self) -> PathBuf {
         self.run_dir.join("logs")
+    }
+}
+
+/// How a manager reads the resource usage of its running helpers ([`ManagerOptions::usage`]).
+///
+/// ```
+/// use dms_core::UsageSampling;
+/// use std::time::Duration;
+/// // What `dms serve` uses: a background sample every second, read in line without
+/// // waiting for a helper not sampled yet.
+/// let serve = UsageSampling::Background { every: Duration::from_secs(1) };
+/// assert_eq!(serve.in_line(), Some(Duration::ZERO));
+/// assert_eq!(UsageSampling::Off.in_line(), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UsageSampling {
+    /// Never read: `cpu_percent`, `rss_bytes` and `threads` are `null`.
+    Off,
+    /// Read with each probe, without waiting, CPU percent averaged over the helper's
+    /// lifetime (what `ps` shows as `%CPU`; see [`dms_proc::Usage::cpu_percent`]). What
+    /// the one-shot command line uses.
+    Lifetime,
+    /// Sampled over this interval: `process_info` waits for it, and a listing samples
+    /// every running helper concurrently over one shared interval, once all rows are
+    /// made. A zero interval is [`UsageSampling::Lifetime`].
+    Interval(Duration),
+    /// Sampled in the background: every `every` (in slices spread over the period), the
+    /// CPU time, resident memory and threads of every helper held in memory are read
+    /// (one read of `/proc/PID/stat` each), and `process_info` and the listings show the
+    /// last sample (CPU percent over the time since the one before, as `top` shows it)
+    /// while it is at most 2 s old; else usage is read as [`UsageSampling::Lifetime`].
+    /// Not in one-shot mode (there it is [`UsageSampling::Lifetime`]). What `dms serve`
+    /// uses, every second. A zero period is [`UsageSampling::Lifetime`].
+    Background {
+        /// The sampling period.
+        every: Duration,
+    },
+}
+
+impl UsageSampling {
+    /// The interval usage is sampled over in line, when it is: `Some(Duration::ZERO)`
+    /// reads it with the probe, without waiting; `None` never reads it in line.
+    pub fn in_line(self) -> Option<Duration> {
+        match self {
+            UsageSampling::Off => None,
+            UsageSampling::Lifetime | UsageSampling::Background { .. } => Some(Duration::ZERO),
+            UsageSampling::Interval(every) => Some(every),
+        }
+    }
+
+    /// The period of the background sampler, when there is one.
+    pub fn background(self) -> Option<Duration> {
+        match self {
+            UsageSampling::Background { every } if !every.is_zero() => Some(every),
+            _ => None,
+        }
     }
 }
 
@@ -134,11 +184,10 @@ pub struct HelperSpec {
     /// mount is only recorded, as given, and the helper counts as started once its
     /// program runs (for helpers that mount later, and for fake spawners in tests).
     pub ready_timeout: Option<Duration>,
-    /// Stop a running helper of the target first, instead of refusing.
-    pub replace: bool,
-    /// With `replace`: the grace the old helper gets between SIGTERM and SIGKILL; `None`:
-    /// [`ManagerOptions::kill_grace`].
-    pub replace_grace: Option<Duration>,
+    /// `Some(grace)`: stop a running helper of the target first (SIGTERM, then SIGKILL
+    /// after `grace`), instead of refusing with [`crate::Error::AlreadyRunning`]. What can
+    /// fail without a fork is checked before the old helper stops.
+    pub replace: Option<Duration>,
 }
 
 impl fmt::Debug for HelperSpec {
@@ -152,7 +201,6 @@ impl fmt::Debug for HelperSpec {
             .field("mount", &self.mount)
             .field("ready_timeout", &self.ready_timeout)
             .field("replace", &self.replace)
-            .field("replace_grace", &self.replace_grace)
             .finish()
     }
 }

@@ -7,7 +7,9 @@
 mod common;
 
 use common::{run_dir, t};
-use dms_core::{HelperSpec, Manager, ManagerOptions, ProcessState, DEFAULT_START_TIME_SLACK};
+use dms_core::{
+    HelperSpec, Manager, ManagerOptions, ProcessState, UsageSampling, DEFAULT_START_TIME_SLACK,
+};
 use dms_proc::linux::LinuxSpawner;
 use dms_store::PidFileStore;
 use std::sync::Arc;
@@ -17,8 +19,8 @@ const SPAWNS: usize = 1_000;
 
 async fn manager(dir: &std::path::Path) -> Manager {
     let mut opts = ManagerOptions::new(dir);
-    opts.kill_grace = Duration::from_secs(5);
-    opts.usage_interval = None;
+    opts.failed_start_grace = Duration::from_secs(5);
+    opts.usage = UsageSampling::Off;
     let store = Arc::new(PidFileStore::open(dir).unwrap());
     let spawner = Arc::new(LinuxSpawner::new().unwrap());
     Manager::open(store, spawner, opts).await.unwrap().0

@@ -50,7 +50,9 @@ mod common;
 
 use async_trait::async_trait;
 use common::{fake, run_dir, t};
-use dms_core::{Error, Event, HelperSpec, Manager, ManagerOptions, ProcessState, TargetPid};
+use dms_core::{
+    Error, Event, HelperSpec, Manager, ManagerOptions, ProcessState, TargetPid, UsageSampling,
+};
 use dms_proc::fake::{FakeSpawner, FakeState, SpawnFailure};
 use dms_proc::{Pid, Probe, ProcIdentity, Spawner};
 use dms_store::{
@@ -559,8 +561,8 @@ struct Harness {
 
 fn options(run_dir: &Path) -> ManagerOptions {
     let mut o = ManagerOptions::new(run_dir);
-    o.usage_interval = None;
-    o.kill_grace = Duration::from_millis(5);
+    o.usage = UsageSampling::Off;
+    o.failed_start_grace = Duration::from_millis(5);
     o
 }
 
@@ -929,7 +931,7 @@ impl Harness {
                 let spec = HelperSpec {
                     program: "/usr/bin/s3vaultfuse.py".into(),
                     env: vec![("AWS_SECRET_ACCESS_KEY".into(), "x".into())],
-                    replace: *replace,
+                    replace: replace.then_some(Duration::from_millis(5)),
                     ..HelperSpec::default()
                 };
                 let res = m.spawn(&t, spec).await;

@@ -6,7 +6,7 @@ mod common;
 use common::{fake, init_tracing, run_dir, t};
 use dms_core::{
     Error, Event, HelperSpec, KillStep, Manager, ManagerOptions, ProcessState, RemovalReason,
-    Source,
+    Source, UsageSampling,
 };
 use dms_proc::fake::{FakeSpawner, SpawnFailure};
 use dms_proc::{ExitStatus, Pid, Signal};
@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 
 fn opts(dir: &tempfile::TempDir) -> ManagerOptions {
     let mut o = ManagerOptions::new(dir.path());
-    o.usage_interval = None;
-    o.kill_grace = Duration::from_millis(50);
+    o.usage = UsageSampling::Off;
+    o.failed_start_grace = Duration::from_millis(50);
     o
 }
 
@@ -121,7 +121,7 @@ async fn second_spawn_is_refused_and_replace_stops_the_old_one_first() {
         .spawn(
             &t("a"),
             HelperSpec {
-                replace: true,
+                replace: Some(Duration::from_millis(50)),
                 ..helper()
             },
         )

@@ -12,7 +12,7 @@
 mod common;
 
 use common::{fake, init_tracing, run_dir, store, t, Backend};
-use dms_core::{Event, HelperSpec, Manager, ManagerOptions, ProcessState, Source};
+use dms_core::{Event, HelperSpec, Manager, ManagerOptions, ProcessState, Source, UsageSampling};
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::{Pid, Usage};
 use dms_store::{MemoryStore, PidStore, TargetId};
@@ -29,8 +29,8 @@ async fn open_with(
     tune: impl FnOnce(&mut ManagerOptions),
 ) -> Manager {
     let mut opts = ManagerOptions::new(run_dir);
-    opts.kill_grace = Duration::from_secs(5);
-    opts.usage_interval = Some(Duration::ZERO);
+    opts.failed_start_grace = Duration::from_secs(5);
+    opts.usage = UsageSampling::Lifetime;
     tune(&mut opts);
     let spawner = Arc::new(LinuxSpawner::new().unwrap());
     Manager::open(store(backend, run_dir), spawner, opts)
@@ -256,7 +256,9 @@ async fn background_samples_show_cpu_use_over_the_last_interval() {
     init_tracing();
     let dir = run_dir();
     let m = open_with(Backend::PidFile, dir.path(), |o| {
-        o.usage_sampling = Some(Duration::from_millis(500));
+        o.usage = UsageSampling::Background {
+            every: Duration::from_millis(500),
+        };
     })
     .await;
     let env = vec![("PATH".into(), "/usr/bin:/bin".into())];
@@ -329,7 +331,7 @@ async fn a_watched_helper_is_answered_from_memory_without_a_probe() {
     let store = Arc::new(MemoryStore::new(dir.path().join("s3")));
     let fake = fake(16);
     let mut opts = ManagerOptions::new(dir.path());
-    opts.usage_interval = Some(Duration::ZERO);
+    opts.usage = UsageSampling::Lifetime;
     let (m, _) = Manager::open(store.clone(), Arc::new(fake.clone()), opts)
         .await
         .unwrap();
@@ -395,7 +397,9 @@ async fn a_helper_being_spawned_is_not_observed_before_its_program_runs() {
     init_tracing();
     let dir = run_dir();
     let m = open_with(Backend::PidFile, dir.path(), |o| {
-        o.usage_sampling = Some(Duration::from_millis(10));
+        o.usage = UsageSampling::Background {
+            every: Duration::from_millis(10),
+        };
     })
     .await;
     for n in 0..20 {

@@ -11,6 +11,7 @@ mod common;
 use common::{init_tracing, run_dir, store, t, Backend};
 use dms_core::{
     Error, Event, HelperSpec, KillStep, ListOrder, Manager, ManagerOptions, ProcessState,
+    UsageSampling,
 };
 use dms_proc::linux::LinuxSpawner;
 use dms_proc::{ExitStatus, Pid, Spawner};
@@ -26,7 +27,7 @@ use tokio::sync::broadcast;
 
 fn opts(run_dir: &Path) -> ManagerOptions {
     let mut o = ManagerOptions::new(run_dir);
-    o.kill_grace = Duration::from_secs(5);
+    o.failed_start_grace = Duration::from_secs(5);
     o
 }
 
@@ -779,7 +780,7 @@ async fn status_of_a_live_helper_reports_the_same_usage_fields() {
     assert!(wait_for(Duration::from_secs(20), || utime(busy_pid) >= 5).await);
 
     let mut o = opts(dir.path());
-    o.usage_interval = Some(Duration::ZERO);
+    o.usage = UsageSampling::Lifetime;
     o.one_shot = true;
     let spawner = Arc::new(LinuxSpawner::new().unwrap());
     let (status, _) = Manager::open(store(Backend::PidFile, dir.path()), spawner.clone(), o)
@@ -852,7 +853,7 @@ async fn unordered_listing_has_the_infos_of_the_sorted_one() {
     init_tracing();
     let dir = run_dir();
     let mut o = opts(dir.path());
-    o.usage_interval = Some(Duration::ZERO);
+    o.usage = UsageSampling::Lifetime;
     let spawner = Arc::new(LinuxSpawner::new().unwrap());
     let (m, _) = Manager::open(store(Backend::PidFile, dir.path()), spawner, o)
         .await

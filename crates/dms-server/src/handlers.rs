@@ -331,8 +331,8 @@ fn spawn_spec(d: &Daemon, req: SpawnRequest) -> Result<Spawnable, ApiError> {
         log: req.log,
         ready_timeout: req.mount.as_ref().map(|_| ready),
         mount: req.mount,
-        replace: req.replace,
-        replace_grace: None,
+        // The grace of a replace is set by the caller (`spawn`, from `grace_secs`).
+        replace: req.replace.then_some(DEFAULT_GRACE),
     };
     Ok(Spawnable {
         helper,
@@ -351,7 +351,7 @@ async fn spawn(
     let mut spec = spawn_spec(&d, req)?;
     // The old helper of a replace gets the request's grace; what can fail without
     // starting anything is checked before it is stopped (the manager's replace).
-    spec.helper.replace_grace = Some(grace);
+    spec.helper.replace = spec.helper.replace.map(|_| grace);
     let info = supervise::spawn(&d, &target, spec.stored, spec.inline, spec.helper).await?;
     Ok((StatusCode::CREATED, Json(info_doc(&d, &info)?)).into_response())
 }

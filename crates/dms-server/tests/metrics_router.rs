@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use dms_core::{Manager, ManagerOptions};
+use dms_core::{Manager, ManagerOptions, UsageSampling};
 use dms_proc::fake::FakeSpawner;
 use dms_server::{Access, Daemon, Peer};
 use http_body_util::BodyExt;
@@ -23,7 +23,7 @@ const ROOT: Peer = Peer {
 async fn daemon(dir: &std::path::Path) -> Arc<Daemon> {
     let store = Arc::new(dms_store::MemoryStore::new(dir.join("s3")));
     let mut opts = ManagerOptions::new(dir);
-    opts.usage_interval = Some(std::time::Duration::ZERO);
+    opts.usage = UsageSampling::Lifetime;
     let (manager, recovery) = Manager::open(store, Arc::new(FakeSpawner::default()), opts)
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use dms_core::{Manager, ManagerOptions};
+use dms_core::{Manager, ManagerOptions, UsageSampling};
 use dms_proc::fake::FakeSpawner;
 use dms_server::{Access, Daemon, Peer};
 use http_body_util::BodyExt;
@@ -35,7 +35,7 @@ async fn world() -> World {
     let store = Arc::new(dms_store::MemoryStore::new(dir.path().join("s3")));
     let fake = FakeSpawner::default();
     let mut opts = ManagerOptions::new(dir.path());
-    opts.usage_interval = None;
+    opts.usage = UsageSampling::Off;
     let (manager, recovery) = Manager::open(store, Arc::new(fake.clone()), opts)
         .await
         .unwrap();

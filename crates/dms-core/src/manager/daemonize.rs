@@ -88,7 +88,7 @@ impl Inner {
                 .spawner
                 .terminate(
                     &o.identity,
-                    self.opts.kill_grace,
+                    self.opts.failed_start_grace,
                     dms_proc::DEFAULT_KILL_WAIT,
                 )
                 .await
@@ -119,7 +119,11 @@ impl Inner {
     pub(super) async fn stop_startup(&self, leader: &ProcIdentity, window: &StartupWindow) {
         if let Err(e) = self
             .spawner
-            .terminate(leader, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
+            .terminate(
+                leader,
+                self.opts.failed_start_grace,
+                dms_proc::DEFAULT_KILL_WAIT,
+            )
             .await
         {
             warn!(pid = leader.pid.get(), error = %crate::Report::new(&e), "cannot stop a helper whose start failed");
@@ -347,7 +351,11 @@ impl Inner {
             warn!(target = %target, pid = helper.pid.get(), error = %crate::Report::new(&e), "cannot record the helper's daemon; stopping it");
             let _ = self
                 .spawner
-                .terminate(helper, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
+                .terminate(
+                    helper,
+                    self.opts.failed_start_grace,
+                    dms_proc::DEFAULT_KILL_WAIT,
+                )
                 .await;
             self.forget(target, Some(leader));
             let _ = self.store.remove(target).await;

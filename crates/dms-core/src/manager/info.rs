@@ -176,16 +176,16 @@ impl Inner {
         })
     }
 
-    /// Whether usage is read with each probe, without waiting (a zero
-    /// [`crate::ManagerOptions::usage_interval`]).
+    /// Whether usage is read with each probe, without waiting
+    /// ([`crate::UsageSampling::in_line`] is zero).
     pub(super) fn inline_usage(&self) -> bool {
-        self.opts.usage_interval == Some(Duration::ZERO)
+        self.opts.usage.in_line() == Some(Duration::ZERO)
     }
 
     /// The info object of `d` with its usage sampled when it is still to be (over
-    /// [`crate::ManagerOptions::usage_interval`]), and when its usage was read.
+    /// [`crate::UsageSampling::in_line`]), and when its usage was read.
     pub(super) async fn finish_usage(&self, mut d: Described) -> ProcessInfo {
-        if let (Some(interval), Some(id)) = (self.opts.usage_interval, d.live.take()) {
+        if let (Some(interval), Some(id)) = (self.opts.usage.in_line(), d.live.take()) {
             let sampled = self.spawner.usage(&id, interval).await;
             if apply_usage(&mut d.info, &id, sampled) {
                 d.sampled_at = Some(SystemTime::now());

@@ -22,7 +22,7 @@ pub enum ListOrder {
     /// Each as soon as it is made, while the store is still reading the rest, for a
     /// caller that orders them itself (the command line's status table makes its rows
     /// then, on one core while the store reads on the other, and sorts the rows). With
-    /// a non-zero [`crate::ManagerOptions::usage_interval`] they come once all are made
+    /// a non-zero [`crate::UsageSampling::Interval`] they come once all are made
     /// and sampled, in no particular order.
     AsMade,
 }
@@ -33,7 +33,7 @@ impl Manager {
     /// Memory first: a memory entry is kept truthful by its exit watcher, so a hit costs
     /// no system call. Otherwise the PID file is read and the process probed and its
     /// identity checked. Never changes anything. An entry whose process cannot be
-    /// verified (permission denied) is an [`Error::Unverified`].
+    /// verified (permission denied) is an [`crate::Error::Unverified`].
     pub async fn is_running(&self, target: &TargetId) -> Result<bool> {
         let unwatched = {
             let memory = self.inner.read_memory();
@@ -70,13 +70,13 @@ impl Manager {
     }
 
     /// Everything known about `target` (the info object of the command line), with
-    /// resource usage sampled over [`crate::ManagerOptions::usage_interval`] when
+    /// resource usage sampled over [`crate::UsageSampling::Interval`] when
     /// running, and when that usage was read ([`ProcessInfo::usage_sampled_at`]).
     ///
     /// A helper this manager holds and watches is answered from memory, without reading
     /// the store or probing the process (only the PID file's existence is looked up);
     /// its usage is the background sample when
-    /// [`crate::ManagerOptions::usage_sampling`] is on and the sample is at most 2 s old.
+    /// [`crate::UsageSampling::Background`] is on and the sample is at most 2 s old.
     /// Outside one-shot mode, a live helper proven ours found only on disk is loaded into
     /// memory and watched (event [`crate::Event::Adopted`]), as [`Manager::is_running`]
     /// does.
@@ -123,7 +123,7 @@ impl Manager {
     /// the entries are classified while the store is still reading the rest
     /// ([`dms_store::PidStore::list`]). Helpers held in memory are answered as
     /// [`Manager::process_info`] answers them, from memory. With a zero
-    /// [`crate::ManagerOptions::usage_interval`] the usage of a running helper is read
+    /// [`crate::UsageSampling::Interval`] the usage of a running helper is read
     /// with its probe, without waiting; with a longer one the usage of every running
     /// helper is sampled concurrently, over one shared interval, once all are made.
     pub async fn list_each(
@@ -132,7 +132,7 @@ impl Manager {
         mut each: impl FnMut(ProcessInfo),
     ) -> Result<()> {
         let inline = self.inner.inline_usage();
-        let interval = self.inner.opts.usage_interval.filter(|i| !i.is_zero());
+        let interval = self.inner.opts.usage.in_line().filter(|i| !i.is_zero());
         // Handed over as made: only when nothing is left to do once all are made.
         let at_once = order == ListOrder::AsMade && interval.is_none();
         // The store reads its files (on another thread, for the PID-file backends) while

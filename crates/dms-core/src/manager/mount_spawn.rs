@@ -344,7 +344,11 @@ impl Inner {
         }
         let stop = self
             .spawner
-            .terminate(identity, self.opts.kill_grace, dms_proc::DEFAULT_KILL_WAIT)
+            .terminate(
+                identity,
+                self.opts.failed_start_grace,
+                dms_proc::DEFAULT_KILL_WAIT,
+            )
             .await;
         if let Err(e) = &stop {
             warn!(target = %target, pid = identity.pid.get(), error = %crate::Report::new(e), "cannot stop helper that did not mount");

@@ -18,7 +18,7 @@ impl Manager {
     ///
     /// Under the target's lock: refuses if a live helper proven ours exists
     /// ([`Error::AlreadyRunning`]) unless `spec.replace` (then it is stopped first, with
-    /// [`crate::ManagerOptions::kill_grace`]); creates the helper held at the start barrier;
+    /// that grace); creates the helper held at the start barrier;
     /// records it (PID file, identity, metadata, never environment values) and in
     /// memory; only then lets it run its program, and starts watching its exit.
     ///
@@ -60,12 +60,12 @@ impl Inner {
             self.check_mount_dir(target, dir).await?;
         }
         if let Some(old) = self.live_helper(target).await? {
-            if !spec.replace {
+            let Some(grace) = spec.replace else {
                 return Err(Error::AlreadyRunning {
                     target: target.clone(),
                     pid: old.pid,
                 });
-            }
+            };
             // Whatever can fail without a fork is checked before the old helper stops.
             let new_log = spec
                 .log
@@ -78,7 +78,6 @@ impl Inner {
                     source: Box::new(e),
                 })?;
             info!(target = %target, pid = old.pid.get(), "replacing running helper");
-            let grace = spec.replace_grace.unwrap_or(self.opts.kill_grace);
             // With a mount: unmount first, as `kill` does.
             let mut mount = self.kill_mount(target);
             let mut steps = Vec::new();

@@ -1,4 +1,4 @@
-//! Usage sampled in the background ([`crate::ManagerOptions::usage_sampling`]): one
+//! Usage sampled in the background ([`crate::UsageSampling::Background`]): one
 //! task reads the CPU time, resident memory and threads of every helper held in memory
 //! once a period, in ten slices spread over it (so that no request waits behind a whole
 //! round), and keeps each reading in the helper's memory entry. The CPU percent of a

@@ -37,8 +37,7 @@ fn helper_spec(d: &Daemon, entry: &Entry) -> Result<HelperSpec, String> {
         log: spec.log.clone(),
         ready_timeout: spec.mount.as_ref().map(|_| ready),
         mount: spec.mount.clone(),
-        replace: false,
-        replace_grace: None,
+        replace: None,
     })
 }
 
