@@ -68,13 +68,13 @@
 
 use arbitrary::Arbitrary;
 use async_trait::async_trait;
-use dms_core::{UsageSampling, HelperSpec, Manager, ManagerOptions, ProcessState, Source};
+use dms_core::{HelperSpec, Manager, ManagerOptions, ProcessState, Source, UsageSampling};
 use dms_proc::fake::{FakeConfig, FakeSpawner, FakeState, SpawnFailure};
 use dms_proc::{
     Pending, Pid, Probe, ProbeFields, ProcError, ProcIdentity, SignalOutcome, SpawnSpec, Spawner,
     StopOutcome, Usage, WaitOutcome,
 };
-use dms_store::{Entry, EntryState, Lookup, MemoryStore, PidStore, Record, TargetId};
+use dms_store::{Entry, MemoryStore, PidStore, Record, Stored, TargetId};
 use libfuzzer_sys::fuzz_target;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -439,12 +439,12 @@ impl ModelStore {
             .map(|e| match e {
                 Entry::Target {
                     target,
-                    state: EntryState::Valid(r),
+                    state: Stored::Valid(r),
                 } => {
                     let r = self.dated(&target, r);
                     Entry::Target {
                         target,
-                        state: EntryState::Valid(r),
+                        state: Stored::Valid(r),
                     }
                 }
                 other => other,
@@ -481,10 +481,10 @@ impl PidStore for ModelStore {
             .insert(target.clone(), self.clock.write_time());
         self.inner.put(target, record).await
     }
-    async fn get(&self, target: &TargetId) -> dms_store::Result<Lookup> {
+    async fn get(&self, target: &TargetId) -> dms_store::Result<Option<Stored>> {
         self.fail(FailOp::Get, &target.pid_file_in(self.inner.pid_dir()))?;
         Ok(match self.inner.get(target).await? {
-            Lookup::Present(r) => Lookup::Present(self.dated(target, r)),
+            Some(Stored::Valid(r)) => Some(Stored::Valid(self.dated(target, r))),
             other => other,
         })
     }
@@ -791,7 +791,7 @@ impl World {
             // With no memory, any entry proving it recovers it (the strongest claim
             // wins when several do; where it lands is followed through `tracked_as`).
             let recoverable = entries.iter().any(|e| {
-                matches!(e, Entry::Target { state: EntryState::Valid(r), .. }
+                matches!(e, Entry::Target { state: Stored::Valid(r), .. }
                     if self.proves(r, &live).as_ref() == Some(&id))
             });
             if !recoverable {
@@ -916,7 +916,7 @@ impl World {
         }
 
         // I3: memory and disk agree on untampered targets; memory keeps no dead process.
-        let disk: HashMap<&TargetId, &EntryState> = entries
+        let disk: HashMap<&TargetId, &Stored> = entries
             .iter()
             .filter_map(|e| match e {
                 Entry::Target { target, state } => Some((target, state)),
@@ -935,7 +935,7 @@ impl World {
             let mem = memory.iter().find(|(t, _)| t == target).map(|(_, id)| id);
             let on_disk = disk.get(target).copied();
             if let Some(id) = mem {
-                let agrees = matches!(on_disk, Some(EntryState::Valid(r))
+                let agrees = matches!(on_disk, Some(Stored::Valid(r))
                     if r.pid == id.pid && r.identity.as_ref().is_none_or(|i|
                         i.start_ticks == id.start_ticks && i.boot_id == id.boot_id));
                 if !agrees {
@@ -944,7 +944,7 @@ impl World {
                     ));
                 }
             }
-            if let Some(EntryState::Valid(r)) = on_disk {
+            if let Some(Stored::Valid(r)) = on_disk {
                 if let Some(p) = self.proves_for(target, r, &live, &memory) {
                     if mem != Some(&p) {
                         self.fail(format!(
@@ -961,7 +961,7 @@ impl World {
             for (target, state) in &disk {
                 let mem = memory.iter().find(|(t, _)| t == *target).map(|(_, id)| id);
                 match state {
-                    EntryState::Valid(r)
+                    Stored::Valid(r)
                         if self
                             .proves_for(target, r, &live, &memory)
                             .is_some_and(|p| mem == Some(&p)) => {}
@@ -989,7 +989,7 @@ impl World {
         });
         let memory = m.memory_snapshot();
         let proven_on_disk = match &disk {
-            Some(EntryState::Valid(r)) => self.proves_for(target, r, &live, &memory),
+            Some(Stored::Valid(r)) => self.proves_for(target, r, &live, &memory),
             _ => None,
         };
         let expect_running =
@@ -1035,9 +1035,7 @@ impl World {
                         && info.pid.is_some_and(|p| live.keys().any(|id| id.pid == p))
                 }
                 ProcessState::Absent => mem.is_none() && disk.is_none(),
-                ProcessState::Corrupt => {
-                    mem.is_none() && matches!(disk, Some(EntryState::Corrupt(_)))
-                }
+                ProcessState::Corrupt => mem.is_none() && matches!(disk, Some(Stored::Corrupt(_))),
                 ProcessState::Stale => {
                     !expect_running && info.pid.is_some_and(|p| !live.keys().any(|id| id.pid == p))
                 }
@@ -1330,7 +1328,7 @@ impl World {
                         let written = self.store.snapshot().into_iter().find_map(|e| match e {
                             Entry::Target {
                                 target: d,
-                                state: EntryState::Valid(r),
+                                state: Stored::Valid(r),
                             } if d == target && r.pid == pid && r.identity.is_some() => {
                                 self.proves(&r, &live)
                             }

@@ -16,7 +16,7 @@
 //!   `MAX_PID_FILE_LEN` bytes are corrupt whatever they hold).
 #![no_main]
 
-use dms_store::{pid_max, Lookup, Pid, PidFileStore, PidStore, TargetId, MAX_PID_FILE_LEN};
+use dms_store::{pid_max, Pid, PidFileStore, PidStore, Stored, TargetId, MAX_PID_FILE_LEN};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -110,8 +110,8 @@ fuzz_target!(|data: &[u8]| {
                 .expect("get of a regular file never fails");
         let fits = data.len() as u64 <= MAX_PID_FILE_LEN;
         match (&lookup, &parsed) {
-            (Lookup::Present(r), Ok(pid)) if fits => assert_eq!(r.pid, *pid),
-            (Lookup::Corrupt(c), _) if !fits || parsed.is_err() => {
+            (Some(Stored::Valid(r)), Ok(pid)) if fits => assert_eq!(r.pid, *pid),
+            (Some(Stored::Corrupt(c)), _) if !fits || parsed.is_err() => {
                 assert_eq!(c.path, path);
                 assert!(!c.reason.is_empty());
                 assert!(

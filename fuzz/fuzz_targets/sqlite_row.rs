@@ -35,8 +35,8 @@
 
 use arbitrary::Arbitrary;
 use dms_store::{
-    Entry, EntryState, Identity, Lookup, Metadata, Pid, PidStore, Record, SqliteStore, TargetId,
-    DB_FILE_NAME, MAX_PID_FILE_LEN, PID_SUBDIR,
+    Entry, Identity, Metadata, Pid, PidStore, Record, SqliteStore, Stored, TargetId, DB_FILE_NAME,
+    MAX_PID_FILE_LEN, PID_SUBDIR,
 };
 use libfuzzer_sys::fuzz_target;
 use rusqlite::types::Value;
@@ -332,10 +332,10 @@ fn candidate(row: &StoredRow, f: &FileState) -> Option<Candidate> {
 }
 
 /// Checks one read of `t` against the file and the candidate rows.
-fn check_record(what: &str, state: &Lookup, f: &FileState, candidates: &[Candidate]) {
+fn check_record(what: &str, state: Option<&Stored>, f: &FileState, candidates: &[Candidate]) {
     match (state, &f.content) {
-        (Lookup::Absent, None) => {}
-        (Lookup::Present(r), Some(_)) => {
+        (None, None) => {}
+        (Some(Stored::Valid(r)), Some(_)) => {
             assert_eq!(Some(r.pid), f.pid, "{what}: PID not the file's");
             assert_eq!(
                 r.written_at, f.mtime,
@@ -354,7 +354,7 @@ fn check_record(what: &str, state: &Lookup, f: &FileState, candidates: &[Candida
                 );
             }
         }
-        (Lookup::Corrupt(c), Some(_)) => {
+        (Some(Stored::Corrupt(c)), Some(_)) => {
             assert_eq!(
                 f.pid, None,
                 "{what}: valid PID file reported corrupt: {c:?}"
@@ -503,7 +503,7 @@ fuzz_target!(|input: Input| {
 
     let first = match first {
         Ok(l) => {
-            check_record("get", &l, &f, &candidates);
+            check_record("get", l.as_ref(), &f, &candidates);
             Some(l)
         }
         Err(e) => {
@@ -515,11 +515,7 @@ fuzz_target!(|input: Input| {
         Ok(entries) => match (&entries[..], &f.content) {
             ([], None) => {}
             ([Entry::Target { target, state }], Some(_)) if *target == env.target => {
-                let as_lookup = match state {
-                    EntryState::Valid(r) => Lookup::Present(r.clone()),
-                    EntryState::Corrupt(c) => Lookup::Corrupt(c.clone()),
-                };
-                check_record("list", &as_lookup, &f, &candidates);
+                check_record("list", Some(state), &f, &candidates);
             }
             (other, content) => panic!("list gave {other:?} for a file holding {content:?}"),
         },
@@ -527,7 +523,7 @@ fuzz_target!(|input: Input| {
     }
     match second {
         Ok(l) => {
-            check_record("second get", &l, &f, &candidates);
+            check_record("second get", l.as_ref(), &f, &candidates);
             if let Some(first) = &first {
                 assert_eq!(&l, first, "a second get answered differently");
             }
@@ -547,7 +543,7 @@ fuzz_target!(|input: Input| {
             ..
         } => *user_version <= 0 || (*user_version == 1 && usize::from(*drop_column) >= 10),
     };
-    if let (Some(rec), false, true, true, Some(Lookup::Present(got))) =
+    if let (Some(rec), false, true, true, Some(Some(Stored::Valid(got)))) =
         (&put_ok, hand_t, schema_ok, store.has_database(), &first)
     {
         assert_eq!(got.pid, rec.pid);

@@ -13,7 +13,7 @@ use crate::cli::{BackendChoice, LogsArgs};
 use crate::output;
 use crate::run::{choose_backend, Backend, CliError};
 use dms_server::logs::{last_lines_from, older_generation, read_at, LogError};
-use dms_store::{Lookup, PidStore, TargetId};
+use dms_store::{PidStore, Stored, TargetId};
 use serde_json::json;
 use std::fs::File;
 use std::io::Write;
@@ -113,7 +113,7 @@ async fn log_path(run_dir: &Path, backend: BackendChoice, target: &TargetId) -> 
     }
     let recorded = match dms_store::SqliteStore::open_for_reading(run_dir) {
         Ok(store) => match store.get(target).await {
-            Ok(Lookup::Present(r)) => r.meta.log_path,
+            Ok(Some(Stored::Valid(r))) => r.meta.log_path,
             Ok(_) => None,
             Err(e) => {
                 tracing::debug!(error = %dms_core::Report::new(&e), "cannot read the target's record; using the default log");

@@ -56,7 +56,7 @@ use dms_core::{
 use dms_proc::fake::{FakeSpawner, FakeState, SpawnFailure};
 use dms_proc::{Pid, Probe, ProcIdentity, Spawner};
 use dms_store::{
-    Entry, EntryState, Lookup, MemoryStore, PidFileStore, PidStore, Record, SqliteStore, TargetId,
+    Entry, MemoryStore, PidFileStore, PidStore, Record, SqliteStore, Stored, TargetId,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -292,7 +292,7 @@ impl TestStore {
         match self.kind {
             Kind::Memory => {
                 let m = self.memory.as_ref().unwrap();
-                let Lookup::Present(r) = m.get(from).await.unwrap() else {
+                let Some(Stored::Valid(r)) = m.get(from).await.unwrap() else {
                     return false;
                 };
                 m.put(to, &r).await.unwrap();
@@ -369,9 +369,9 @@ impl PidStore for TestStore {
         }
     }
 
-    async fn get(&self, target: &TargetId) -> dms_store::Result<Lookup> {
+    async fn get(&self, target: &TargetId) -> dms_store::Result<Option<Stored>> {
         let mut l = self.backend.get(target).await?;
-        if let Lookup::Present(r) = &mut l {
+        if let Some(Stored::Valid(r)) = &mut l {
             self.fix_stamp(r, target);
         }
         Ok(l)
@@ -394,7 +394,7 @@ impl PidStore for TestStore {
                 for e in &mut batch {
                     if let Entry::Target {
                         target,
-                        state: EntryState::Valid(r),
+                        state: Stored::Valid(r),
                     } = e
                     {
                         self.fix_stamp(r, target);
@@ -656,7 +656,7 @@ impl Harness {
         self.helpers().get(t).and_then(|v| v.first().cloned())
     }
 
-    async fn disk(&self) -> BTreeMap<TargetId, EntryState> {
+    async fn disk(&self) -> BTreeMap<TargetId, Stored> {
         let mut out = BTreeMap::new();
         for e in dms_store::list_sorted(&self.store).await.expect("list") {
             if let Entry::Target { target, state } = e {
@@ -734,13 +734,13 @@ impl Harness {
         // An ambiguity ends once at most one PID file names the helper.
         self.ambiguous.retain(|id, _| {
             disk.values()
-                .filter(|s| matches!(s, EntryState::Valid(r) if r.pid == id.pid))
+                .filter(|s| matches!(s, Stored::Valid(r) if r.pid == id.pid))
                 .count()
                 > 1
         });
         for (t, id) in &mem {
             match disk.get(t) {
-                Some(EntryState::Valid(r)) => {
+                Some(Stored::Valid(r)) => {
                     ensure!(
                         r.pid == id.pid,
                         "I3: memory has {t} -> {id:?}, disk names PID {}",
@@ -760,7 +760,7 @@ impl Harness {
             if mem.iter().any(|(mt, _)| mt == t) {
                 continue;
             }
-            if let EntryState::Valid(r) = state {
+            if let Stored::Valid(r) = state {
                 ensure!(
                     !helpers
                         .get(t)
@@ -774,12 +774,12 @@ impl Harness {
         if after_cleanup {
             for (t, state) in &disk {
                 match state {
-                    EntryState::Valid(r) => ensure!(
+                    Stored::Valid(r) => ensure!(
                         mem.iter().any(|(mt, id)| mt == t && id.pid == r.pid && self.alive(id)),
                         "I2: after cleanup, PID file of {t} names {} which is not a live tracked helper",
                         r.pid
                     ),
-                    EntryState::Corrupt(c) => {
+                    Stored::Corrupt(c) => {
                         return Err(format!("I2: after cleanup, {t} is still corrupt: {c:?}"))
                     }
                 }
@@ -847,9 +847,9 @@ impl Harness {
             .flat_map(|(t, ids)| ids.into_iter().map(move |id| (id, t.clone())))
             .collect();
         for id in std::mem::take(&mut self.at_risk) {
-            let named = owners.get(&id).is_some_and(
-                |t| matches!(disk.get(t), Some(EntryState::Valid(r)) if r.pid == id.pid),
-            );
+            let named = owners
+                .get(&id)
+                .is_some_and(|t| matches!(disk.get(t), Some(Stored::Valid(r)) if r.pid == id.pid));
             if self.alive(&id) && !named {
                 self.fake.exit(id.pid, 0);
             }
@@ -911,7 +911,7 @@ impl Harness {
             "exited helper {h:?} of {t} still in memory"
         );
         ensure!(
-            !matches!(self.store.get(t).await.unwrap(), Lookup::Present(r) if r.pid == h.pid),
+            !matches!(self.store.get(t).await.unwrap(), Some(Stored::Valid(r)) if r.pid == h.pid),
             "PID file of {t} still names exited helper {h:?}"
         );
         Ok(())
@@ -995,7 +995,7 @@ impl Harness {
                 }
                 ensure!(res.is_err(), "spawn of an unstartable program succeeded");
                 ensure!(
-                    !matches!(self.store.get(&t).await.unwrap(), Lookup::Present(_)),
+                    !matches!(self.store.get(&t).await.unwrap(), Some(Stored::Valid(_))),
                     "a program that could not start left a PID file"
                 );
             }
@@ -1104,7 +1104,7 @@ impl Harness {
                         // like a PID file written by hand (the bare-file rule cannot
                         // tell them apart).
                         let mut copied_pid = None;
-                        if let Ok(Lookup::Present(r)) = self.store.get(&from).await {
+                        if let Ok(Some(Stored::Valid(r))) = self.store.get(&from).await {
                             copied_pid = Some(r.pid);
                             let helpers: HashSet<ProcIdentity> =
                                 self.helpers().into_values().flatten().collect();

@@ -10,7 +10,7 @@ use dms_core::{
 };
 use dms_proc::fake::{FakeSpawner, SpawnFailure};
 use dms_proc::{ExitStatus, Pid, Signal};
-use dms_store::{Lookup, MemoryStore, PidFileStore, PidStore, Record, StoreOp};
+use dms_store::{MemoryStore, PidFileStore, PidStore, Record, StoreOp, Stored};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -82,7 +82,7 @@ async fn spawn_records_before_exec_and_tracks_in_both_places() {
         )
     );
     // The record holds identity and metadata, never environment values.
-    let Lookup::Present(rec) = w.store.get(&t("target-1")).await.unwrap() else {
+    let Some(Stored::Valid(rec)) = w.store.get(&t("target-1")).await.unwrap() else {
         panic!("no record")
     };
     assert_eq!(rec.pid, pid);
@@ -162,7 +162,7 @@ async fn kill_escalates_and_clears_both_places() {
         ]
     );
     assert!(w.manager.memory_snapshot().is_empty());
-    assert_eq!(w.store.get(&t("a")).await.unwrap(), Lookup::Absent);
+    assert_eq!(w.store.get(&t("a")).await.unwrap(), None);
     assert!(w.fake.running_ours().is_empty());
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["signal"], "SIGKILL");
@@ -200,7 +200,7 @@ async fn exit_is_noticed_without_polling_and_clears_memory_and_disk() {
         }
     );
     assert!(w.manager.memory_snapshot().is_empty());
-    assert_eq!(w.store.get(&t("a")).await.unwrap(), Lookup::Absent);
+    assert_eq!(w.store.get(&t("a")).await.unwrap(), None);
     assert!(!w.manager.is_running(&t("a")).await.unwrap());
 }
 
@@ -223,7 +223,7 @@ async fn a_program_that_cannot_start_leaves_no_record() {
     let err = w.manager.spawn(&t("a"), helper()).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("s3vaultfuse.py"), "{msg}");
-    assert_eq!(w.store.get(&t("a")).await.unwrap(), Lookup::Absent);
+    assert_eq!(w.store.get(&t("a")).await.unwrap(), None);
     assert!(w.manager.memory_snapshot().is_empty());
     assert!(w.fake.processes().is_empty());
 }
@@ -270,7 +270,7 @@ async fn adopt_requires_a_live_process_and_tracks_it() {
         next_event(&mut events).await,
         Event::Exited { .. }
     ));
-    assert_eq!(w.store.get(&t("a")).await.unwrap(), Lookup::Absent);
+    assert_eq!(w.store.get(&t("a")).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -391,7 +391,7 @@ async fn a_denied_probe_is_not_dead() {
     assert!(cleaned.removed.is_empty());
     assert!(matches!(
         w.store.get(&t("other-user")).await.unwrap(),
-        Lookup::Present(_)
+        Some(Stored::Valid(_))
     ));
     assert!(matches!(
         w.manager.is_running(&t("other-user")).await,
@@ -424,7 +424,7 @@ async fn deleted_pid_file_of_a_live_helper_is_rewritten_from_memory() {
     assert!(info.running);
     let report = w.manager.reload().await.unwrap();
     assert_eq!(report.repaired.len(), 1);
-    assert!(matches!(w.store.get(&t("a")).await.unwrap(), Lookup::Present(r) if r.pid == pid));
+    assert!(matches!(w.store.get(&t("a")).await.unwrap(), Some(Stored::Valid(r)) if r.pid == pid));
 }
 
 #[tokio::test]
@@ -531,7 +531,7 @@ async fn a_copied_pid_file_never_lets_one_target_stop_another_targets_helper() {
         .pid
         .unwrap();
     // An operator copies a.pid to b.pid (same PID; the memory store keeps identity).
-    let Lookup::Present(rec) = w.store.get(&t("a")).await.unwrap() else {
+    let Some(Stored::Valid(rec)) = w.store.get(&t("a")).await.unwrap() else {
         panic!()
     };
     w.store.put(&t("b"), &rec).await.unwrap();

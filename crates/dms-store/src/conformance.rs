@@ -9,9 +9,7 @@
 //!
 //! Functions panic (with `assert!`) on a violation, like any test.
 
-use crate::{
-    Entry, EntryState, Error, Identity, Lookup, Metadata, Pid, PidStore, Record, TargetId,
-};
+use crate::{Entry, Error, Identity, Metadata, Pid, PidStore, Record, Stored, TargetId};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -56,9 +54,9 @@ pub fn full_record(n: i32) -> Record {
     }
 }
 
-fn present(l: Lookup) -> Record {
+fn present(l: Option<Stored>) -> Record {
     match l {
-        Lookup::Present(r) => r,
+        Some(Stored::Valid(r)) => r,
         other => panic!("expected a present record, got {other:?}"),
     }
 }
@@ -84,10 +82,7 @@ pub async fn run_all(store: &dyn PidStore, caps: &Capabilities<'_>) {
 
 /// `get` of a target never written is `Absent`; `remove` of it is `Ok(false)`.
 pub async fn get_absent(store: &dyn PidStore) {
-    assert_eq!(
-        store.get(&t("never-written")).await.unwrap(),
-        Lookup::Absent
-    );
+    assert_eq!(store.get(&t("never-written")).await.unwrap(), None);
     assert!(!store.remove(&t("never-written")).await.unwrap());
     assert!(crate::list_sorted(store).await.unwrap().is_empty());
 }
@@ -106,7 +101,7 @@ pub async fn put_get_roundtrip(store: &dyn PidStore) {
     );
     let list = crate::list_sorted(store).await.unwrap();
     assert!(
-        matches!(&list[..], [Entry::Target { target: lt, state: EntryState::Valid(r) }]
+        matches!(&list[..], [Entry::Target { target: lt, state: Stored::Valid(r) }]
             if lt == &target && r.pid == pid(12345)),
         "{list:?}"
     );
@@ -134,7 +129,7 @@ pub async fn remove_roundtrip(store: &dyn PidStore) {
     let target = t("gone");
     store.put(&target, &full_record(4242)).await.unwrap();
     assert!(store.remove(&target).await.unwrap());
-    assert_eq!(store.get(&target).await.unwrap(), Lookup::Absent);
+    assert_eq!(store.get(&target).await.unwrap(), None);
     assert!(!store.remove(&target).await.unwrap());
     // A later put starts afresh: no identity left over from before.
     store.put(&target, &Record::bare(pid(4243))).await.unwrap();
@@ -184,7 +179,7 @@ pub async fn many_targets(store: &dyn PidStore) {
         match e {
             Entry::Target {
                 target,
-                state: EntryState::Valid(r),
+                state: Stored::Valid(r),
             } => {
                 assert_eq!(target.as_str(), format!("t{i:03}"));
                 assert_eq!(r.pid, pid(2 + i as i32));
@@ -214,7 +209,7 @@ pub async fn metadata_roundtrip(store: &dyn PidStore, keeps: bool) {
     }
     let list = crate::list_sorted(store).await.unwrap();
     assert!(
-        matches!(&list[..], [Entry::Target { state: EntryState::Valid(r), .. }] if *r == got),
+        matches!(&list[..], [Entry::Target { state: Stored::Valid(r), .. }] if *r == got),
         "list and get disagree: {list:?} vs {got:?}"
     );
     assert!(store.remove(&target).await.unwrap());
@@ -242,7 +237,7 @@ pub async fn corrupt_entry_listed_replaced_and_removed(
     let path = target.pid_file_in(store.pid_dir());
     make_corrupt(&target);
     match store.get(&target).await.unwrap() {
-        Lookup::Corrupt(c) => {
+        Some(Stored::Corrupt(c)) => {
             assert_eq!(c.path, path);
             assert!(!c.reason.is_empty());
         }
@@ -250,7 +245,7 @@ pub async fn corrupt_entry_listed_replaced_and_removed(
     }
     let list = crate::list_sorted(store).await.unwrap();
     assert!(
-        matches!(&list[..], [Entry::Target { target: lt, state: EntryState::Corrupt(c) }]
+        matches!(&list[..], [Entry::Target { target: lt, state: Stored::Corrupt(c) }]
             if lt == &target && c.path == path && !c.reason.is_empty()),
         "{list:?}"
     );
@@ -258,7 +253,7 @@ pub async fn corrupt_entry_listed_replaced_and_removed(
     assert_eq!(present(store.get(&target).await.unwrap()).pid, pid(555));
     make_corrupt(&target);
     assert!(store.remove(&target).await.unwrap());
-    assert_eq!(store.get(&target).await.unwrap(), Lookup::Absent);
+    assert_eq!(store.get(&target).await.unwrap(), None);
 }
 
 /// A stray is listed (never dropped) with a reason, is not a target's entry, and is

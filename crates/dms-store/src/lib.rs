@@ -40,7 +40,7 @@ pub use error::{Error, Result};
 pub use memory::{MemoryStore, StoreOp};
 pub use pid::{pid_max, InvalidPid, Pid, PID_MAX_LIMIT};
 pub use pidfile::{PidFileStore, DIR_MODE, MAX_PID_FILE_LEN, PID_FILE_MODE, PID_SUBDIR};
-pub use record::{Corrupt, Entry, EntryState, Identity, Lookup, Metadata, Record};
+pub use record::{Corrupt, Entry, Identity, Metadata, Record, Stored};
 pub use sqlite::{SqliteStore, BUSY_TIMEOUT, DB_FILE_NAME, READ_BUSY_TIMEOUT, SCHEMA_VERSION};
 pub use target::{InvalidTargetId, TargetId, TARGET_ID_MAX_LEN, TARGET_ID_RULE};
 
@@ -58,7 +58,7 @@ use tokio::sync::mpsc;
 ///   When `put` returns `Ok`, the PID file is durable (fsynced, and so is its directory).
 ///   When it returns `Err`, the entry holds the old record or the new PID: read it to
 ///   know. `record.written_at` is ignored; reads fill it in (the PID file's mtime).
-/// - **get** returns [`Lookup::Absent`] when there is no PID file, [`Lookup::Corrupt`] when
+/// - **get** returns [`None`] when there is no PID file, [`Stored::Corrupt`] when
 ///   something is at the path but it is not a valid PID file (with the reason: a symlink,
 ///   FIFO, socket, device, directory, a file over 64 bytes, an unreadable file, or content
 ///   that is not one PID in `2..pid_max`), else the record. Nothing at the path is ever
@@ -98,7 +98,7 @@ pub trait PidStore: Debug + Send + Sync {
     async fn put(&self, target: &TargetId, record: &Record) -> Result<()>;
 
     /// Reads the entry of `target`.
-    async fn get(&self, target: &TargetId) -> Result<Lookup>;
+    async fn get(&self, target: &TargetId) -> Result<Option<Stored>>;
 
     /// Removes the entry of `target`; `Ok(true)` if there was one.
     async fn remove(&self, target: &TargetId) -> Result<bool>;
@@ -135,7 +135,7 @@ impl<T: PidStore + ?Sized> PidStore for std::sync::Arc<T> {
     async fn put(&self, target: &TargetId, record: &Record) -> Result<()> {
         (**self).put(target, record).await
     }
-    async fn get(&self, target: &TargetId) -> Result<Lookup> {
+    async fn get(&self, target: &TargetId) -> Result<Option<Stored>> {
         (**self).get(target).await
     }
     async fn remove(&self, target: &TargetId) -> Result<bool> {

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: an in-memory [`PidStore`] for tests of the layers above.
 
 use crate::names::{check_stray_name, sort_key, PID_SUFFIX};
-use crate::{Corrupt, Entry, EntryState, Error, Lookup, PidStore, Record, Result, TargetId};
+use crate::{Corrupt, Entry, Error, PidStore, Record, Result, Stored, TargetId};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -68,13 +68,13 @@ struct State {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use dms_store::{Lookup, MemoryStore, Pid, PidStore, Record, TargetId};
+/// use dms_store::{Stored, MemoryStore, Pid, PidStore, Record, TargetId};
 /// let store = MemoryStore::new("/run/dms/s3".into());
 /// let t: TargetId = "target-123".parse().unwrap();
 /// store.put(&t, &Record::bare(Pid::new(12345).unwrap())).await.unwrap();
-/// assert!(matches!(store.get(&t).await.unwrap(), Lookup::Present(r) if r.pid.get() == 12345));
+/// assert!(matches!(store.get(&t).await.unwrap(), Some(Stored::Valid(r)) if r.pid.get() == 12345));
 /// store.insert_corrupt(&t, "is a FIFO");
-/// assert!(matches!(store.get(&t).await.unwrap(), Lookup::Corrupt(c) if c.reason == "is a FIFO"));
+/// assert!(matches!(store.get(&t).await.unwrap(), Some(Stored::Corrupt(c)) if c.reason == "is a FIFO"));
 /// # });
 /// ```
 #[derive(Debug)]
@@ -177,11 +177,11 @@ impl MemoryStore {
                 match slot {
                     Slot::Valid(r) => Entry::Target {
                         target: target(),
-                        state: EntryState::Valid(r.clone()),
+                        state: Stored::Valid(r.clone()),
                     },
                     Slot::Corrupt(reason) => Entry::Target {
                         target: target(),
-                        state: EntryState::Corrupt(Corrupt {
+                        state: Stored::Corrupt(Corrupt {
                             path: self.pid_dir.join(name),
                             reason: reason.clone(),
                         }),
@@ -211,16 +211,16 @@ impl PidStore for MemoryStore {
         Ok(())
     }
 
-    async fn get(&self, target: &TargetId) -> Result<Lookup> {
+    async fn get(&self, target: &TargetId) -> Result<Option<Stored>> {
         let path = target.pid_file_in(&self.pid_dir);
         let st = self.begin(StoreOp::Get, &path)?;
         Ok(match st.entries.get(&file_name(target)) {
-            None | Some(Slot::Stray(_)) => Lookup::Absent,
-            Some(Slot::Valid(r)) => Lookup::Present(r.clone()),
-            Some(Slot::Corrupt(reason)) => Lookup::Corrupt(Corrupt {
+            None | Some(Slot::Stray(_)) => None,
+            Some(Slot::Valid(r)) => Some(Stored::Valid(r.clone())),
+            Some(Slot::Corrupt(reason)) => Some(Stored::Corrupt(Corrupt {
                 path,
                 reason: reason.clone(),
-            }),
+            })),
         })
     }
 
@@ -276,7 +276,7 @@ mod tests {
         });
         rec.meta.cmdline = Some(vec!["sleep".into(), "60".into()]);
         store.put(&t("a"), &rec).await.unwrap();
-        let Lookup::Present(got) = store.get(&t("a")).await.unwrap() else {
+        let Some(Stored::Valid(got)) = store.get(&t("a")).await.unwrap() else {
             panic!("absent")
         };
         assert!(got.written_at.is_some());
@@ -297,7 +297,7 @@ mod tests {
         assert!(matches!(&list[0], Entry::Stray { file_name, .. } if file_name == "a b.pid"));
         assert!(matches!(
             &list[1],
-            Entry::Target { target, state: EntryState::Corrupt(c) }
+            Entry::Target { target, state: Stored::Corrupt(c) }
                 if target.as_str() == "bad" && c.reason == "is a FIFO"
                     && c.path == Path::new("/run/x/s3/bad.pid")
         ));
@@ -313,7 +313,7 @@ mod tests {
         let rec = Record::bare(Pid::new(77).unwrap());
         let err = store.put(&t("a"), &rec).await.unwrap_err();
         assert!(err.to_string().contains("/run/x/s3/a.pid"), "{err}");
-        assert_eq!(store.get(&t("a")).await.unwrap(), Lookup::Absent);
+        assert_eq!(store.get(&t("a")).await.unwrap(), None);
         store.put(&t("a"), &rec).await.unwrap();
         assert_eq!(store.calls(StoreOp::Put), 2);
         assert_eq!(store.calls(StoreOp::Get), 1);

@@ -3,7 +3,7 @@
 //! The synchronous core ([`PidDir`]) is shared with the SQLite backend, which writes the
 //! very same files through it.
 
-use crate::{Entry, Error, Lookup, PidStore, Record, Result, TargetId};
+use crate::{Entry, Error, PidStore, Record, Result, Stored, TargetId};
 use async_trait::async_trait;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -139,13 +139,13 @@ where
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use dms_store::{Lookup, Pid, PidFileStore, PidStore, Record, TargetId};
+/// use dms_store::{Stored, Pid, PidFileStore, PidStore, Record, TargetId};
 /// let run_dir = tempfile::tempdir()?;
 /// let store = PidFileStore::open(run_dir.path())?;
 /// let t: TargetId = "target-123".parse()?;
 /// store.put(&t, &Record::bare(Pid::new(12345)?)).await?;
 /// assert_eq!(std::fs::read_to_string(run_dir.path().join("s3/target-123.pid"))?, "12345\n");
-/// assert!(matches!(store.get(&t).await?, Lookup::Present(r) if r.pid.get() == 12345));
+/// assert!(matches!(store.get(&t).await?, Some(Stored::Valid(r)) if r.pid.get() == 12345));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
@@ -197,7 +197,7 @@ impl PidStore for PidFileStore {
         blocking("put", move || dir.write(&target, pid).map(drop)).await
     }
 
-    async fn get(&self, target: &TargetId) -> Result<Lookup> {
+    async fn get(&self, target: &TargetId) -> Result<Option<Stored>> {
         if self.dir.in_memory() {
             return self.dir.read(target).map(|(l, _)| l);
         }

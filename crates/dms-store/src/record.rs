@@ -64,23 +64,13 @@ pub struct Corrupt {
     pub reason: String,
 }
 
-/// The result of reading one target's entry.
+/// What one target's entry holds, as [`crate::PidStore::get`] (`None`: no PID file) and
+/// [`crate::PidStore::list`] report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// No PID file.
-    Absent,
-    /// Something is at the PID-file path, but it is not a valid PID file.
-    Corrupt(Corrupt),
-    /// A valid record.
-    Present(Record),
-}
-
-/// The state of an entry found by [`crate::PidStore::list`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryState {
+pub enum Stored {
     /// A valid record.
     Valid(Record),
-    /// Not a valid PID file.
+    /// Something is at the PID-file path, but it is not a valid PID file.
     Corrupt(Corrupt),
 }
 
@@ -92,7 +82,7 @@ pub enum Entry {
         /// The target.
         target: TargetId,
         /// What its file holds.
-        state: EntryState,
+        state: Stored,
     },
     /// A `*.pid` file whose name is not a valid target ID: reported, never acted on,
     /// removable with [`crate::PidStore::remove_stray`].

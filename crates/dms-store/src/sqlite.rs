@@ -3,7 +3,7 @@
 use crate::pidfile::{blocking, PidDir, Stamp, WriteStep, Written};
 #[cfg(doc)]
 use crate::Error;
-use crate::{Entry, EntryState, Lookup, PidStore, Record, Result, TargetId};
+use crate::{Entry, PidStore, Record, Result, Stored, TargetId};
 use async_trait::async_trait;
 use rusqlite::{Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -68,12 +68,12 @@ enum Fix {
 /// record from a matching row.
 fn reconcile(
     target: &TargetId,
-    lookup: &mut Lookup,
+    lookup: Option<&mut Stored>,
     stamp: Option<Stamp>,
     row: Option<&Row>,
 ) -> Fix {
     match (lookup, stamp, row) {
-        (Lookup::Present(rec), Some(stamp), Some(row)) if row.matches(rec, stamp) => {
+        (Some(Stored::Valid(rec)), Some(stamp), Some(row)) if row.matches(rec, stamp) => {
             let mut filled = rec.clone();
             if row.fill(&mut filled).is_some() {
                 *rec = filled;
@@ -83,7 +83,7 @@ fn reconcile(
                 Fix::Bare(i64::from(rec.pid.get()), stamp)
             }
         }
-        (Lookup::Present(rec), Some(stamp), Some(row)) => {
+        (Some(Stored::Valid(rec)), Some(stamp), Some(row)) => {
             tracing::warn!(
                 target = %target,
                 file_pid = rec.pid.get(),
@@ -93,7 +93,7 @@ fn reconcile(
             );
             Fix::Bare(i64::from(rec.pid.get()), stamp)
         }
-        (Lookup::Present(rec), Some(stamp), None) => {
+        (Some(Stored::Valid(rec)), Some(stamp), None) => {
             tracing::debug!(target = %target, pid = rec.pid.get(), "PID file without metadata picked up");
             Fix::Bare(i64::from(rec.pid.get()), stamp)
         }
@@ -149,14 +149,14 @@ impl Inner {
         Ok(())
     }
 
-    fn get(&self, target: &TargetId) -> Result<Lookup> {
+    fn get(&self, target: &TargetId) -> Result<Option<Stored>> {
         let mut db = self.lock();
         let (mut lookup, stamp) = self.files.read(target)?;
         let row = self.read_or_warn(&mut db, |conn| select_one(conn, target.as_str()));
         let Some(row) = row else {
             return Ok(lookup); // no database: the PID file alone
         };
-        if reconcile(target, &mut lookup, stamp, row.as_ref()) != Fix::None && !db.read_only {
+        if reconcile(target, lookup.as_mut(), stamp, row.as_ref()) != Fix::None && !db.read_only {
             self.repair(&mut db, std::slice::from_ref(target));
         }
         Ok(lookup)
@@ -183,20 +183,10 @@ impl Inner {
         let mut entries = Vec::with_capacity(files.len());
         for (mut entry, stamp) in files {
             if let Entry::Target { target, state } = &mut entry {
-                let mut lookup = match std::mem::replace(state, EntryState::Corrupt(placeholder()))
-                {
-                    EntryState::Valid(r) => Lookup::Present(r),
-                    EntryState::Corrupt(c) => Lookup::Corrupt(c),
-                };
                 let row = rows.remove(target.as_str());
-                if reconcile(target, &mut lookup, stamp, row.as_ref()) != Fix::None {
+                if reconcile(target, Some(state), stamp, row.as_ref()) != Fix::None {
                     to_fix.push(target.clone());
                 }
-                *state = match lookup {
-                    Lookup::Present(r) => EntryState::Valid(r),
-                    Lookup::Corrupt(c) => EntryState::Corrupt(c),
-                    Lookup::Absent => unreachable!("list never yields absent entries"),
-                };
             }
             entries.push(entry);
         }
@@ -251,7 +241,7 @@ impl Inner {
                     continue;
                 };
                 let row = select_one(&tx, target.as_str())?;
-                match reconcile(target, &mut lookup, stamp, row.as_ref()) {
+                match reconcile(target, lookup.as_mut(), stamp, row.as_ref()) {
                     Fix::None => {}
                     Fix::Bare(pid, stamp) => upsert(&tx, target, &Row::bare(pid, stamp))?,
                     Fix::Delete => delete(&tx, target.as_str())?,
@@ -262,13 +252,6 @@ impl Inner {
         if let Err(e) = result {
             tracing::warn!("cannot repair metadata rows: {e}; will retry on the next read");
         }
-    }
-}
-
-fn placeholder() -> crate::Corrupt {
-    crate::Corrupt {
-        path: PathBuf::new(),
-        reason: String::new(),
     }
 }
 
@@ -325,7 +308,7 @@ fn placeholder() -> crate::Corrupt {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use dms_store::{Identity, Lookup, Pid, PidStore, Record, SqliteStore, TargetId};
+/// use dms_store::{Identity, Stored, Pid, PidStore, Record, SqliteStore, TargetId};
 /// let run_dir = tempfile::tempdir()?;
 /// let store = SqliteStore::open(run_dir.path())?;
 /// let t: TargetId = "target-123".parse()?;
@@ -333,7 +316,7 @@ fn placeholder() -> crate::Corrupt {
 /// rec.identity = Some(Identity { start_ticks: 4711, boot_id: "b00t".into() });
 /// store.put(&t, &rec).await?;
 /// assert_eq!(std::fs::read_to_string(run_dir.path().join("s3/target-123.pid"))?, "12345\n");
-/// let Lookup::Present(got) = store.get(&t).await? else { panic!() };
+/// let Some(Stored::Valid(got)) = store.get(&t).await? else { panic!() };
 /// assert_eq!(got.identity, rec.identity);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
@@ -429,7 +412,7 @@ impl PidStore for SqliteStore {
         blocking("put", move || inner.put(&target, &record, None)).await
     }
 
-    async fn get(&self, target: &TargetId) -> Result<Lookup> {
+    async fn get(&self, target: &TargetId) -> Result<Option<Stored>> {
         let (inner, target) = (self.inner.clone(), target.clone());
         blocking("get", move || inner.get(&target)).await
     }

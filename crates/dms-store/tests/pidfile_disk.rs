@@ -1,7 +1,7 @@
 //! The PID-file backend against a real run directory: what other tools may leave at a
 //! PID-file path, and how the store reads, lists and removes it.
 
-use dms_store::{Entry, EntryState, Error, Lookup, Pid, PidFileStore, PidStore, Record, TargetId};
+use dms_store::{Entry, Error, Pid, PidFileStore, PidStore, Record, Stored, TargetId};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
@@ -47,7 +47,7 @@ fn bare_number_without_newline_reads_as_that_pid() {
     let store = PidFileStore::open(run.path()).unwrap();
     fs::write(run.path().join("s3/target-123.pid"), b"12345").unwrap();
     let got = rt().block_on(store.get(&t("target-123"))).unwrap();
-    let Lookup::Present(r) = got else {
+    let Some(Stored::Valid(r)) = got else {
         panic!("{got:?}")
     };
     assert_eq!(r.pid, Pid::new(12345).unwrap());
@@ -117,7 +117,7 @@ fn every_kind_of_bad_entry_is_corrupt_with_a_reason() {
 
     let s = store.clone();
     let list = within_deadline(move || rt().block_on(dms_store::list_sorted(&s))).unwrap();
-    let by_name: BTreeMap<String, EntryState> = list
+    let by_name: BTreeMap<String, Stored> = list
         .into_iter()
         .map(|e| match e {
             Entry::Target { target, state } => (target.to_string(), state),
@@ -126,13 +126,13 @@ fn every_kind_of_bad_entry_is_corrupt_with_a_reason() {
         .collect();
     assert_eq!(by_name.len(), cases.len() + 1);
     assert!(
-        matches!(&by_name["good"], EntryState::Valid(r) if r.pid.get() == 12345),
+        matches!(&by_name["good"], Stored::Valid(r) if r.pid.get() == 12345),
         "{:?}",
         by_name["good"]
     );
     for (name, _, expected) in &cases {
         match &by_name[*name] {
-            EntryState::Corrupt(c) => {
+            Stored::Corrupt(c) => {
                 assert_eq!(c.path, dir.join(format!("{name}.pid")));
                 assert!(
                     c.reason.contains(expected),
@@ -145,7 +145,7 @@ fn every_kind_of_bad_entry_is_corrupt_with_a_reason() {
         let (s, target) = (store.clone(), t(name));
         let got = within_deadline(move || rt().block_on(s.get(&target))).unwrap();
         assert!(
-            matches!(got, Lookup::Corrupt(ref c) if c.reason.contains(expected)),
+            matches!(got, Some(Stored::Corrupt(ref c)) if c.reason.contains(expected)),
             "{name}: {got:?}"
         );
     }
@@ -447,7 +447,7 @@ fn fifo_stays_a_fifo_and_is_not_opened_for_writing() {
     let s = store.clone();
     let got = within_deadline(move || rt().block_on(s.get(&t("f")))).unwrap();
     assert!(
-        matches!(got, Lookup::Corrupt(ref c) if c.reason.contains("FIFO")),
+        matches!(got, Some(Stored::Corrupt(ref c)) if c.reason.contains("FIFO")),
         "{got:?}"
     );
     assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
@@ -492,7 +492,7 @@ fn batched_listing_holds_what_list_holds() {
     assert!(want.iter().any(|e| matches!(
         e,
         Entry::Target {
-            state: EntryState::Corrupt(_),
+            state: Stored::Corrupt(_),
             ..
         }
     )));
@@ -539,7 +539,7 @@ fn written_at_is_the_exact_mtime_from_get_and_list() {
             .unwrap();
         assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
         let got = rt().block_on(store.get(&t(name))).unwrap();
-        let Lookup::Present(r) = got else {
+        let Some(Stored::Valid(r)) = got else {
             panic!("{got:?}")
         };
         assert_eq!(r.written_at, Some(mtime), "{name}: get");
@@ -549,7 +549,7 @@ fn written_at_is_the_exact_mtime_from_get_and_list() {
     for entry in listed {
         if let dms_store::Entry::Target {
             target,
-            state: dms_store::EntryState::Valid(r),
+            state: dms_store::Stored::Valid(r),
         } = entry
         {
             let (_, mtime) = cases.iter().find(|(n, _)| *n == target.as_str()).unwrap();

@@ -1,7 +1,7 @@
 //! Property tests: PID parsing and formatting, PID-file content from anywhere, and target
 //! IDs as paths.
 
-use dms_store::{pid_max, Lookup, Pid, PidFileStore, PidStore, TargetId, MAX_PID_FILE_LEN};
+use dms_store::{pid_max, Pid, PidFileStore, PidStore, Stored, TargetId, MAX_PID_FILE_LEN};
 use proptest::prelude::*;
 use std::path::{Component, Path};
 
@@ -107,15 +107,15 @@ proptest! {
         let got = rt.block_on(store.get(&"p".parse().unwrap())).unwrap();
         let expected = if content.len() as u64 > MAX_PID_FILE_LEN { None } else { oracle(&content) };
         match got {
-            Lookup::Present(r) => {
+            Some(Stored::Valid(r)) => {
                 prop_assert!(r.pid.get() > 1);
                 prop_assert_eq!(Some(r.pid.get()), expected);
             }
-            Lookup::Corrupt(c) => {
+            Some(Stored::Corrupt(c)) => {
                 prop_assert_eq!(expected, None);
                 prop_assert!(!c.reason.is_empty());
             }
-            Lookup::Absent => prop_assert!(false, "the file is there"),
+            None => prop_assert!(false, "the file is there"),
         }
     }
 }

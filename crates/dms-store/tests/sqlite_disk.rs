@@ -2,8 +2,8 @@
 //! files: the PID files stay authoritative, and a bad database is rebuilt, never refused.
 
 use dms_store::{
-    Entry, EntryState, Identity, Lookup, Metadata, Pid, PidStore, Record, SqliteStore, TargetId,
-    DB_FILE_NAME, SCHEMA_VERSION,
+    Entry, Identity, Metadata, Pid, PidStore, Record, SqliteStore, Stored, TargetId, DB_FILE_NAME,
+    SCHEMA_VERSION,
 };
 use rusqlite::Connection;
 use std::fs;
@@ -41,9 +41,9 @@ fn full(pid: i32) -> Record {
     }
 }
 
-fn present(l: Lookup) -> Record {
+fn present(l: Option<Stored>) -> Record {
     match l {
-        Lookup::Present(r) => r,
+        Some(Stored::Valid(r)) => r,
         other => panic!("expected present, got {other:?}"),
     }
 }
@@ -233,7 +233,7 @@ fn pid_files_added_or_removed_by_hand_are_picked_up() {
         .map(|e| match e {
             Entry::Target {
                 target,
-                state: EntryState::Valid(r),
+                state: Stored::Valid(r),
             } => (target.to_string(), r.pid.get(), r.identity.is_some()),
             other => panic!("{other:?}"),
         })
@@ -255,7 +255,7 @@ fn pid_files_added_or_removed_by_hand_are_picked_up() {
     );
     // get alone also sees a hand-deleted file.
     fs::remove_file(run.path().join("s3/kept.pid")).unwrap();
-    assert_eq!(rt.block_on(store.get(&t("kept"))).unwrap(), Lookup::Absent);
+    assert_eq!(rt.block_on(store.get(&t("kept"))).unwrap(), None);
     assert_eq!(
         db_rows(run.path()),
         vec![("added-by-hand".into(), 12345, None)]
@@ -293,7 +293,7 @@ fn a_row_for_another_pid_or_an_older_file_is_discarded_and_repaired() {
     fs::write(&pid_file, b"garbage").unwrap();
     assert!(matches!(
         rt.block_on(store.get(&t("x"))).unwrap(),
-        Lookup::Corrupt(_)
+        Some(Stored::Corrupt(_))
     ));
     assert!(db_rows(run.path()).is_empty());
 }
@@ -468,7 +468,7 @@ fn two_stores_on_one_run_dir_see_each_others_writes() {
     let list = rt.block_on(dms_store::list_sorted(&a)).unwrap();
     assert_eq!(list.len(), 60);
     assert!(list.iter().all(
-        |e| matches!(e, Entry::Target { state: EntryState::Valid(r), .. } if r.identity.is_some())
+        |e| matches!(e, Entry::Target { state: Stored::Valid(r), .. } if r.identity.is_some())
     ));
 }
 

@@ -12,7 +12,18 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
+
+/// Tests that hang a mount leave, while they run, probers of it that `dms` orphaned to
+/// this (subreaper) process: they hold this for reading; the test that counts the
+/// probers left over holds it for writing, so it counts only its own.
+static HANGS: RwLock<()> = RwLock::new(());
+
+/// Held by a test that hangs a mount (see [`HANGS`]).
+fn hangs_a_mount() -> RwLockReadGuard<'static, ()> {
+    HANGS.read().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn readiness_waits_for_a_slow_mount_without_fixed_sleeps() {
@@ -186,6 +197,7 @@ fn sigkilled_helper_leaves_a_stale_mount_that_status_reports_and_cleanup_detache
 #[test]
 fn hung_helper_is_stale_within_the_probe_timeout_and_kill_still_cleans_up() {
     require_fuse!();
+    let _hangs = hangs_a_mount();
     let w = World::new();
     let dir = w.mnt("hung");
     let r = w.spawn(
@@ -265,6 +277,7 @@ fn spawn_stuck_in_own_mount(w: &World, target: &str, dir: &Path) -> i32 {
 /// (checked by hand on this kernel) until the FUSE connection is aborted.
 fn helper_stuck_in_its_own_mount_is_freed_by_detach_and_abort_after_sigkill() {
     require_fuse!();
+    let _hangs = hangs_a_mount();
     let w = World::new();
     let dir = w.mnt("stuck");
     let pid = spawn_stuck_in_own_mount(&w, "stuck", &dir);
@@ -409,6 +422,7 @@ fn replace_unmounts_the_old_helper_and_mounts_the_new_one() {
 /// `--grace` keeps the wait short).
 fn replace_frees_a_helper_stuck_in_its_own_mount() {
     require_fuse!();
+    let _hangs = hangs_a_mount();
     let w = World::new();
     let dir = w.mnt("stuckrep");
     let old = spawn_stuck_in_own_mount(&w, "stuckrep", &dir);
@@ -497,6 +511,7 @@ fn probers() -> Vec<i32> {
 #[test]
 fn probes_of_a_hung_mount_are_bounded_by_their_timeout_and_leave_no_prober() {
     require_fuse!();
+    let _alone = HANGS.write().unwrap_or_else(|e| e.into_inner());
     let w = World::new();
     let dir = w.mnt("silent");
     let r = w.spawn("silent", &dir, &[], &["--hang-statfs-on-usr1"]);

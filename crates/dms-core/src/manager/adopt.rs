@@ -7,7 +7,7 @@ use super::{record_for, Inner, Manager};
 use crate::error::{Error, Result};
 use crate::report::{Event, ProcessInfo};
 use dms_proc::{Pid, Probe, ProcError, ProcIdentity};
-use dms_store::{Entry, EntryState, Metadata, TargetId};
+use dms_store::{Entry, Metadata, Stored, TargetId};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tracing::info;
@@ -114,7 +114,7 @@ impl Inner {
         for entry in dms_store::list_sorted(&self.store).await? {
             let Entry::Target {
                 target: other,
-                state: EntryState::Valid(record),
+                state: Stored::Valid(record),
             } = entry
             else {
                 continue;

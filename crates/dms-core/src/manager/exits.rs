@@ -4,7 +4,7 @@
 use super::Inner;
 use crate::report::Event;
 use dms_proc::{ExitStatus, ProcIdentity, WaitOutcome};
-use dms_store::{Lookup, TargetId};
+use dms_store::{Stored, TargetId};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -33,7 +33,7 @@ impl Inner {
         }
         match guard {
             Ok(_guard) => match self.store.get(target).await {
-                Ok(Lookup::Present(r))
+                Ok(Some(Stored::Valid(r)))
                     if r.pid == identity.pid
                         && r.identity.as_ref().is_none_or(|id| {
                             id.start_ticks == identity.start_ticks && id.boot_id == identity.boot_id

@@ -8,7 +8,7 @@ use super::verdict::{verify_probed, Verdict};
 use super::Inner;
 use crate::report::{ProcessInfo, ProcessState, Source};
 use dms_proc::{ProcError, ProcIdentity, Usage};
-use dms_store::{Lookup, TargetId};
+use dms_store::{Stored, TargetId};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -207,11 +207,11 @@ impl Inner {
     pub(super) async fn describe(
         &self,
         target: &TargetId,
-        disk: Lookup,
+        disk: Option<Stored>,
         mounts: Option<&Mounts>,
         inline_usage: bool,
     ) -> Described {
-        let pid_file_exists = !matches!(disk, Lookup::Absent);
+        let pid_file_exists = disk.is_some();
         if let Some(d) = self
             .info_from_memory(target, Some(pid_file_exists), mounts, inline_usage)
             .await
@@ -237,7 +237,7 @@ impl Inner {
                 };
                 (verdict, view.mount, view.cmdline)
             }
-            (None, Lookup::Present(r)) => {
+            (None, Some(Stored::Valid(r))) => {
                 info.pid = Some(r.pid);
                 let verdict = if inline_usage {
                     let (probe, u) = self.probe_for_listing(r.pid).await;
@@ -248,7 +248,7 @@ impl Inner {
                 };
                 (verdict, r.meta.mount, r.meta.cmdline)
             }
-            (None, Lookup::Corrupt(c)) => {
+            (None, Some(Stored::Corrupt(c))) => {
                 info.state = ProcessState::Corrupt;
                 info.detail = Some(c.reason);
                 self.fill_mount(target, &mut info, mounts).await;
@@ -258,7 +258,7 @@ impl Inner {
                     sampled_at: None,
                 };
             }
-            (None, Lookup::Absent) => {
+            (None, None) => {
                 // A stale mount can outlive its PID file.
                 self.fill_mount(target, &mut info, mounts).await;
                 return Described {

@@ -9,7 +9,7 @@ use super::{Inner, Manager};
 use crate::error::{Error, Result};
 use crate::report::{Event, KillReport, KillStep, RemovalReason};
 use dms_proc::WaitOutcome;
-use dms_store::{Lookup, TargetId};
+use dms_store::{Stored, TargetId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -63,8 +63,8 @@ impl Inner {
             victims.push(id.clone());
         }
         match &disk {
-            Lookup::Present(r) if mem.as_ref().is_some_and(|id| id.pid == r.pid) => {}
-            Lookup::Present(r) => {
+            Some(Stored::Valid(r)) if mem.as_ref().is_some_and(|id| id.pid == r.pid) => {}
+            Some(Stored::Valid(r)) => {
                 report.pid.get_or_insert(r.pid);
                 match self.classify(target, r).await {
                     Verdict::Own(info) => victims.push(info.identity),
@@ -82,8 +82,8 @@ impl Inner {
                     }
                 }
             }
-            Lookup::Corrupt(_) => disk_reason = Some(RemovalReason::Corrupt),
-            Lookup::Absent => {}
+            Some(Stored::Corrupt(_)) => disk_reason = Some(RemovalReason::Corrupt),
+            None => {}
         }
         let mut mount = self.kill_mount(target);
         for victim in &victims {
@@ -152,7 +152,7 @@ impl Inner {
         if self.forget(target, None) {
             report.steps.push(KillStep::ForgetMemory);
         }
-        if !matches!(disk, Lookup::Absent) && self.store.remove(target).await? {
+        if disk.is_some() && self.store.remove(target).await? {
             report.steps.push(match disk_reason {
                 Some(RemovalReason::Stale) => KillStep::ClearStale,
                 Some(RemovalReason::Foreign) => KillStep::ClearForeign,

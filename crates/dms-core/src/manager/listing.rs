@@ -7,7 +7,7 @@ use super::verdict::Verdict;
 use super::{Inner, Manager};
 use crate::error::Result;
 use crate::report::{ProcessInfo, ProcessState, Source, Stats};
-use dms_store::{Entry, EntryState, Lookup, TargetId};
+use dms_store::{Entry, Stored, TargetId};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -57,7 +57,7 @@ impl Manager {
             }
         }
         match self.inner.store.get(target).await? {
-            Lookup::Present(r) => {
+            Some(Stored::Valid(r)) => {
                 let verdict = self.inner.classify(target, &r).await;
                 let Some(info) = verdict.proven(target, r.pid)? else {
                     return Ok(false);
@@ -65,7 +65,7 @@ impl Manager {
                 self.inner.load_found(target, &r, &info).await;
                 Ok(true)
             }
-            Lookup::Absent | Lookup::Corrupt(_) => Ok(false),
+            None | Some(Stored::Corrupt(_)) => Ok(false),
         }
     }
 
@@ -91,7 +91,7 @@ impl Manager {
         }
         let disk = self.inner.store.get(target).await?;
         let record = match &disk {
-            Lookup::Present(r) => Some(r.clone()),
+            Some(Stored::Valid(r)) => Some(r.clone()),
             _ => None,
         };
         let d = self.inner.describe(target, disk, None, inline).await;
@@ -152,7 +152,7 @@ impl Manager {
                     };
                     let d = self
                         .inner
-                        .describe(&target, lookup, Some(&mounts), inline)
+                        .describe(&target, Some(lookup), Some(&mounts), inline)
                         .await;
                     if at_once {
                         seen.push(target);
@@ -175,7 +175,7 @@ impl Manager {
                     if seen.binary_search(&target).is_err() {
                         let d = self
                             .inner
-                            .describe(&target, Lookup::Absent, Some(&mounts), inline)
+                            .describe(&target, None, Some(&mounts), inline)
                             .await;
                         each(d.finished());
                     }
@@ -194,7 +194,7 @@ impl Manager {
             for target in missing {
                 let d = self
                     .inner
-                    .describe(&target, Lookup::Absent, Some(&mounts), inline)
+                    .describe(&target, None, Some(&mounts), inline)
                     .await;
                 made.push(d);
             }
@@ -231,7 +231,7 @@ impl Manager {
         let mut disk = disk_lookups(entries);
         let mounts = self.inner.mounts().await;
         for target in targets {
-            let lookup = disk.remove(&target).unwrap_or(Lookup::Absent);
+            let lookup = disk.remove(&target);
             let info = self
                 .inner
                 .describe(&target, lookup, Some(&mounts), false)
@@ -294,22 +294,16 @@ impl Inner {
     }
 }
 
-/// The target and lookup of a store entry (`None` for a stray).
-fn lookup_of(entry: Entry) -> Option<(TargetId, Lookup)> {
+/// The target and state of a store entry (`None` for a stray).
+fn lookup_of(entry: Entry) -> Option<(TargetId, Stored)> {
     match entry {
-        Entry::Target { target, state } => Some((
-            target,
-            match state {
-                EntryState::Valid(r) => Lookup::Present(r),
-                EntryState::Corrupt(c) => Lookup::Corrupt(c),
-            },
-        )),
+        Entry::Target { target, state } => Some((target, state)),
         Entry::Stray { .. } => None,
     }
 }
 
 /// What the store listed, by target (strays left out).
-fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Lookup> {
+fn disk_lookups(entries: Vec<Entry>) -> HashMap<TargetId, Stored> {
     let mut disk = HashMap::with_capacity(entries.len());
     for entry in entries {
         if let Some((target, lookup)) = lookup_of(entry) {

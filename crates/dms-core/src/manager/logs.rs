@@ -2,7 +2,7 @@
 //! `GET /v1/targets/{t}/logs`.
 
 use super::Manager;
-use dms_store::{Lookup, TargetId};
+use dms_store::{Stored, TargetId};
 use std::path::{Path, PathBuf};
 
 impl Manager {
@@ -38,7 +38,7 @@ impl Manager {
             return p;
         }
         match self.inner.store.get(target).await {
-            Ok(Lookup::Present(r)) => r.meta.log_path,
+            Ok(Some(Stored::Valid(r))) => r.meta.log_path,
             _ => None,
         }
         .unwrap_or_else(|| target.log_file_in(&logs_dir))

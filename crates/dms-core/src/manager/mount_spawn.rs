@@ -136,7 +136,7 @@ impl Inner {
                 Some(id) => matches!(self.verify(&id).await, Verdict::Own(_)),
                 None => false,
             } || match self.store.get(&other).await {
-                Ok(dms_store::Lookup::Present(r)) => {
+                Ok(Some(dms_store::Stored::Valid(r))) => {
                     matches!(
                         self.classify(&other, &r).await,
                         Verdict::Own(_) | Verdict::Unverified(_)

@@ -8,7 +8,7 @@ use crate::report::{
     CleanupReport, Event, RecoveryReport, RemovalReason, Removed, StrayNote, TargetNote, TargetPid,
 };
 use dms_proc::{Pid, ProcIdentity};
-use dms_store::{Entry, EntryState, Lookup, Record, TargetId};
+use dms_store::{Entry, Record, Stored, TargetId};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,16 +62,16 @@ impl Inner {
             return Ok(None);
         }
         match self.store.get(target).await? {
-            Lookup::Present(r) if r.pid == id.pid => return Ok(None),
-            Lookup::Corrupt(c) => {
+            Some(Stored::Valid(r)) if r.pid == id.pid => return Ok(None),
+            Some(Stored::Corrupt(c)) => {
                 // Whatever is in the way (a directory, a FIFO, ...) goes first.
                 warn!(target = %target, pid = id.pid.get(), reason = c.reason, "corrupt PID file for a live helper; replacing it");
                 self.store.remove(target).await?;
             }
-            Lookup::Present(r) => {
+            Some(Stored::Valid(r)) => {
                 warn!(target = %target, pid = id.pid.get(), named = r.pid.get(), "PID file names another PID while a live helper is tracked; rewriting it");
             }
-            Lookup::Absent => {
+            None => {
                 warn!(target = %target, pid = id.pid.get(), "PID file missing for a live helper; rewriting it");
             }
         }
@@ -123,7 +123,7 @@ impl Inner {
             };
             on_disk.insert(target.clone());
             if let Some(id) = self.memory_identity(&target) {
-                if matches!(&state, EntryState::Valid(r) if r.pid == id.pid) {
+                if matches!(&state, Stored::Valid(r) if r.pid == id.pid) {
                     continue;
                 }
                 let _guard = self.locks.lock(&target).await?;
@@ -133,7 +133,7 @@ impl Inner {
                 continue;
             }
             let record = match state {
-                EntryState::Corrupt(c) => {
+                Stored::Corrupt(c) => {
                     warn!(target = %target, reason = c.reason, "corrupt PID file; `cleanup` removes it");
                     report.corrupt.push(TargetNote {
                         target,
@@ -142,7 +142,7 @@ impl Inner {
                     });
                     continue;
                 }
-                EntryState::Valid(r) => r,
+                Stored::Valid(r) => r,
             };
             let verdict = self.classify(&target, &record).await;
             found.push((target, record, verdict));
@@ -190,7 +190,7 @@ impl Inner {
                 Verdict::Own(info) => {
                     let _guard = self.locks.lock(&target).await?;
                     let unchanged = matches!(self.store.get(&target).await?,
-                        Lookup::Present(now) if same_record(&now, &record));
+                        Some(Stored::Valid(now)) if same_record(&now, &record));
                     if unchanged && self.memory_identity(&target).is_none() {
                         self.track(&target, info.identity.clone(), record.meta.clone());
                         info!(target = %target, pid = pid.get(), "recovered running helper");
@@ -204,7 +204,7 @@ impl Inner {
                 Verdict::Stale => {
                     let _guard = self.locks.lock(&target).await?;
                     let unchanged = matches!(self.store.get(&target).await?,
-                        Lookup::Present(now) if same_record(&now, &record));
+                        Some(Stored::Valid(now)) if same_record(&now, &record));
                     if unchanged && self.memory_identity(&target).is_none() {
                         self.store.remove(&target).await?;
                         self.forget_mount_if_gone(&target);
@@ -266,9 +266,9 @@ impl Inner {
                 }
             }
             let (reason, pid) = match self.store.get(&target).await? {
-                Lookup::Absent => continue,
-                Lookup::Corrupt(_) => (RemovalReason::Corrupt, None),
-                Lookup::Present(r) => match self.classify(&target, &r).await {
+                None => continue,
+                Some(Stored::Corrupt(_)) => (RemovalReason::Corrupt, None),
+                Some(Stored::Valid(r)) => match self.classify(&target, &r).await {
                     Verdict::Own(info) => {
                         self.track(&target, info.identity.clone(), r.meta);
                         info!(target = %target, pid = r.pid.get(), "loaded running helper found on disk");

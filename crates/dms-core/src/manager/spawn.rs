@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::options::HelperSpec;
 use crate::report::{Event, ProcessInfo, RemovalReason};
 use dms_proc::{Pid, ProcIdentity, SpawnSpec, WaitOutcome};
-use dms_store::{Lookup, Metadata, TargetId};
+use dms_store::{Metadata, Stored, TargetId};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tracing::{debug, error, info, warn};
@@ -34,7 +34,7 @@ impl Inner {
     /// Removes `target`'s entry if it is not a valid PID file (a directory in the way
     /// would make the next `put` fail). Call with the target's lock.
     pub(super) async fn clear_corrupt(&self, target: &TargetId) -> Result<()> {
-        if let Lookup::Corrupt(c) = self.store.get(target).await? {
+        if let Some(Stored::Corrupt(c)) = self.store.get(target).await? {
             info!(target = %target, reason = c.reason, "removing corrupt PID file before writing a new one");
             if self.store.remove(target).await? {
                 self.emit(Event::Cleaned {

@@ -13,7 +13,7 @@ use super::{same_record, Inner, Manager};
 use crate::error::Result;
 use crate::report::Event;
 use dms_proc::ProcInfo;
-use dms_store::{Entry, Lookup, Record, TargetId};
+use dms_store::{Entry, Record, Stored, TargetId};
 use std::collections::BTreeSet;
 use tracing::{debug, info, warn};
 
@@ -39,7 +39,8 @@ impl Manager {
         let disk = self.inner.store.get(target).await?;
         let tracked = self.inner.memory_identity(target);
         match (tracked, disk) {
-            (None, Lookup::Present(record)) => match self.inner.classify(target, &record).await {
+            (None, Some(Stored::Valid(record))) => match self.inner.classify(target, &record).await
+            {
                 Verdict::Own(p) if self.inner.load_locked(target, &record, &p).await => {
                     Ok(Some(Event::Adopted {
                         target: target.clone(),
@@ -57,7 +58,7 @@ impl Manager {
                     Ok(None)
                 }
             },
-            (Some(id), Lookup::Absent) => match self.inner.verify(&id).await {
+            (Some(id), None) => match self.inner.verify(&id).await {
                 Verdict::Own(_) => {
                     self.inner.forget(target, Some(&id));
                     info!(target = %target, pid = id.pid.get(), "PID file removed from outside; the helper is no longer tracked (not signalled)");
@@ -72,18 +73,18 @@ impl Manager {
                 // reason to let go of it).
                 _ => Ok(None),
             },
-            (Some(id), Lookup::Present(r)) if r.pid == id.pid => Ok(None),
-            (Some(id), Lookup::Present(r)) => {
+            (Some(id), Some(Stored::Valid(r))) if r.pid == id.pid => Ok(None),
+            (Some(id), Some(Stored::Valid(r))) => {
                 warn!(target = %target, tracked = id.pid.get(), named = r.pid.get(),
                     "the PID file names another PID than the tracked helper; the tracked one is kept (reload or cleanup rewrites the file)");
                 Ok(None)
             }
-            (Some(id), Lookup::Corrupt(c)) => {
+            (Some(id), Some(Stored::Corrupt(c))) => {
                 warn!(target = %target, tracked = id.pid.get(), reason = c.reason,
                     "the PID file of a tracked helper is not a valid PID file; the helper is kept (reload or cleanup rewrites the file)");
                 Ok(None)
             }
-            (None, Lookup::Absent | Lookup::Corrupt(_)) => Ok(None),
+            (None, None | Some(Stored::Corrupt(_))) => Ok(None),
         }
     }
 
@@ -150,7 +151,7 @@ impl Inner {
             return false;
         }
         let unchanged = matches!(self.store.get(target).await,
-            Ok(Lookup::Present(now)) if same_record(&now, record));
+            Ok(Some(Stored::Valid(now))) if same_record(&now, record));
         if !unchanged {
             return false;
         }

@@ -5,7 +5,7 @@
 use super::Inner;
 use crate::error::{Error, Result};
 use dms_proc::{Pid, Probe, ProcError, ProcIdentity, ProcInfo};
-use dms_store::{Lookup, Record, TargetId};
+use dms_store::{Record, Stored, TargetId};
 
 /// What a probe says about a recorded PID.
 pub(super) enum Verdict {
@@ -170,12 +170,12 @@ impl Inner {
             }
         }
         match self.store.get(target).await? {
-            Lookup::Present(r) => Ok(self
+            Some(Stored::Valid(r)) => Ok(self
                 .classify(target, &r)
                 .await
                 .proven(target, r.pid)?
                 .map(|info| info.identity)),
-            Lookup::Absent | Lookup::Corrupt(_) => Ok(None),
+            None | Some(Stored::Corrupt(_)) => Ok(None),
         }
     }
 }

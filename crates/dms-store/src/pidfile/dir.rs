@@ -5,7 +5,7 @@ use super::read::*;
 use super::*;
 use crate::error::Access;
 use crate::names::{check_stray_name, classify, Name, PID_SUFFIX};
-use crate::{Entry, EntryState, Error, Lookup, Pid, Result, TargetId};
+use crate::{Entry, Error, Pid, Result, Stored, TargetId};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -128,7 +128,7 @@ impl PidDir {
     }
 
     /// Reads the entry of `target`, with the file's stamp when it is valid.
-    pub(crate) fn read(&self, target: &TargetId) -> Result<(Lookup, Option<Stamp>)> {
+    pub(crate) fn read(&self, target: &TargetId) -> Result<(Option<Stored>, Option<Stamp>)> {
         let path = target.pid_file_in(&self.pid_dir);
         read_pid_file(&path, &self.pid_dir)
     }
@@ -358,12 +358,8 @@ impl PidDir {
                 Name::Stray { file_name, reason } => each(Entry::Stray { file_name, reason }, None),
                 Name::Target(target) => {
                     let (lookup, stamp) = read_pid_file_at(&dirfd, name, &self.pid_dir)?;
-                    let state = match lookup {
-                        Lookup::Present(r) => EntryState::Valid(r),
-                        Lookup::Corrupt(c) => EntryState::Corrupt(c),
-                        // Removed between readdir and open: it is gone, so not listed.
-                        Lookup::Absent => continue,
-                    };
+                    // Removed between readdir and open: it is gone, so not listed.
+                    let Some(state) = lookup else { continue };
                     each(Entry::Target { target, state }, stamp)
                 }
             };

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::error::{effective_user, Access};
-use crate::{Corrupt, Error, Lookup, Pid, Record, Result};
+use crate::{Corrupt, Error, Pid, Record, Result, Stored};
 use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 /// Open errors: `ENOENT` is absent; `ELOOP` (a symlink), `ENXIO`/`EOPNOTSUPP` (a socket)
 /// and `EACCES`/`EPERM` (unreadable) are corrupt entries; anything else (EIO, EMFILE, ...)
 /// is an error, because it says nothing about the entry.
-pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Lookup, Option<Stamp>)> {
+pub(crate) fn read_pid_file(path: &Path, dir: &Path) -> Result<(Option<Stored>, Option<Stamp>)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -32,7 +32,7 @@ pub(crate) fn read_pid_file_at(
     dirfd: &std::os::fd::OwnedFd,
     name: &OsStr,
     dir: &Path,
-) -> Result<(Lookup, Option<Stamp>)> {
+) -> Result<(Option<Stored>, Option<Stamp>)> {
     use rustix::fs::{Mode, OFlags};
     let file = rustix::fs::openat(
         dirfd,
@@ -50,13 +50,13 @@ pub(super) fn read_opened_pid_file<'p>(
     file: std::io::Result<fs::File>,
     path: &dyn Fn() -> Cow<'p, Path>,
     dir: &Path,
-) -> Result<(Lookup, Option<Stamp>)> {
+) -> Result<(Option<Stored>, Option<Stamp>)> {
     let corrupt = |reason: String| {
         Ok((
-            Lookup::Corrupt(Corrupt {
+            Some(Stored::Corrupt(Corrupt {
                 path: path().into_owned(),
                 reason,
-            }),
+            })),
             None,
         ))
     };
@@ -64,7 +64,7 @@ pub(super) fn read_opened_pid_file<'p>(
         Ok(f) => f,
         Err(e) => {
             return match e.raw_os_error() {
-                Some(libc::ENOENT) => Ok((Lookup::Absent, None)),
+                Some(libc::ENOENT) => Ok((None, None)),
                 Some(libc::ELOOP) => {
                     let to = fs::read_link(path())
                         .map(|t| format!(" to {}", t.display()))
@@ -133,10 +133,10 @@ pub(super) fn read_opened_pid_file<'p>(
     }
     match Pid::parse(buf) {
         Ok(pid) => Ok((
-            Lookup::Present(Record {
+            Some(Stored::Valid(Record {
                 written_at: Some(mtime_of_stat(&meta)),
                 ..Record::bare(pid)
-            }),
+            })),
             Some(Stamp::of_stat(&meta)),
         )),
         Err(e) => corrupt(e.to_string()),

@@ -69,7 +69,7 @@ async fn a_crash_at_every_step_of_put_is_reported_correctly() {
                         Some(exp),
                         [Entry::Target {
                             target: lt,
-                            state: EntryState::Valid(got),
+                            state: Stored::Valid(got),
                         }],
                     ) if lt == &target => {
                         assert_eq!(got.pid, exp.pid, "{case}");
@@ -82,8 +82,8 @@ async fn a_crash_at_every_step_of_put_is_reported_correctly() {
                 let again = store.get(&target).await.unwrap();
                 let exp_lookup_pid = expected.as_ref().map(|r| r.pid);
                 match &again {
-                    Lookup::Present(r) => assert_eq!(Some(r.pid), exp_lookup_pid, "{case}"),
-                    Lookup::Absent => assert_eq!(exp_lookup_pid, None, "{case}"),
+                    Some(Stored::Valid(r)) => assert_eq!(Some(r.pid), exp_lookup_pid, "{case}"),
+                    None => assert_eq!(exp_lookup_pid, None, "{case}"),
                     other => panic!("{case}: {other:?}"),
                 }
                 let expected_rows: Vec<(String, i64, Option<i64>)> = expected
@@ -123,7 +123,7 @@ async fn a_crash_between_the_steps_of_remove_is_repaired() {
         .put(&target, &Record::bare(Pid::new(322).unwrap()))
         .await
         .unwrap();
-    let Lookup::Present(r) = store.get(&target).await.unwrap() else {
+    let Some(Stored::Valid(r)) = store.get(&target).await.unwrap() else {
         panic!()
     };
     assert_eq!((r.pid.get(), r.identity), (322, None));

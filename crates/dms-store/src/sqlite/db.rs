@@ -5,7 +5,7 @@ use super::row::*;
 use super::{BUSY_TIMEOUT, DB_FILE_NAME, MIGRATIONS, SCHEMA_VERSION};
 use crate::error::effective_user;
 use crate::pidfile::PidDir;
-use crate::{Entry, EntryState, Error, Result};
+use crate::{Entry, Error, Result, Stored};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -175,7 +175,7 @@ impl Db {
                 if let (
                     Entry::Target {
                         target,
-                        state: EntryState::Valid(r),
+                        state: Stored::Valid(r),
                     },
                     Some(stamp),
                 ) = (entry, stamp)

@@ -70,7 +70,7 @@ fn listed(store: &SqliteStore, rt: &tokio::runtime::Runtime) -> BTreeMap<String,
         .map(|e| match e {
             Entry::Target {
                 target,
-                state: EntryState::Valid(r),
+                state: Stored::Valid(r),
             } => (
                 target.to_string(),
                 Model::Valid(r.pid.get(), r.identity.map(|i| i.start_ticks)),
@@ -204,7 +204,7 @@ fn a_corruption_error_during_use_rebuilds_and_retries() {
         })
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    let Lookup::Present(r) = rt
+    let Some(Stored::Valid(r)) = rt
         .block_on(store.get(&TargetId::new("keep").unwrap()))
         .unwrap()
     else {
