@@ -196,6 +196,7 @@ pub fn api_error(status: StatusCode, body: &[u8]) -> CliError {
             "{message}; changes through dms serve need root, the daemon's user or the socket's \
              group"
         )),
+        StatusCode::CONFLICT => CliError::Conflict(message),
         _ => CliError::Failed(message),
     }
 }

@@ -1,31 +1,16 @@
-//! Human output. Every line is rendered from the same JSON documents that `--json`
-//! prints (the shapes of cli.md), so the two outputs cannot disagree; the rows of a
-//! full `status` are rendered from the info objects directly ([`StatusTable::push_info`],
-//! held identical to [`status_row`] by a test), to spare a JSON document per target.
+//! Human output, rendered from the typed reports that `--json` prints (the shapes of
+//! cli.md): the one-shot path's own, and the daemon's read back into the same types, so
+//! the outputs cannot disagree.
 
-use dms_core::{MountState, ProcessInfo, ProcessState, Source};
-use serde_json::Value;
+use dms_core::{
+    CleanupReport, KillReport, KillStep, MountState, ProcessInfo, ProcessState, RemovalReason,
+    Source, Stats,
+};
 use std::fmt::Write as _;
 
-fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-fn num_of(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
-}
-
-fn int_of(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
-}
-
-fn bool_of(v: &Value, key: &str) -> Option<bool> {
-    v.get(key).and_then(Value::as_bool)
-}
-
-/// `"-"` for a missing value.
-fn or_dash(s: Option<String>) -> String {
-    s.unwrap_or_else(|| "-".to_owned())
+/// The value, or `"-"` for a missing one.
+fn or_dash(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 /// 12.5 -> `12s`, 303 -> `5m03s`, 7500 -> `2h05m`, 273600 -> `3d04h`.
@@ -108,78 +93,31 @@ pub fn escape_lines(text: String) -> String {
     out
 }
 
-/// The mount column: the path, with its state when it is not plainly mounted.
-fn mount_cell(info: &Value) -> String {
-    let Some(mount) = str_of(info, "mount") else {
-        return "-".to_owned();
-    };
-    match str_of(info, "mount_state") {
-        Some("mounted") | None => mount.to_owned(),
-        Some(state) => format!("{mount} ({state})"),
-    }
-}
-
-fn cmdline_cell(info: &Value) -> String {
-    match info.get("cmdline").and_then(Value::as_array) {
-        Some(parts) => parts
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(" "),
-        None => "-".to_owned(),
-    }
-}
-
 /// The columns of the `status` table.
 const STATUS_HEADER: [&str; 10] = [
     "TARGET", "PID", "STATE", "SOURCE", "UPTIME", "CPU", "RSS", "THREADS", "MOUNT", "COMMAND",
 ];
 
-/// One row of the `status` table.
-pub type StatusRow = [String; 10];
-
-/// The `status` table: one row per info object, columns aligned, the command line last,
-/// followed by the row's detail in parentheses when there is one (why an entry is
-/// corrupt, foreign or stale).
-pub fn status_table(infos: &[Value], details: &[Option<String>]) -> String {
-    let rows: Vec<StatusRow> = infos
-        .iter()
-        .enumerate()
-        .map(|(n, i)| status_row(i, details.get(n).and_then(Option::as_deref)))
-        .collect();
-    render_status_table(&rows)
-}
-
-/// The cells of one info object's row of the `status` table, with its detail.
-pub fn status_row(i: &Value, detail: Option<&str>) -> StatusRow {
-    let mut command = cmdline_cell(i);
-    if let Some(detail) = detail {
-        command = if command == "-" {
-            format!("({detail})")
-        } else {
-            format!("{command} ({detail})")
-        };
+/// The `status` table of `infos`: one row per info object, sorted by target, columns
+/// aligned, the command line last, followed by the row's detail in parentheses when
+/// there is one (why an entry is corrupt, foreign or stale).
+pub fn status_table(infos: &[ProcessInfo], details: &[Option<String>]) -> String {
+    let mut table = StatusTable::default();
+    for (n, info) in infos.iter().enumerate() {
+        table.push_info(info, details.get(n).and_then(Option::as_deref));
     }
-    let row = [
-        or_dash(str_of(i, "target").map(str::to_owned)),
-        or_dash(int_of(i, "pid").map(|p| p.to_string())),
-        or_dash(str_of(i, "state").map(str::to_owned)),
-        or_dash(str_of(i, "source").map(str::to_owned)),
-        or_dash(num_of(i, "uptime_secs").map(duration)),
-        or_dash(num_of(i, "cpu_percent").map(|c| format!("{c:.1}%"))),
-        or_dash(int_of(i, "rss_bytes").map(bytes)),
-        or_dash(int_of(i, "threads").map(|t| t.to_string())),
-        mount_cell(i),
-        command,
-    ];
-    row.map(|cell| escaped(&cell).into_owned())
+    let mut out = Vec::new();
+    table
+        .write_to(&mut out)
+        .expect("writing to a vector cannot fail");
+    String::from_utf8(out).expect("the rows are UTF-8")
 }
 
 /// The name an enum value has in the JSON shapes (`"running"`, `"disk"`, ...).
 #[cfg(test)]
 fn json_name(v: &impl serde::Serialize) -> Option<String> {
     match serde_json::to_value(v) {
-        Ok(Value::String(s)) => Some(s),
+        Ok(serde_json::Value::String(s)) => Some(s),
         _ => None,
     }
 }
@@ -215,35 +153,18 @@ fn mount_state_name(s: MountState) -> &'static str {
     }
 }
 
-/// The `status` table of `rows` ([`status_row`]), under its header, columns aligned.
-pub fn render_status_table(rows: &[StatusRow]) -> String {
-    let mut widths = STATUS_HEADER.map(str::len);
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+/// The JSON name of a removal reason (see [`state_name`]).
+fn reason_name(r: RemovalReason) -> &'static str {
+    match r {
+        RemovalReason::Stale => "stale",
+        RemovalReason::Foreign => "foreign",
+        RemovalReason::Corrupt => "corrupt",
     }
-    let mut out = String::new();
-    let header = STATUS_HEADER.map(str::to_owned);
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// The `status` table built one row at a time, each row kept as a span of one shared
 /// string (cells separated by NUL, which no cell holds), so that a table of many targets
-/// costs about its text and no allocation per row; written out as
-/// [`render_status_table`] renders it.
+/// costs about its text and no allocation per row.
 #[derive(Debug, Default)]
 pub struct StatusTable {
     widths: [usize; 10],
@@ -290,20 +211,8 @@ impl RowWriter<'_> {
 }
 
 impl StatusTable {
-    /// Adds a row ([`status_row`]).
-    #[cfg(test)]
-    pub fn push(&mut self, row: &StatusRow) {
-        for (w, cell) in self.widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-        let start = self.text.len();
-        self.text.push_str(&row.join("\0"));
-        self.rows.push((start, self.text.len()));
-    }
-
-    /// Adds the row of the info object `i`: what [`status_row`] renders from its JSON
-    /// document, written straight into the row's one string (`detail` too, without a
-    /// string of its own).
+    /// Adds the row of the info object `i`, written straight into the row's one string
+    /// (`detail` too, without a string of its own).
     pub fn push_info(&mut self, i: &ProcessInfo, detail: Option<impl std::fmt::Display>) {
         let start = self.text.len();
         let mut row = RowWriter {
@@ -408,35 +317,29 @@ fn pad(line: &mut String, mut n: usize) {
 }
 
 /// `started target-1: PID 1234, log /run/dms/logs/target-1.log`.
-pub fn spawn_line(info: &Value, log: &str) -> String {
-    let target = str_of(info, "target").unwrap_or("?");
-    let pid = or_dash(int_of(info, "pid").map(|p| p.to_string()));
-    let mut line = format!("started {target}: PID {pid}, log {log}");
-    if let Some(m) = str_of(info, "mount") {
-        let _ = write!(line, ", mount {m}");
+pub fn spawn_line(info: &ProcessInfo, log: &str) -> String {
+    let mut line = format!(
+        "started {}: PID {}, log {log}",
+        info.target,
+        or_dash(info.pid)
+    );
+    if let Some(m) = &info.mount {
+        let _ = write!(line, ", mount {}", m.display());
     }
     line
 }
 
 /// `adopted PID 1234 for target-1`.
-pub fn adopt_line(info: &Value) -> String {
-    let target = str_of(info, "target").unwrap_or("?");
-    let pid = or_dash(int_of(info, "pid").map(|p| p.to_string()));
-    format!("adopted PID {pid} for {target}")
+pub fn adopt_line(info: &ProcessInfo) -> String {
+    format!("adopted PID {} for {}", or_dash(info.pid), info.target)
 }
 
 /// The one line of `kill`.
-pub fn kill_line(report: &Value) -> String {
-    let target = str_of(report, "target").unwrap_or("?");
-    let pid = int_of(report, "pid");
-    let was_running = bool_of(report, "was_running").unwrap_or(false);
-    let stopped = bool_of(report, "stopped").unwrap_or(false);
-    let signal = str_of(report, "signal");
-    let unmounted = report
-        .get("steps")
-        .and_then(Value::as_array)
-        .is_some_and(|s| s.iter().any(|x| x == "unmount"));
-    match (was_running, stopped, pid) {
+pub fn kill_line(report: &KillReport) -> String {
+    let target = &report.target;
+    let signal = report.signal.map(|s| s.name());
+    let unmounted = report.steps.contains(&KillStep::Unmount);
+    match (report.was_running, report.stopped, report.pid) {
         (false, _, Some(pid)) => {
             format!(
                 "{target} was not running (PID {pid} is gone or not its helper); PID file removed"
@@ -445,76 +348,64 @@ pub fn kill_line(report: &Value) -> String {
         (false, _, None) => format!("{target} was not running"),
         (true, true, pid) => format!(
             "stopped {target} (PID {}) with {}",
-            or_dash(pid.map(|p| p.to_string())),
+            or_dash(pid),
             signal.unwrap_or(if unmounted { "an unmount" } else { "no signal" })
         ),
         (true, false, pid) => format!(
             "{target} (PID {}) did not stop after {}",
-            or_dash(pid.map(|p| p.to_string())),
+            or_dash(pid),
             signal.unwrap_or("signalling")
         ),
     }
 }
 
 /// The one line of `stats`.
-pub fn stats_line(stats: &Value) -> String {
-    let n = |k| int_of(stats, k).unwrap_or(0);
-    let files = n("pid_files_on_disk");
+pub fn stats_line(stats: &Stats) -> String {
+    let files = stats.pid_files_on_disk;
     let mut line = format!(
         "{} tracked, {files} PID file{} on disk: {} running, {} stale, {} foreign, {} corrupt",
-        n("total_tracked"),
-        plural(files as usize),
-        n("running"),
-        n("stale"),
-        n("foreign"),
-        n("corrupt"),
+        stats.total_tracked,
+        plural(files),
+        stats.running,
+        stats.stale,
+        stats.foreign,
+        stats.corrupt,
     );
     // Counts the contract does not name are shown only when they are not zero.
-    for (key, words) in [("unverified", "unverified"), ("strays", "stray PID files")] {
-        if n(key) > 0 {
-            let _ = write!(line, ", {} {words}", n(key));
+    for (n, words) in [
+        (stats.unverified, "unverified"),
+        (stats.strays, "stray PID files"),
+    ] {
+        if n > 0 {
+            let _ = write!(line, ", {n} {words}");
         }
     }
-    if let Some(m) = int_of(stats, "stale_mounts") {
+    if let Some(m) = stats.stale_mounts {
         let _ = write!(line, ", {m} stale mounts");
     }
     let _ = write!(
         line,
         "; backend {}, run dir {}",
-        str_of(stats, "backend").unwrap_or("?"),
-        str_of(stats, "run_dir").unwrap_or("?"),
+        stats.backend,
+        stats.run_dir.display(),
     );
     line
 }
 
 /// The one line of `cleanup`.
-pub fn cleanup_line(report: &Value) -> String {
+pub fn cleanup_line(report: &CleanupReport) -> String {
     let removed: Vec<String> = report
-        .get("removed")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    format!(
-                        "{} ({})",
-                        str_of(r, "target").unwrap_or("?"),
-                        str_of(r, "reason").unwrap_or("?")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let stopped: Vec<&str> = report
-        .get("stopped")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+        .removed
+        .iter()
+        .map(|r| format!("{} ({})", r.target, reason_name(r.reason)))
+        .collect();
     let mut line = match removed.len() {
         0 => "removed no PID files".to_owned(),
         n => format!("removed {n} PID file{}: {}", plural(n), removed.join(", ")),
     };
-    if !stopped.is_empty() {
-        let n = stopped.len();
+    if !report.stopped.is_empty() {
+        let n = report.stopped.len();
+        let stopped: Vec<&str> = report.stopped.iter().map(|t| t.as_str()).collect();
         let _ = write!(
             line,
             "; stopped {n} helper{}: {}",
@@ -522,25 +413,20 @@ pub fn cleanup_line(report: &Value) -> String {
             stopped.join(", ")
         );
     }
-    let mounts: Vec<String> = report
-        .get("mounts")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|m| {
-                    format!(
-                        "{} ({}, {})",
-                        str_of(m, "path").unwrap_or("?"),
-                        str_of(m, "state").unwrap_or("?"),
-                        str_of(m, "action").unwrap_or("?")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if !mounts.is_empty() {
-        let n = mounts.len();
-        let _ = write!(line, "; mounts {n}: {}", mounts.join(", "));
+    if !report.mounts.is_empty() {
+        let mounts: Vec<String> = report
+            .mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} ({}, {})",
+                    m.path.display(),
+                    mount_state_name(m.state),
+                    m.action
+                )
+            })
+            .collect();
+        let _ = write!(line, "; mounts {}: {}", mounts.len(), mounts.join(", "));
     }
     line
 }

@@ -12,11 +12,30 @@
 use crate::cli::{AdoptArgs, CleanupArgs, EventsArgs, KillArgs, RestartArgs, StatusArgs};
 use crate::client::Client;
 use crate::output;
-use crate::run::{flag, stdout_error, CliError, Out, PreparedSpawn};
-use crate::{EXIT_FAILED, EXIT_NOT_RUNNING};
+use crate::run::{detail_of, kill_exit, status_exit, stdout_error, CliError, Out, PreparedSpawn};
+use dms_core::{CleanupReport, KillReport, ProcessInfo, Stats};
 use hyper::Method;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use std::io::Write;
+
+/// The typed reading of a document of `dms serve` (`what` names it in the error).
+fn typed<T: DeserializeOwned>(doc: &Value, what: &str) -> Result<T, CliError> {
+    T::deserialize(doc).map_err(|e| {
+        CliError::Failed(format!(
+            "dms serve answered with {what} this dms cannot read ({e}); is the daemon the \
+             same version as this dms?"
+        ))
+    })
+}
+
+/// An info object of `dms serve`, with the daemon's `detail` (words for the human
+/// table, which the one-shot path's documents do not hold).
+fn info_of(doc: &Value) -> Result<ProcessInfo, CliError> {
+    let mut info: ProcessInfo = typed(doc, "an info object")?;
+    info.detail = doc.get("detail").and_then(Value::as_str).map(str::to_owned);
+    Ok(info)
+}
 
 /// The API path of `target` (and `action`). A target ID's alphabet,
 /// [`dms_store::TARGET_ID_RULE`], is all unreserved URL characters: it needs no encoding.
@@ -111,25 +130,26 @@ pub async fn spawn(c: &mut Client, p: PreparedSpawn, out: &Out) -> Result<u8, Cl
         Ok(v) => v,
         // A refusal because a helper runs: worded as the one-shot path words it, with the
         // running helper's PID.
-        Err(CliError::Failed(m))
-            if p.spec.replace.is_none() && m.contains("already has a running helper") =>
-        {
-            let e = CliError::Failed(m);
+        Err(CliError::Conflict(m)) if p.spec.replace.is_none() => {
             let now = c.json(Method::GET, &target_path(&target, ""), None).await;
-            return Err(match now.ok().filter(|v| flag(v, "running")) {
-                Some(v) => CliError::Failed(format!(
-                    "target {target} is already running (PID {}); stop it first with \
+            let running = now
+                .ok()
+                .and_then(|v| info_of(&v).ok())
+                .filter(|i| i.running);
+            return Err(match running.and_then(|i| i.pid) {
+                Some(pid) => CliError::Failed(format!(
+                    "target {target} is already running (PID {pid}); stop it first with \
                      `dms kill {target}`, or start the new helper with `dms spawn {target} \
-                     --replace`",
-                    v.get("pid").and_then(Value::as_u64).unwrap_or(0)
+                     --replace`"
                 )),
-                None => e,
+                None => CliError::Conflict(m),
             });
         }
         Err(e) => return Err(e),
     };
     let log = p.log_shown.display().to_string();
-    out.print(&info, |v| output::spawn_line(v, &log))?;
+    let typed_info = info_of(&info)?;
+    out.print_doc(&info, &typed_info, |i| output::spawn_line(i, &log))?;
     Ok(0)
 }
 
@@ -139,12 +159,9 @@ pub async fn kill(c: &mut Client, a: KillArgs, out: &Out) -> Result<u8, CliError
     let v = c
         .json(Method::POST, &target_path(&a.target, "kill"), Some(&body))
         .await?;
-    out.print(&v, output::kill_line)?;
-    Ok(match (flag(&v, "was_running"), flag(&v, "stopped")) {
-        (false, _) => EXIT_NOT_RUNNING,
-        (true, true) => 0,
-        (true, false) => EXIT_FAILED,
-    })
+    let report: KillReport = typed(&v, "a kill report")?;
+    out.print_doc(&v, &report, output::kill_line)?;
+    Ok(kill_exit(&report))
 }
 
 /// `restart` through the daemon: its info object, printed as `spawn` prints one.
@@ -157,34 +174,15 @@ pub async fn restart(c: &mut Client, a: RestartArgs, out: &Out) -> Result<u8, Cl
             Some(&body),
         )
         .await?;
-    out.print(&info, |v| {
-        let pid = v.get("pid").and_then(Value::as_u64);
+    let typed_info = info_of(&info)?;
+    out.print_doc(&info, &typed_info, |i| {
         format!(
             "restarted {}: PID {}",
-            a.target,
-            pid.map_or_else(|| "-".to_owned(), |p| p.to_string())
+            i.target,
+            i.pid.map_or_else(|| "-".to_owned(), |p| p.to_string())
         )
     })?;
     Ok(0)
-}
-
-/// The detail shown in a row of an info document: the daemon's `detail`, or for a dead
-/// entry what to do about it (as the one-shot path shows it).
-fn detail_of(v: &Value) -> Option<String> {
-    if let Some(d) = v.get("detail").and_then(Value::as_str) {
-        return Some(d.to_owned());
-    }
-    match (
-        v.get("state").and_then(Value::as_str),
-        v.get("pid").and_then(Value::as_u64),
-    ) {
-        (Some("stale"), Some(pid)) => {
-            let mut d = String::new();
-            let _ = crate::run::write_dead(&mut d, pid);
-            Some(d)
-        }
-        _ => None,
-    }
 }
 
 /// An info document as `--json` prints it: without the daemon's `detail` (words for the
@@ -200,16 +198,12 @@ fn without_detail(mut v: Value) -> Value {
 pub async fn status(c: &mut Client, a: StatusArgs, out: &Out) -> Result<u8, CliError> {
     if let Some(target) = &a.target {
         let v = c.json(Method::GET, &target_path(target, ""), None).await?;
-        let detail = detail_of(&v);
-        let v = without_detail(v);
-        out.print(&v, |v| {
-            output::status_table(std::slice::from_ref(v), &[detail])
+        let info = info_of(&v)?;
+        let detail = detail_of(&info);
+        out.print_doc(&without_detail(v), &info, |i| {
+            output::status_table(std::slice::from_ref(i), &[detail])
         })?;
-        return Ok(if flag(&v, "running") {
-            0
-        } else {
-            EXIT_NOT_RUNNING
-        });
+        return Ok(status_exit(&info));
     }
     let v = c.json(Method::GET, "/v1/targets", None).await?;
     let Value::Array(infos) = v else {
@@ -219,13 +213,14 @@ pub async fn status(c: &mut Client, a: StatusArgs, out: &Out) -> Result<u8, CliE
                 .into(),
         ));
     };
-    let details: Vec<Option<String>> = infos.iter().map(detail_of).collect();
-    let infos: Vec<Value> = infos.into_iter().map(without_detail).collect();
     if out.json {
+        let infos: Vec<Value> = infos.into_iter().map(without_detail).collect();
         out.write(Value::Array(infos).to_string())?;
     } else if infos.is_empty() {
         out.write("no helpers tracked".into())?;
     } else {
+        let infos = infos.iter().map(info_of).collect::<Result<Vec<_>, _>>()?;
+        let details: Vec<Option<String>> = infos.iter().map(detail_of).collect();
         out.write(output::escape_lines(output::status_table(&infos, &details)))?;
     }
     Ok(0)
@@ -234,7 +229,8 @@ pub async fn status(c: &mut Client, a: StatusArgs, out: &Out) -> Result<u8, CliE
 /// `stats` through the daemon.
 pub async fn stats(c: &mut Client, out: &Out) -> Result<u8, CliError> {
     let v = c.json(Method::GET, "/v1/stats", None).await?;
-    out.print(&v, output::stats_line)?;
+    let stats: Stats = typed(&v, "statistics")?;
+    out.print_doc(&v, &stats, output::stats_line)?;
     Ok(0)
 }
 
@@ -242,7 +238,8 @@ pub async fn stats(c: &mut Client, out: &Out) -> Result<u8, CliError> {
 pub async fn cleanup(c: &mut Client, a: CleanupArgs, out: &Out) -> Result<u8, CliError> {
     let body = json!({"all": a.all, "grace_secs": a.grace.as_secs_f64(), "mounts": a.mounts});
     let v = c.json(Method::POST, "/v1/cleanup", Some(&body)).await?;
-    out.print(&v, output::cleanup_line)?;
+    let report: CleanupReport = typed(&v, "a cleanup report")?;
+    out.print_doc(&v, &report, output::cleanup_line)?;
     Ok(0)
 }
 
@@ -252,7 +249,8 @@ pub async fn adopt(c: &mut Client, a: AdoptArgs, out: &Out) -> Result<u8, CliErr
     let v = c
         .json(Method::POST, &target_path(&a.target, "adopt"), Some(&body))
         .await?;
-    out.print(&v, output::adopt_line)?;
+    let info = info_of(&v)?;
+    out.print_doc(&v, &info, output::adopt_line)?;
     Ok(0)
 }
 

@@ -10,7 +10,8 @@ use crate::output;
 use crate::remote;
 use crate::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE};
 use dms_core::{
-    HelperSpec, ListOrder, Manager, ManagerOptions, ProcessInfo, ProcessState, UsageSampling,
+    HelperSpec, KillReport, ListOrder, Manager, ManagerOptions, ProcessInfo, ProcessState,
+    RemovalReason, Removed, UsageSampling,
 };
 use dms_store::{Pid, TargetId};
 use serde::Serialize;
@@ -33,6 +34,11 @@ pub enum CliError {
     /// The operation failed: exit code 1.
     #[error("{0}")]
     Failed(String),
+    /// `dms serve` refused the request as conflicting with what is (its `conflict`
+    /// error: a helper already runs, an adoption is refused, nothing to restart): exit
+    /// code 1.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl CliError {
@@ -40,7 +46,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
-            CliError::Failed(_) => EXIT_FAILED,
+            CliError::Failed(_) | CliError::Conflict(_) => EXIT_FAILED,
         }
     }
 }
@@ -372,17 +378,33 @@ pub(crate) struct Out {
 }
 
 impl Out {
-    /// Prints `value` as JSON, or `human(value)` as text. A closed stdout (`dms status |
-    /// head -1`) is not an error.
-    pub fn print(
+    /// Prints `report` as JSON, or `human(report)` as text. A closed stdout (`dms status
+    /// | head -1`) is not an error.
+    pub fn print<T: Serialize>(
         &self,
-        value: &Value,
-        human: impl FnOnce(&Value) -> String,
+        report: &T,
+        human: impl FnOnce(&T) -> String,
     ) -> Result<(), CliError> {
         self.write(if self.json {
-            value.to_string()
+            serde_json::to_string(report)
+                .map_err(|e| CliError::Failed(format!("cannot encode the output as JSON: {e}")))?
         } else {
-            output::escape_lines(human(value))
+            output::escape_lines(human(report))
+        })
+    }
+
+    /// Prints `doc` as it is (a document of `dms serve`, which may hold more than
+    /// `report`, its typed reading) as JSON, or `human(report)` as text.
+    pub fn print_doc<T>(
+        &self,
+        doc: &Value,
+        report: &T,
+        human: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
+        self.write(if self.json {
+            doc.to_string()
+        } else {
+            output::escape_lines(human(report))
         })
     }
 
@@ -411,13 +433,22 @@ pub(crate) fn stdout_error(e: std::io::Error) -> Result<(), CliError> {
     )))
 }
 
-fn to_value(v: &impl Serialize) -> Result<Value, CliError> {
-    serde_json::to_value(v)
-        .map_err(|e| CliError::Failed(format!("cannot encode the output as JSON: {e}")))
+/// The exit code of `kill`: 0 stopped, 1 did not stop, 3 was not running.
+pub(crate) fn kill_exit(report: &KillReport) -> u8 {
+    match (report.was_running, report.stopped) {
+        (false, _) => EXIT_NOT_RUNNING,
+        (true, true) => 0,
+        (true, false) => EXIT_FAILED,
+    }
 }
 
-pub(crate) fn flag(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+/// The exit code of `status TARGET`: 0 running, 3 not.
+pub(crate) fn status_exit(info: &ProcessInfo) -> u8 {
+    if info.running {
+        0
+    } else {
+        EXIT_NOT_RUNNING
+    }
 }
 
 async fn spawn(session: &Session, p: PreparedSpawn, out: &Out) -> Result<u8, CliError> {
@@ -427,7 +458,7 @@ async fn spawn(session: &Session, p: PreparedSpawn, out: &Out) -> Result<u8, Cli
         .await
         .map_err(manager_error)?;
     let log = p.log_shown.display().to_string();
-    out.print(&to_value(&info)?, |v| output::spawn_line(v, &log))?;
+    out.print(&info, |i| output::spawn_line(i, &log))?;
     Ok(0)
 }
 
@@ -437,17 +468,12 @@ async fn kill(session: &Session, a: KillArgs, out: &Out) -> Result<u8, CliError>
         .kill(&a.target, a.grace)
         .await
         .map_err(manager_error)?;
-    let v = to_value(&report)?;
-    out.print(&v, output::kill_line)?;
-    Ok(match (flag(&v, "was_running"), flag(&v, "stopped")) {
-        (false, _) => EXIT_NOT_RUNNING,
-        (true, true) => 0,
-        (true, false) => EXIT_FAILED,
-    })
+    out.print(&report, output::kill_line)?;
+    Ok(kill_exit(&report))
 }
 
 /// The detail shown for a row: the manager's, or for a dead entry what to do about it.
-fn detail_of(info: &ProcessInfo) -> Option<String> {
+pub(crate) fn detail_of(info: &ProcessInfo) -> Option<String> {
     detail_ref(info).map(|d| d.to_string())
 }
 
@@ -494,15 +520,10 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
     if let Some(target) = &a.target {
         let info = manager.process_info(target).await.map_err(manager_error)?;
         let detail = detail_of(&info);
-        let v = to_value(&info)?;
-        out.print(&v, |v| {
-            output::status_table(std::slice::from_ref(v), &[detail])
+        out.print(&info, |i| {
+            output::status_table(std::slice::from_ref(i), &[detail])
         })?;
-        return Ok(if flag(&v, "running") {
-            0
-        } else {
-            EXIT_NOT_RUNNING
-        });
+        return Ok(status_exit(&info));
     }
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     let mut failure: Option<std::io::Error> = None;
@@ -553,45 +574,30 @@ async fn status(session: &Session, a: StatusArgs, out: &Out) -> Result<u8, CliEr
 
 async fn stats(session: &Session, out: &Out) -> Result<u8, CliError> {
     let stats = session.manager.stats().await.map_err(manager_error)?;
-    let mut v = to_value(&stats)?;
-    // Read-only, nothing is loaded into memory: what a manager on this run directory
-    // tracks is every live helper proven ours, each counted as running.
-    if let Some(o) = v.as_object_mut() {
-        let running = o.get("running").cloned().unwrap_or(Value::Null);
-        o.insert("total_tracked".into(), running);
-    }
-    out.print(&v, output::stats_line)?;
+    out.print(&stats, output::stats_line)?;
     Ok(0)
 }
 
 async fn cleanup(session: &Session, a: CleanupArgs, out: &Out) -> Result<u8, CliError> {
     let manager = &session.manager;
-    let report = if a.all {
+    let mut report = if a.all {
         manager.cleanup_all(a.grace).await
     } else {
         manager.cleanup_dead().await
     }
     .map_err(manager_error)?;
-    let mut report = report;
     if a.mounts {
         report.mounts = manager.cleanup_mounts().await.map_err(manager_error)?;
     }
-    let mut v = to_value(&report)?;
-    if let Some(removed) = v.get_mut("removed").and_then(Value::as_array_mut) {
-        for target in session.cleared.keys() {
-            removed.push(serde_json::json!({"target": target, "reason": "stale"}));
-        }
-        removed.sort_by(|a, b| {
-            let t = |v: &Value| {
-                v.get("target")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            t(a).cmp(&t(b))
-        });
-    }
-    out.print(&v, output::cleanup_line)?;
+    // What the startup recovery of this invocation removed is part of what it cleaned.
+    report
+        .removed
+        .extend(session.cleared.keys().map(|target| Removed {
+            target: target.clone(),
+            reason: RemovalReason::Stale,
+        }));
+    report.removed.sort_by(|a, b| a.target.cmp(&b.target));
+    out.print(&report, output::cleanup_line)?;
     Ok(0)
 }
 
@@ -601,7 +607,7 @@ async fn adopt(session: &Session, a: AdoptArgs, out: &Out) -> Result<u8, CliErro
         .adopt(&a.target, a.pid)
         .await
         .map_err(manager_error)?;
-    out.print(&to_value(&info)?, output::adopt_line)?;
+    out.print(&info, output::adopt_line)?;
     Ok(0)
 }
 

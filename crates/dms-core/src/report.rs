@@ -1,14 +1,16 @@
 //! What the manager reports: the info object, kill/cleanup/recovery reports, statistics
-//! and events. The `Serialize` forms are the JSON shapes of the `dms` command line.
+//! and events. The `Serialize` forms are the JSON shapes of the `dms` command line; the
+//! `Deserialize` forms read them back (the command line renders what `dms serve` sends
+//! with the renderers of its own reports).
 
 use dms_proc::{ExitStatus, Signal};
 use dms_store::{Pid, TargetId};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 /// The state of a target, as in the info object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessState {
     /// Alive and proven ours.
@@ -28,7 +30,7 @@ pub enum ProcessState {
 }
 
 /// Where the manager found a target's record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// Only in this manager's memory (the PID file is missing).
@@ -40,7 +42,7 @@ pub enum Source {
 }
 
 /// The state of a helper's mount point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MountState {
     /// Mounted and answering.
@@ -53,7 +55,7 @@ pub enum MountState {
 }
 
 /// Everything known about one target: the info object of the command-line contract.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     /// The target.
     pub target: TargetId,
@@ -70,7 +72,7 @@ pub struct ProcessInfo {
     /// Where the record was found; `None` when nowhere.
     pub source: Option<Source>,
     /// When the process started (UTC, whole seconds in JSON), when running.
-    #[serde(serialize_with = "ser_rfc3339")]
+    #[serde(serialize_with = "ser_rfc3339", deserialize_with = "de_rfc3339")]
     pub started_at: Option<SystemTime>,
     /// Seconds since it started, when running.
     pub uptime_secs: Option<f64>,
@@ -107,6 +109,15 @@ fn ser_rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::
     }
 }
 
+fn de_rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    match Option::<std::borrow::Cow<'de, str>>::deserialize(d)? {
+        Some(t) => humantime::parse_rfc3339(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        None => Ok(None),
+    }
+}
+
 fn ser_signal<S: Serializer>(sig: &Option<Signal>, s: S) -> Result<S::Ok, S::Error> {
     match sig {
         Some(sig) => s.serialize_str(sig.name()),
@@ -114,8 +125,19 @@ fn ser_signal<S: Serializer>(sig: &Option<Signal>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
+fn de_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Signal>, D::Error> {
+    match Option::<std::borrow::Cow<'de, str>>::deserialize(d)?.as_deref() {
+        None => Ok(None),
+        Some(name) => [Signal::Term, Signal::Kill]
+            .into_iter()
+            .find(|s| s.name() == name)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown signal {name:?}"))),
+    }
+}
+
 /// What [`crate::Manager::kill`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillReport {
     /// The target.
     pub target: TargetId,
@@ -124,7 +146,7 @@ pub struct KillReport {
     /// Whether a live helper, proven ours, was found and signalled.
     pub was_running: bool,
     /// The last signal sent.
-    #[serde(serialize_with = "ser_signal")]
+    #[serde(serialize_with = "ser_signal", deserialize_with = "de_signal")]
     pub signal: Option<Signal>,
     /// Whether a running helper was stopped by this call.
     pub stopped: bool,
@@ -133,7 +155,7 @@ pub struct KillReport {
 }
 
 /// One step of [`KillReport::steps`], serialized as its [`KillStep::name`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KillStep {
     /// The helper's FUSE mount unmounted before any signal (`"unmount"`).
     #[serde(rename = "unmount")]
@@ -221,9 +243,12 @@ impl std::fmt::Display for KillStep {
 }
 
 /// Totals over every tracked target: the `stats` JSON shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
-    /// Targets in this manager's memory.
+    /// Targets in this manager's memory; in one-shot mode
+    /// ([`crate::ManagerOptions::one_shot`]), which loads nothing into memory, the
+    /// helpers running (every live helper proven ours, as a manager on the run
+    /// directory would track them).
     pub total_tracked: usize,
     /// `*.pid` entries in the PID directory (including unreadable ones and files whose
     /// name is not a valid target ID).
@@ -249,7 +274,7 @@ pub struct Stats {
 }
 
 /// Why cleanup removed an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RemovalReason {
     /// The PID was dead.
@@ -261,7 +286,7 @@ pub enum RemovalReason {
 }
 
 /// One entry removed by cleanup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removed {
     /// The target.
     pub target: TargetId,
@@ -271,7 +296,7 @@ pub struct Removed {
 
 /// What [`crate::Manager::cleanup_dead`] / [`crate::Manager::cleanup_all`] did: the
 /// `cleanup` JSON shape.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CleanupReport {
     /// Entries removed, with the reason.
     pub removed: Vec<Removed>,
@@ -282,7 +307,7 @@ pub struct CleanupReport {
 }
 
 /// One mount handled by [`crate::Manager::cleanup_mounts`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountAction {
     /// The target whose recorded mount path holds it.
     pub target: TargetId,
@@ -344,6 +369,35 @@ impl std::fmt::Display for MountOutcome {
 impl Serialize for MountOutcome {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// The inverse of its `Display`.
+impl std::str::FromStr for MountOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MountOutcome, String> {
+        let known = [
+            MountOutcome::Detached { aborted: false },
+            MountOutcome::Detached { aborted: true },
+            MountOutcome::Gone,
+            MountOutcome::Kept(KeptMount::NoIdentity),
+            MountOutcome::Kept(KeptMount::Covered),
+        ];
+        if let Some(e) = s.strip_prefix("detach_failed: ") {
+            return Ok(MountOutcome::DetachFailed(e.to_owned()));
+        }
+        known
+            .into_iter()
+            .find(|o| o.to_string() == s)
+            .ok_or_else(|| format!("unknown mount action {s:?}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for MountOutcome {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MountOutcome, D::Error> {
+        std::borrow::Cow::<'de, str>::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

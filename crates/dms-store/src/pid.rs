@@ -34,9 +34,19 @@ pub fn pid_max() -> u32 {
 /// assert!(Pid::parse(b"-1").is_err());
 /// assert!(Pid::parse(b"4294967295").is_err());
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
-pub struct Pid(i32);
+pub struct Pid(#[serde(deserialize_with = "de_pid")] i32);
+
+/// A serialized PID, validated as [`Pid::new`] validates.
+fn de_pid<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+    let raw = <i64 as serde::Deserialize>::deserialize(deserializer)?;
+    Pid::new(raw)
+        .map(Pid::get)
+        .map_err(serde::de::Error::custom)
+}
 
 /// Why a value or PID-file content is not a valid [`Pid`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

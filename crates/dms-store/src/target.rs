@@ -35,6 +35,14 @@ impl serde::Serialize for TargetId {
     }
 }
 
+/// Validated as [`TargetId::new`] validates: a document cannot carry an invalid ID in.
+impl<'de> serde::Deserialize<'de> for TargetId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        TargetId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Why a string is not a valid [`TargetId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid target ID {shown}: {problem}; a target ID must be {rule}", rule = TARGET_ID_RULE)]

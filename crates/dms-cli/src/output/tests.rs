@@ -1,7 +1,6 @@
 //! Unit tests of the table and one-line renderings.
 
 use super::*;
-use serde_json::json;
 
 #[test]
 fn durations_and_bytes() {
@@ -31,95 +30,63 @@ fn names_are_the_json_names() {
     ] {
         assert_eq!(json_name(&s).as_deref(), Some(mount_state_name(s)));
     }
+    for r in [
+        RemovalReason::Stale,
+        RemovalReason::Foreign,
+        RemovalReason::Corrupt,
+    ] {
+        assert_eq!(json_name(&r).as_deref(), Some(reason_name(r)));
+    }
 }
 
-#[test]
-fn rows_pushed_from_info_objects_are_the_rows_of_their_json() {
-    let running = ProcessInfo {
-        target: "t1".parse().unwrap(),
+/// An info object for the table tests: a running helper with every column filled.
+fn running(target: &str) -> ProcessInfo {
+    ProcessInfo {
+        target: target.parse().unwrap(),
         pid: Some(dms_store::Pid::new(4242).unwrap()),
-        state: dms_core::ProcessState::Running,
+        state: ProcessState::Running,
         running: true,
-        pid_file: "/run/dms/s3/t1.pid".into(),
+        pid_file: format!("/run/dms/s3/{target}.pid").into(),
         pid_file_exists: true,
-        source: Some(dms_core::Source::Both),
+        source: Some(Source::Both),
         started_at: Some(std::time::SystemTime::UNIX_EPOCH),
-        uptime_secs: Some(7500.4),
-        cpu_percent: Some(12.345),
-        rss_bytes: Some(3 * 1024 * 1024 + 5),
-        threads: Some(4),
-        cmdline: Some(vec!["s3vaultfuse".into(), "--bucket".into(), "b".into()]),
-        mount: Some("/mnt/t1".into()),
-        mounted: Some(true),
-        mount_state: Some(MountState::Stale),
+        uptime_secs: Some(61.4),
+        cpu_percent: Some(0.25),
+        rss_bytes: Some(2048),
+        threads: Some(1),
+        cmdline: Some(vec!["sleep".into(), "300".into()]),
+        mount: None,
+        mounted: None,
+        mount_state: None,
         detail: None,
         usage_sampled_at: None,
-    };
-    let mut stale = running.clone();
-    stale.state = dms_core::ProcessState::Stale;
-    stale.running = false;
-    stale.source = Some(dms_core::Source::Disk);
-    (stale.started_at, stale.uptime_secs, stale.cpu_percent) = (None, None, None);
-    (stale.rss_bytes, stale.threads, stale.cmdline) = (None, None, None);
-    (stale.mount, stale.mounted, stale.mount_state) = (None, None, None);
-    let mut absent = stale.clone();
-    (absent.pid, absent.source, absent.state) = (None, None, dms_core::ProcessState::Absent);
-    let mut unmounted = running.clone();
-    unmounted.mount_state = Some(MountState::Mounted);
-    let (mut pushed, mut rendered) = (StatusTable::default(), Vec::new());
-    for info in [&running, &stale, &absent, &unmounted] {
-        for detail in [None, Some("why")] {
-            let v = serde_json::to_value(info).unwrap();
-            pushed.push_info(info, detail);
-            rendered.push(status_row(&v, detail));
-        }
     }
-    let mut out = Vec::new();
-    pushed.write_to(&mut out).unwrap();
-    assert_eq!(
-        String::from_utf8(out).unwrap(),
-        render_status_table(&rendered)
-    );
+}
+
+/// The same entry with only what a dead or unreadable entry has.
+fn bare(mut info: ProcessInfo, state: ProcessState) -> ProcessInfo {
+    info.state = state;
+    info.running = false;
+    info.source = Some(Source::Disk);
+    (info.started_at, info.uptime_secs, info.cpu_percent) = (None, None, None);
+    (info.rss_bytes, info.threads, info.cmdline) = (None, None, None);
+    info
 }
 
 #[test]
-fn streamed_table_is_the_rendered_table() {
-    let infos = [
-        json!({"target": "a", "pid": 12, "state": "running", "source": "disk",
-               "uptime_secs": 75.0, "cpu_percent": 0.5, "rss_bytes": 2048, "threads": 1,
-               "cmdline": ["sleep", "300"]}),
-        json!({"target": "long-target-name", "pid": 99999, "state": "stale",
-               "source": "disk"}),
-    ];
-    let rows: Vec<StatusRow> = infos
-        .iter()
-        .zip([None, Some("PID 99999 is dead")])
-        .map(|(i, d)| status_row(i, d))
-        .collect();
-    let mut table = StatusTable::default();
-    assert!(table.is_empty());
-    rows.iter().for_each(|r| table.push(r));
-    let mut out = Vec::new();
-    table.write_to(&mut out).unwrap();
-    assert_eq!(String::from_utf8(out).unwrap(), render_status_table(&rows));
-}
-
-#[test]
-fn table_is_aligned() {
-    let infos = [
-        json!({"target": "a", "pid": 12345, "state": "running", "source": "both",
-               "uptime_secs": 61.0, "cpu_percent": 0.25, "rss_bytes": 2048, "threads": 1,
-               "cmdline": ["sleep", "300"], "mount": null}),
-        json!({"target": "longer-target", "pid": null, "state": "corrupt", "source": "disk",
-               "uptime_secs": null, "cpu_percent": null, "rss_bytes": null,
-               "threads": null, "cmdline": null, "mount": "/mnt/x", "mount_state": "stale"}),
-    ];
-    let t = status_table(&infos, &[None, Some("not a decimal PID".into())]);
+fn table_is_aligned_and_sorted() {
+    let mut corrupt = bare(running("longer-target"), ProcessState::Corrupt);
+    corrupt.pid = None;
+    corrupt.mount = Some("/mnt/x".into());
+    corrupt.mount_state = Some(MountState::Stale);
+    let mut a = running("a");
+    a.pid = Some(dms_store::Pid::new(12345).unwrap());
+    let t = status_table(&[corrupt, a], &[Some("not a decimal PID".into()), None]);
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(lines.len(), 3);
     assert!(lines[0].starts_with("TARGET         PID    STATE"), "{t}");
     assert!(
-        lines[1].starts_with("a              12345  running  both    1m01s   0.2%"),
+        lines[1].starts_with("a              12345  running  both    1m01s   0.2%  2.0K"),
         "{t}"
     );
     assert!(lines[1].ends_with("sleep 300"), "{t}");
@@ -132,36 +99,106 @@ fn table_is_aligned() {
 }
 
 #[test]
-fn one_liners() {
+fn missing_cells_are_dashes_and_a_plain_mount_shows_no_state() {
+    let mut mounted = running("m");
+    mounted.mount = Some("/mnt/m".into());
+    mounted.mount_state = Some(MountState::Mounted);
+    let mut absent = bare(running("z"), ProcessState::Absent);
+    (absent.pid, absent.source) = (None, None);
+    let t = status_table(&[mounted, absent], &[None, Some("why".into())]);
+    let lines: Vec<&str> = t.lines().collect();
+    let cells = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     assert_eq!(
-        kill_line(&json!({"target": "t", "pid": 5, "was_running": true,
-                          "signal": "SIGKILL", "stopped": true, "steps": []})),
+        cells(lines[1]),
+        ["m", "4242", "running", "both", "1m01s", "0.2%", "2.0K", "1", "/mnt/m", "sleep", "300"]
+    );
+    assert_eq!(
+        cells(lines[2]),
+        ["z", "-", "absent", "-", "-", "-", "-", "-", "-", "(why)"]
+    );
+}
+
+#[test]
+fn control_characters_in_cells_are_escaped() {
+    let mut evil = running("e");
+    evil.cmdline = Some(vec!["x\n\u{1b}[2J".into()]);
+    let t = status_table(&[evil], &[None]);
+    assert_eq!(t.lines().count(), 2, "{t}");
+    assert!(t.contains("x\\n\\u{1b}[2J"), "{t}");
+}
+
+#[test]
+fn one_liners() {
+    let target: dms_store::TargetId = "t".parse().unwrap();
+    let kill = |pid: Option<i64>, was_running, stopped, signal, steps: Vec<KillStep>| {
+        kill_line(&KillReport {
+            target: target.clone(),
+            pid: pid.map(|p| dms_store::Pid::new(p).unwrap()),
+            was_running,
+            signal,
+            stopped,
+            steps,
+        })
+    };
+    use dms_proc::Signal;
+    assert_eq!(
+        kill(Some(5), true, true, Some(Signal::Kill), vec![]),
         "stopped t (PID 5) with SIGKILL"
     );
     assert_eq!(
-        kill_line(&json!({"target": "t", "pid": null, "was_running": false,
-                          "signal": null, "stopped": false, "steps": []})),
-        "t was not running"
+        kill(Some(5), true, true, None, vec![KillStep::Unmount]),
+        "stopped t (PID 5) with an unmount"
+    );
+    assert_eq!(kill(None, false, false, None, vec![]), "t was not running");
+    assert_eq!(
+        kill(Some(7), true, false, Some(Signal::Kill), vec![]),
+        "t (PID 7) did not stop after SIGKILL"
+    );
+    let removed = |t: &str| dms_core::Removed {
+        target: t.parse().unwrap(),
+        reason: RemovalReason::Stale,
+    };
+    let report = CleanupReport {
+        removed: vec![removed("a")],
+        stopped: vec!["b".parse().unwrap(), "c".parse().unwrap()],
+        mounts: vec![dms_core::MountAction {
+            target: "a".parse().unwrap(),
+            path: "/mnt/a".into(),
+            state: MountState::Stale,
+            action: dms_core::MountOutcome::Detached { aborted: true },
+        }],
+    };
+    assert_eq!(
+        cleanup_line(&report),
+        "removed 1 PID file: a (stale); stopped 2 helpers: b, c; \
+         mounts 1: /mnt/a (stale, detach+abort)"
     );
     assert_eq!(
-        cleanup_line(&json!({"removed": [{"target": "a", "reason": "stale"}],
-                             "stopped": ["b", "c"]})),
-        "removed 1 PID file: a (stale); stopped 2 helpers: b, c"
-    );
-    assert_eq!(
-        cleanup_line(&json!({"removed": [], "stopped": []})),
+        cleanup_line(&CleanupReport::default()),
         "removed no PID files"
     );
-    assert!(stats_line(
-        &json!({"total_tracked": 2, "running": 1, "backend": "sqlite",
-                                "run_dir": "/r"})
-    )
-    .starts_with("2 tracked, 0 PID files on disk: 1 running"));
-    let line = stats_line(&json!({"total_tracked": 1, "pid_files_on_disk": 1,
-        "stale_mounts": null, "strays": 2, "backend": "pidfile", "run_dir": "/r"}));
+    let stats = Stats {
+        total_tracked: 1,
+        pid_files_on_disk: 1,
+        running: 0,
+        stale: 0,
+        foreign: 0,
+        corrupt: 0,
+        unverified: 0,
+        strays: 2,
+        stale_mounts: None,
+        backend: "pidfile".into(),
+        run_dir: "/r".into(),
+    };
     assert_eq!(
-        line,
+        stats_line(&stats),
         "1 tracked, 1 PID file on disk: 0 running, 0 stale, 0 foreign, 0 corrupt, \
          2 stray PID files; backend pidfile, run dir /r"
     );
+    let info = running("t");
+    assert_eq!(
+        spawn_line(&info, "/l/t.log"),
+        "started t: PID 4242, log /l/t.log"
+    );
+    assert_eq!(adopt_line(&info), "adopted PID 4242 for t");
 }

@@ -247,6 +247,11 @@ impl Manager {
             }
         }
         stats.stale_mounts = Some(mounts.stale());
+        if self.inner.opts.one_shot {
+            // Nothing is loaded into memory: what a manager on this run directory
+            // tracks is every live helper proven ours.
+            stats.total_tracked = stats.running;
+        }
         Ok(stats)
     }
 }
