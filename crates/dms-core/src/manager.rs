@@ -217,6 +217,11 @@ impl Manager {
         &self.inner.spawner
     }
 
+    /// The mount mechanics it acts through ([`ManagerOptions::mounts`]).
+    pub fn mounts(&self) -> &Arc<dyn crate::mount::Mounts> {
+        &self.inner.opts.mounts
+    }
+
     /// Events from now on: spawned, exited (with status), killed, adopted, cleaned.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
