@@ -91,6 +91,7 @@ impl fmt::Debug for Manager {
             .field("run_dir", &self.inner.opts.run_dir)
             .field("store", &self.inner.store)
             .field("spawner", &self.inner.spawner)
+            .field("mounts", &self.inner.opts.mounts)
             .field("tracked", &tracked)
             .finish_non_exhaustive()
     }

@@ -389,3 +389,30 @@ async fn kill_of_a_mount_helper_unmounts_its_mount_and_the_helper_exits_by_itsel
     assert_eq!(w.store.get(&t("a")).await.unwrap(), Lookup::Absent);
     assert!(Path::new(&w.dir).is_dir(), "the mount directory stays");
 }
+
+#[tokio::test]
+async fn a_mount_that_hangs_reads_stale_and_cleanup_detaches_it_without_touching_its_live_helper() {
+    let w = world().await;
+    let (pid, entry) = w.spawn_mounted().await;
+    w.mounts.set_health(&w.dir, Health::Hangs);
+
+    // The listing's probe gives up after its timeout: stale, not a hang.
+    let listed = w.manager.list().await.unwrap();
+    assert_eq!(listed[0].mount_state, Some(MountState::Stale));
+    assert_eq!(
+        listed[0].mounted,
+        Some(true),
+        "a dead mount is still a mount"
+    );
+    assert_eq!(w.manager.stats().await.unwrap().stale_mounts, Some(1));
+
+    let actions = w.manager.cleanup_mounts().await.unwrap();
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0].state, MountState::Stale);
+    // Its helper is live: the mount is detached, its connection left to the helper.
+    assert_eq!(actions[0].action, MountOutcome::Detached { aborted: false });
+    assert!(!w.mounts.is_mounted(&entry));
+    assert!(!w.mounts.connection(entry.minor).unwrap().aborted);
+    assert!(w.fake.signals().is_empty(), "the helper was not signalled");
+    assert!(w.fake.running_ours().iter().any(|p| p.pid == pid));
+}
