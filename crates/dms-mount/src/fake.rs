@@ -494,7 +494,8 @@ impl Mounts for FakeMounts {
     async fn wait_for_mount(&self, path: &Path, before: HashSet<u64>) -> io::Result<MountEntry> {
         self.record(MountCall::WaitForMount(path.to_owned()));
         let mut changes = self.changes.subscribe();
-        if let Some((after, health)) = self.lock().on_wait.remove(path) {
+        let scripted = self.lock().on_wait.remove(path);
+        if let Some((after, health)) = scripted {
             let (me, path) = (self.clone(), path.to_owned());
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
