@@ -13,7 +13,9 @@
 //! the mount's state (`mounted`, `stale`, `unmounted`), `kill` unmounts before it
 //! signals, and [`Manager::cleanup_mounts`] detaches orphaned and stale mounts. Each acts
 //! only on the exact mount recorded for the target when it came up, never on whatever
-//! else lies at or under its path; the mechanics are in [`mount`].
+//! else lies at or under its path. The mount mechanics are a third trait object,
+//! [`mount::Mounts`] ([`ManagerOptions::mounts`]: the running system's by default, a
+//! [`mount::FakeMounts`] in tests); [`mount`] re-exports them with the mount records.
 //!
 //! ```no_run
 //! use dms_core::{HelperSpec, Manager, ManagerOptions};

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use dms_store::TargetId;
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,7 +28,7 @@ pub(crate) struct TargetLocks {
 /// in-process mutex.
 #[derive(Debug)]
 pub(crate) struct TargetGuard {
-    _flock: Flock<File>,
+    _flock: Flocked,
     _mutex: MemoryGuard,
 }
 
@@ -159,7 +159,7 @@ impl TargetLocks {
     /// Takes the run directory's mount-record lock (`locks/.mounts.lock`; no target ID
     /// starts with `.`), held while a spawn checks the other targets' mount records and
     /// writes its own, so two spawns of different targets never take one directory.
-    pub(crate) async fn lock_mounts(&self) -> Result<Flock<File>> {
+    pub(crate) async fn lock_mounts(&self) -> Result<Flocked> {
         let path = self.dir.join(".mounts.lock");
         let for_blocking = path.clone();
         tokio::task::spawn_blocking(move || flock_file(&for_blocking))
@@ -184,33 +184,49 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Opens and exclusively locks `path`, waiting for another holder.
-fn flock_file(path: &Path) -> std::io::Result<Flock<File>> {
-    let mut file = open_lock_file(path)?;
+/// A lock file held with an exclusive `flock`. Dropping it unlocks (`LOCK_UN`) and
+/// closes the file.
+#[derive(Debug)]
+pub(crate) struct Flocked(File);
+
+impl Drop for Flocked {
+    fn drop(&mut self) {
+        // Closing the file would release the lock too; unlocking first says so plainly.
+        let _ = rustix::fs::flock(&self.0, FlockOperation::NonBlockingUnlock);
+    }
+}
+
+/// `flock(file, op)`, retried on `EINTR`.
+fn flock_retrying(file: &File, op: FlockOperation) -> rustix::io::Result<()> {
     loop {
-        match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(lock) => return Ok(lock),
-            Err((f, Errno::EINTR)) => file = f,
-            Err((_, errno)) => return Err(std::io::Error::from(errno)),
+        match rustix::fs::flock(file, op) {
+            Err(Errno::INTR) => continue,
+            other => return other,
         }
     }
+}
+
+/// Opens and exclusively locks `path`, waiting for another holder.
+fn flock_file(path: &Path) -> std::io::Result<Flocked> {
+    let file = open_lock_file(path)?;
+    flock_retrying(&file, FlockOperation::LockExclusive)?;
+    Ok(Flocked(file))
 }
 
 /// Opens and exclusively locks `path` if nobody holds it; `Ok(None)` if someone does.
-fn try_flock_file(path: &Path) -> std::io::Result<Option<Flock<File>>> {
-    let mut file = open_lock_file(path)?;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Some(lock)),
-            Err((f, Errno::EINTR)) => file = f,
-            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
-            Err((_, errno)) => return Err(std::io::Error::from(errno)),
-        }
+fn try_flock_file(path: &Path) -> std::io::Result<Option<Flocked>> {
+    let file = open_lock_file(path)?;
+    match flock_retrying(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(Flocked(file))),
+        Err(Errno::WOULDBLOCK) => Ok(None),
+        Err(errno) => Err(std::io::Error::from(errno)),
     }
 }
 
+/// `O_NOFOLLOW`, for [`OpenOptionsExt::custom_flags`].
 fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+    // The flag's bits fit an `i32` (`custom_flags` takes the C `int`).
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 #[cfg(test)]

@@ -91,6 +91,7 @@ impl fmt::Debug for Manager {
             .field("run_dir", &self.inner.opts.run_dir)
             .field("store", &self.inner.store)
             .field("spawner", &self.inner.spawner)
+            .field("mounts", &self.inner.opts.mounts)
             .field("tracked", &tracked)
             .finish_non_exhaustive()
     }
@@ -215,6 +216,11 @@ impl Manager {
     /// The spawner.
     pub fn spawner(&self) -> &Arc<dyn Spawner> {
         &self.inner.spawner
+    }
+
+    /// The mount mechanics it acts through ([`ManagerOptions::mounts`]).
+    pub fn mounts(&self) -> &Arc<dyn crate::mount::Mounts> {
+        &self.inner.opts.mounts
     }
 
     /// Events from now on: spawned, exited (with status), killed, adopted, cleaned.

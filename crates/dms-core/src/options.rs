@@ -1,8 +1,10 @@
 //! How the manager is configured, and how a helper is described.
 
+use crate::mount::{LinuxMounts, Mounts};
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The default [`ManagerOptions::start_time_slack`]: 20 ms, one clock tick (10 ms) plus
@@ -66,6 +68,12 @@ pub struct ManagerOptions {
     /// state of a target is read from its own entry only. Default `false`: full startup
     /// recovery and exit watching, as a long-running manager needs.
     pub one_shot: bool,
+    /// The mount mechanics the manager acts through (read the mount table, wait for a
+    /// helper's mount, probe it, unmount or detach exactly the recorded mount, abort its
+    /// FUSE connection). Default [`crate::mount::LinuxMounts`], the running system's; a
+    /// test puts a [`crate::mount::FakeMounts`] here to drive the manager's mount logic
+    /// without root or FUSE.
+    pub mounts: Arc<dyn Mounts>,
 }
 
 impl ManagerOptions {
@@ -78,6 +86,7 @@ impl ManagerOptions {
             start_time_slack: DEFAULT_START_TIME_SLACK,
             event_capacity: 1024,
             one_shot: false,
+            mounts: Arc::new(LinuxMounts),
         }
     }
 

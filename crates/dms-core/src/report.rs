@@ -41,18 +41,7 @@ pub enum Source {
     Both,
 }
 
-/// The state of a helper's mount point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MountState {
-    /// Mounted and answering.
-    Mounted,
-    /// Mounted, but the FUSE daemon behind it is gone (ENOTCONN) or does not answer
-    /// `statfs` within 2 s.
-    Stale,
-    /// Not a mount point.
-    Unmounted,
-}
+pub use dms_mount::MountState;
 
 /// Everything known about one target: the info object of the command-line contract.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

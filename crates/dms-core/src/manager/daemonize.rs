@@ -29,7 +29,6 @@ use super::{record_for, Inner};
 use crate::error::{Error, Result};
 use crate::manager::mount_ops::{describe, log_tail, LOG_TAIL_LINES};
 use crate::manager::mount_spawn::PreparedMount;
-use crate::mount;
 use dms_proc::{ExitStatus, Orphan, ProcIdentity, Settled, Spawner, StartupWindow};
 use dms_store::{Metadata, TargetId};
 use std::path::Path;
@@ -305,7 +304,7 @@ impl Inner {
         let mounted = tokio::time::timeout(left, async {
             tokio::select! {
                 biased;
-                m = mount::wait_for_mount(&prepared.path, prepared.before.clone()) => m.is_ok(),
+                m = self.mounts().wait_for_mount(&prepared.path, prepared.before.clone()) => m.is_ok(),
                 () = all_exited => false,
             }
         })

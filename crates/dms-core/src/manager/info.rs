@@ -3,7 +3,7 @@
 //! the background sampler its usage), else from the store and a probe.
 
 use super::memory::Sample;
-use super::mount_ops::Mounts;
+use super::mount_ops::ListedMounts;
 use super::verdict::{verify_probed, Verdict};
 use super::Inner;
 use crate::report::{ProcessInfo, ProcessState, Source};
@@ -130,7 +130,7 @@ impl Inner {
         &self,
         target: &TargetId,
         pid_file_exists: Option<bool>,
-        mounts: Option<&Mounts>,
+        mounts: Option<&ListedMounts>,
         inline: bool,
     ) -> Option<Described> {
         self.demand.note();
@@ -208,7 +208,7 @@ impl Inner {
         &self,
         target: &TargetId,
         disk: Option<Stored>,
-        mounts: Option<&Mounts>,
+        mounts: Option<&ListedMounts>,
         inline_usage: bool,
     ) -> Described {
         let pid_file_exists = disk.is_some();

@@ -137,7 +137,7 @@ impl Manager {
         let at_once = order == ListOrder::AsMade && interval.is_none();
         // The store reads its files (on another thread, for the PID-file backends) while
         // this task classifies the entries already read.
-        let mounts = self.inner.mounts().await;
+        let mounts = self.inner.listed_mounts().await;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(8);
         let store = self.inner.store.clone();
         // Handed over at once: the targets listed from disk, to add those only in memory
@@ -229,7 +229,7 @@ impl Manager {
             run_dir: self.inner.opts.run_dir.clone(),
         };
         let mut disk = disk_lookups(entries);
-        let mounts = self.inner.mounts().await;
+        let mounts = self.inner.listed_mounts().await;
         for target in targets {
             let lookup = disk.remove(&target);
             let info = self

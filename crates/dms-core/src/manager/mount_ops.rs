@@ -1,10 +1,13 @@
 //! The manager's mount awareness: readiness at spawn, mount state in the info object and
-//! stats, unmount-first kill, and `cleanup --mounts`. The mechanics are in
-//! [`crate::mount`].
+//! stats, unmount-first kill, and `cleanup --mounts`. The mechanics are behind
+//! [`crate::mount::Mounts`] ([`crate::ManagerOptions::mounts`]); every call to them here
+//! goes through [`Inner::mounts`].
 
 use super::{Inner, Manager};
 use crate::error::{Error, Result};
-use crate::mount::{self, Exact, FuseConn, MountRecord, MountRegistry, Proof, PROBE_TIMEOUT};
+use crate::mount::{
+    self, Exact, FuseConn, MountRecord, MountRegistry, Mounts, Proof, PROBE_TIMEOUT,
+};
 use crate::report::{KeptMount, KillStep, MountAction, MountOutcome, MountState, ProcessInfo};
 use dms_proc::{ExitStatus, ProcIdentity, StopOutcome, WaitOutcome};
 use dms_store::TargetId;
@@ -32,13 +35,13 @@ pub(super) struct KillMount {
 }
 
 /// The recorded mounts of one listing, read and probed once for all its targets
-/// ([`Inner::mounts`]).
-pub(super) struct Mounts {
+/// ([`Inner::listed_mounts`]).
+pub(super) struct ListedMounts {
     records: HashMap<String, MountRecord>,
     states: HashMap<String, MountState>,
 }
 
-impl Mounts {
+impl ListedMounts {
     /// How many recorded mounts are stale.
     pub(super) fn stale(&self) -> usize {
         self.states
@@ -51,8 +54,8 @@ impl Mounts {
 /// What the record's identity alone says of its mount: `Some` state, or `None` when
 /// only a probe of the path can tell (no identity, or the recorded mount is the one
 /// there).
-fn known_state(record: &MountRecord) -> Option<MountState> {
-    match mount::prove(&record.path, record.identity.as_ref()?) {
+fn known_state(mounts: &dyn Mounts, record: &MountRecord) -> Option<MountState> {
+    match mounts.prove(&record.path, record.identity.as_ref()?) {
         // The recorded mount is gone (whatever else may be mounted at the path now).
         Ok(Proof::Gone) => Some(MountState::Unmounted),
         // Covered by another mount: there, but a probe would reach the other one.
@@ -62,10 +65,10 @@ fn known_state(record: &MountRecord) -> Option<MountState> {
 }
 
 /// The state of a record's mount: from its identity when that tells, else probed.
-async fn record_state(record: &MountRecord) -> MountState {
-    match known_state(record) {
+async fn record_state(mounts: &dyn Mounts, record: &MountRecord) -> MountState {
+    match known_state(mounts, record) {
         Some(s) => s,
-        None => mount::probe(&record.path, PROBE_TIMEOUT).await,
+        None => mounts.probe(&record.path, PROBE_TIMEOUT).await,
     }
 }
 
@@ -114,6 +117,11 @@ pub(super) fn describe(status: &ExitStatus) -> String {
 }
 
 impl Inner {
+    /// The mount mechanics ([`crate::ManagerOptions::mounts`]).
+    pub(super) fn mounts(&self) -> &dyn Mounts {
+        &*self.opts.mounts
+    }
+
     pub(super) fn registry(&self) -> MountRegistry {
         MountRegistry::new(&self.opts.run_dir)
     }
@@ -126,7 +134,7 @@ impl Inner {
         &self,
         target: &TargetId,
         info: &mut ProcessInfo,
-        mounts: Option<&Mounts>,
+        mounts: Option<&ListedMounts>,
     ) {
         let record = match mounts {
             Some(m) => m.records.get(target.as_str()).cloned(),
@@ -141,9 +149,9 @@ impl Inner {
         let state = match record.filter(|r| r.path == *path) {
             Some(r) => match mounts.and_then(|m| m.states.get(target.as_str())) {
                 Some(s) => *s,
-                None => record_state(&r).await,
+                None => record_state(self.mounts(), &r).await,
             },
-            None => mount::probe(path, PROBE_TIMEOUT).await,
+            None => self.mounts().probe(path, PROBE_TIMEOUT).await,
         };
         info.mount_state = Some(state);
         info.mounted = Some(state != MountState::Unmounted);
@@ -151,30 +159,36 @@ impl Inner {
 
     /// Every recorded mount, by target, with its state: one read of the registry for a
     /// whole listing, and the mounts that need a probe probed concurrently under one
-    /// deadline ([`mount::probe_all`]), so a listing answers within about one probe
+    /// deadline ([`Mounts::probe_all`]), so a listing answers within about one probe
     /// limit however many mounts hang. Nothing is probed when nothing is recorded.
-    pub(super) async fn mounts(&self) -> Mounts {
+    pub(super) async fn listed_mounts(&self) -> ListedMounts {
         let records: HashMap<String, MountRecord> = self.registry().list().into_iter().collect();
         let mut states = HashMap::with_capacity(records.len());
         if records.is_empty() {
-            return Mounts { records, states };
+            return ListedMounts { records, states };
         }
         let mut to_probe = Vec::new();
         for (target, record) in &records {
-            match known_state(record) {
+            match known_state(self.mounts(), record) {
                 Some(s) => {
                     states.insert(target.clone(), s);
                 }
                 None => to_probe.push((target.clone(), record.path.clone())),
             }
         }
-        let probed = mount::probe_all(to_probe.iter().map(|(_, p)| p.clone()), PROBE_TIMEOUT).await;
+        let probed = self
+            .mounts()
+            .probe_all(
+                to_probe.iter().map(|(_, p)| p.clone()).collect(),
+                PROBE_TIMEOUT,
+            )
+            .await;
         for (target, path) in to_probe {
             if let Some(s) = probed.get(&path) {
                 states.insert(target, *s);
             }
         }
-        Mounts { records, states }
+        ListedMounts { records, states }
     }
 
     /// The recorded mount of a target being killed; its connection is held when the
@@ -183,9 +197,9 @@ impl Inner {
         let record = self.registry().get(target.as_str())?;
         let present = record
             .identity
-            .is_some_and(|id| matches!(mount::prove(&record.path, &id), Ok(Proof::Ours(_))));
+            .is_some_and(|id| matches!(self.mounts().prove(&record.path, &id), Ok(Proof::Ours(_))));
         let conn = match (&record.identity, present) {
-            (Some(id), true) => FuseConn::open(&record.path, id).unwrap_or_else(|e| {
+            (Some(id), true) => self.mounts().fuse_conn(&record.path, id).unwrap_or_else(|e| {
                 warn!(target = %target, error = %crate::Report::new(&e), "cannot open the FUSE connection of the mount");
                 None
             }),
@@ -206,7 +220,7 @@ impl Inner {
             return false;
         };
         m.tried_unmount = true;
-        match mount::unmount_exact(&m.record.path, &id) {
+        match self.mounts().unmount_exact(&m.record.path, &id) {
             Ok(Exact::Done) => {
                 steps.push(KillStep::Unmount);
                 true
@@ -277,7 +291,11 @@ impl Inner {
     ) {
         let path = m.record.path.clone();
         let Some(id) = m.record.identity else {
-            if mount::mount_ids_at(&path).is_ok_and(|ids| ids.is_empty()) {
+            if self
+                .mounts()
+                .mount_ids_at(&path)
+                .is_ok_and(|ids| ids.is_empty())
+            {
                 self.forget_mount_record(target);
             } else {
                 warn!(target = %target, mount = %path.display(),
@@ -287,7 +305,7 @@ impl Inner {
             return;
         };
         let mut detached = false;
-        match mount::detach_exact(&path, &id) {
+        match self.mounts().detach_exact(&path, &id) {
             Ok(Exact::Done) => {
                 detached = true;
                 steps.push(KillStep::Detach);
@@ -310,7 +328,7 @@ impl Inner {
                 }
             }
         }
-        if matches!(mount::prove(&path, &id), Ok(Proof::Gone)) {
+        if matches!(self.mounts().prove(&path, &id), Ok(Proof::Gone)) {
             self.forget_mount_record(target);
         }
     }
@@ -331,8 +349,11 @@ impl Inner {
             return;
         };
         let gone = match &record.identity {
-            Some(id) => matches!(mount::prove(&record.path, id), Ok(Proof::Gone)),
-            None => mount::mount_ids_at(&record.path).is_ok_and(|ids| ids.is_empty()),
+            Some(id) => matches!(self.mounts().prove(&record.path, id), Ok(Proof::Gone)),
+            None => self
+                .mounts()
+                .mount_ids_at(&record.path)
+                .is_ok_and(|ids| ids.is_empty()),
         };
         if gone {
             self.forget_mount_record(target);
@@ -367,7 +388,7 @@ impl Manager {
                 // Cannot verify: treat as live, touch only a stale mount.
                 Err(_) => true,
             };
-            let table = mount::read_mountinfo().map_err(|source| Error::Mount {
+            let table = inner.mounts().read_table().map_err(|source| Error::Mount {
                 path: mount::MOUNTINFO.into(),
                 op: "read",
                 source,
@@ -380,7 +401,7 @@ impl Manager {
                     }
                     continue;
                 }
-                let state = mount::probe(&path, PROBE_TIMEOUT).await;
+                let state = inner.mounts().probe(&path, PROBE_TIMEOUT).await;
                 if live && state != MountState::Stale {
                     continue;
                 }
@@ -392,7 +413,7 @@ impl Manager {
                 });
                 continue;
             };
-            let state = match mount::prove(&path, &id) {
+            let state = match inner.mounts().prove(&path, &id) {
                 Ok(Proof::Gone) => {
                     if !live {
                         inner.forget_mount_record(&target);
@@ -402,7 +423,7 @@ impl Manager {
                 Ok(Proof::Covered) => MountState::Mounted,
                 Ok(Proof::Ours(pin)) => {
                     drop(pin);
-                    mount::probe(&path, PROBE_TIMEOUT).await
+                    inner.mounts().probe(&path, PROBE_TIMEOUT).await
                 }
                 Err(e) => {
                     warn!(target = %target, mount = %path.display(), error = %crate::Report::new(&e), "cannot check the recorded mount; left alone");
@@ -415,12 +436,12 @@ impl Manager {
             let conn = if live {
                 None
             } else {
-                FuseConn::open(&path, &id).unwrap_or_else(|e| {
+                inner.mounts().fuse_conn(&path, &id).unwrap_or_else(|e| {
                     warn!(target = %target, error = %crate::Report::new(&e), "cannot open the FUSE connection of the mount");
                     None
                 })
             };
-            let mut action = match mount::detach_exact(&path, &id) {
+            let mut action = match inner.mounts().detach_exact(&path, &id) {
                 Ok(Exact::Done) => MountOutcome::Detached { aborted: false },
                 Ok(Exact::Gone) => MountOutcome::Gone,
                 Ok(Exact::Covered) => MountOutcome::Kept(KeptMount::Covered),
@@ -438,7 +459,7 @@ impl Manager {
                 }
             }
             info!(target = %target, mount = %path.display(), ?state, %action, "cleaned mount");
-            let gone = matches!(mount::prove(&path, &id), Ok(Proof::Gone));
+            let gone = matches!(inner.mounts().prove(&path, &id), Ok(Proof::Gone));
             actions.push(MountAction {
                 target: target.clone(),
                 path,

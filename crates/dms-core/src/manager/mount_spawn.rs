@@ -1,13 +1,14 @@
 //! The mount side of `spawn`: which mount directories are refused, the directory
 //! prepared and recorded, and the wait for the helper's mount, which must come up *and
-//! answer* for the spawn to succeed. The mechanics are in [`crate::mount`].
+//! answer* for the spawn to succeed. The mechanics are behind [`crate::mount::Mounts`]
+//! ([`Inner::mounts`]).
 
 use super::daemonize::Handover;
 use super::mount_ops::{describe, log_tail, LOG_TAIL_LINES};
 use super::verdict::Verdict;
 use super::Inner;
 use crate::error::{Error, Result};
-use crate::mount::{self, Exact, FuseConn, MountIdentity, MountRecord, PROBE_TIMEOUT};
+use crate::mount::{self, Exact, MountIdentity, MountRecord, PROBE_TIMEOUT};
 use crate::report::MountState;
 use dms_proc::{ProcIdentity, StartupWindow, WaitOutcome};
 use dms_store::TargetId;
@@ -190,7 +191,9 @@ impl Inner {
         let path = dir
             .canonicalize()
             .map_err(|e| mount_err(dir, "resolve mount directory", e))?;
-        let before = mount::mount_ids_at(&path)
+        let before = self
+            .mounts()
+            .mount_ids_at(&path)
             .map_err(|e| mount_err(Path::new(mount::MOUNTINFO), "read", e))?;
         if !before.is_empty() {
             return Err(Error::AlreadyMounted {
@@ -238,7 +241,7 @@ impl Inner {
         let outcome = tokio::time::timeout(timeout, async {
             tokio::select! {
                 biased;
-                m = mount::wait_for_mount(path, prepared.before.clone()) => Ok(m),
+                m = self.mounts().wait_for_mount(path, prepared.before.clone()) => Ok(m),
                 exit = self.spawner.wait_exit(identity, None) => Err(exit),
             }
         })
@@ -247,7 +250,7 @@ impl Inner {
         let timed_out = outcome.is_err();
         let why = match outcome {
             Ok(Ok(Ok(m))) => {
-                let id = MountIdentity::of(&m, path);
+                let id = self.mounts().identify(&m, path);
                 came_up = Some(id);
                 match self.served(target, identity, path, id).await {
                     None => {
@@ -377,10 +380,10 @@ impl Inner {
     /// The identity of the mount at the prepared path that is new since the spawn (the
     /// path was not a mount point then, and the record is ours), if there is one.
     fn new_mount(&self, prepared: &PreparedMount) -> Option<MountIdentity> {
-        let table = mount::read_mountinfo().ok()?;
+        let table = self.mounts().read_table().ok()?;
         mount::mount_at(&table, &prepared.path)
             .filter(|m| !prepared.before.contains(&m.mount_id))
-            .map(|m| MountIdentity::of(m, &prepared.path))
+            .map(|m| self.mounts().identify(m, &prepared.path))
     }
 
     /// After a failed start with a mount (the helper and what it left are stopped):
@@ -400,7 +403,11 @@ impl Inner {
         if let Err(e) = self.store.remove(target).await {
             warn!(target = %target, error = %crate::Report::new(&e), "cannot remove the record of a helper that did not mount; cleanup will");
         }
-        if mount::mount_ids_at(&prepared.path).is_ok_and(|ids| ids.is_empty()) {
+        if self
+            .mounts()
+            .mount_ids_at(&prepared.path)
+            .is_ok_and(|ids| ids.is_empty())
+        {
             let _ = self.registry().remove(target.as_str());
         }
     }
@@ -424,7 +431,7 @@ impl Inner {
                 self.registry().dir().display()
             ));
         }
-        match mount::probe(path, PROBE_TIMEOUT).await {
+        match self.mounts().probe(path, PROBE_TIMEOUT).await {
             MountState::Mounted => None,
             state => {
                 let exited = matches!(
@@ -453,8 +460,8 @@ impl Inner {
     /// Detaches the failed helper's mount `id` and aborts its FUSE connection, so that
     /// nothing (the helper, a prober) stays blocked on it.
     fn drop_failed_mount(&self, path: &Path, id: &MountIdentity) {
-        let conn = FuseConn::open(path, id).ok().flatten();
-        match mount::detach_exact(path, id) {
+        let conn = self.mounts().fuse_conn(path, id).ok().flatten();
+        match self.mounts().detach_exact(path, id) {
             Ok(Exact::Done | Exact::Gone) => {}
             Ok(Exact::Covered) => {
                 warn!(mount = %path.display(), "the failed helper's mount is covered by another mount; left in place")

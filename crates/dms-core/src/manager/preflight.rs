@@ -15,6 +15,7 @@
 
 use super::Inner;
 use crate::error::{Error, Result};
+use crate::mount::Mounts;
 use crate::options::HelperSpec;
 use dms_proc::{Pid, SpawnSpec};
 use dms_store::TargetId;
@@ -51,7 +52,7 @@ pub(super) fn absolute_paths(spec: &mut HelperSpec) -> Result<()> {
 
 /// The mount path can be used: an existing path is a directory; a missing one (created
 /// when the spawn waits for the mount) has a directory as its nearest existing ancestor.
-fn check_mount_path(dir: &Path, created: bool) -> Result<()> {
+fn check_mount_path(mounts: &dyn Mounts, dir: &Path, created: bool) -> Result<()> {
     let not_dir = |path: &Path, what: &str| {
         Error::Mount {
         path: path.to_owned(),
@@ -66,7 +67,7 @@ fn check_mount_path(dir: &Path, created: bool) -> Result<()> {
     // file system there: a stat would hang on a mount whose daemon is stopped or hung
     // (the old helper of a `--replace`, say).
     let resolved = super::mount_spawn::resolve(dir);
-    if crate::mount::read_mountinfo().is_ok_and(|table| {
+    if mounts.read_table().is_ok_and(|table| {
         table
             .iter()
             .any(|m| m.is_fuse() && resolved.starts_with(&m.mount_point))
@@ -111,7 +112,7 @@ impl Inner {
         };
         self.spawner.preflight(&probe)?;
         if let Some(dir) = &spec.mount {
-            check_mount_path(dir, spec.ready_timeout.is_some())?;
+            check_mount_path(self.mounts(), dir, spec.ready_timeout.is_some())?;
         }
         Ok(())
     }
@@ -169,12 +170,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"").unwrap();
-        let err = crate::Report::new(&check_mount_path(&file, true).unwrap_err()).to_string();
+        let m = &crate::mount::LinuxMounts;
+        let err = crate::Report::new(&check_mount_path(m, &file, true).unwrap_err()).to_string();
         assert!(err.contains("not a directory"), "{err}");
-        let err = check_mount_path(&file.join("sub"), true).unwrap_err();
+        let err = check_mount_path(m, &file.join("sub"), true).unwrap_err();
         let err = crate::Report::new(&err).to_string();
         assert!(err.contains("its parent"), "{err}");
-        check_mount_path(&dir.path().join("new/deeper"), true).unwrap();
-        check_mount_path(dir.path(), true).unwrap();
+        check_mount_path(m, &dir.path().join("new/deeper"), true).unwrap();
+        check_mount_path(m, dir.path(), true).unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! Mount health: every supervised mount is checked at an interval (`statfs` in a forked
-//! prober, [`MOUNT_PROBE_TIMEOUT`]: the manager's non-blocking [`dms_core::mount::probe`]);
+//! prober, [`MOUNT_PROBE_TIMEOUT`]: the manager's non-blocking
+//! [`dms_core::mount::Mounts::probe`], through [`dms_core::Manager::mounts`]);
 //! a stale one (its FUSE daemon gone, or no answer) is repaired as `kill` does it (lazy
 //! unmount, FUSE connection abort, stop of a helper still there) and the helper restarted
 //! per its policy. Events `mount_stale` and `mount_repaired` (with the kill's `steps`).
@@ -19,7 +20,7 @@ use std::time::Duration;
 /// Probes `mount`; when it is stale, repairs it (stopping whatever helper `target` still
 /// has) and says so with events. Returns whether it was stale.
 pub(crate) async fn repair_if_stale(d: &Daemon, target: &TargetId, mount: &Path) -> bool {
-    if dms_core::mount::probe(mount, MOUNT_PROBE_TIMEOUT).await != MountState::Stale {
+    if d.manager.mounts().probe(mount, MOUNT_PROBE_TIMEOUT).await != MountState::Stale {
         return false;
     }
     tracing::warn!(target = %target, mount = %mount.display(), "stale mount: repairing");
@@ -51,7 +52,7 @@ async fn check(d: Arc<Daemon>, target: TargetId) {
         return;
     };
     // A cheap first probe without the lock; a stale answer is checked again under it.
-    if dms_core::mount::probe(&mount, MOUNT_PROBE_TIMEOUT).await != MountState::Stale {
+    if d.manager.mounts().probe(&mount, MOUNT_PROBE_TIMEOUT).await != MountState::Stale {
         return;
     }
     let _op = slot.op.lock().await;

@@ -3,11 +3,11 @@
 //!
 //! - [`MountIdentity`]: a mount's ID and device, from `/proc/self/mountinfo`, and its
 //!   64-bit unique mount ID (`statx` `STATX_MNT_ID_UNIQUE`, Linux 6.8 and later), taken
-//!   when the helper's mount came up. The mountinfo ID and the FUSE device number are
-//!   both reused as soon as a mount is gone (a new FUSE mount at the same path commonly
-//!   gets the very same pair); the unique ID is never reused before a reboot. Where the
-//!   kernel has no unique ID, ID and device are all there is, and a mount made right
-//!   after the recorded one vanished could be taken for it.
+//!   when the helper's mount came up ([`MountIdentity::of`]). The mountinfo ID and the
+//!   FUSE device number are both reused as soon as a mount is gone (a new FUSE mount at
+//!   the same path commonly gets the very same pair); the unique ID is never reused
+//!   before a reboot. Where the kernel has no unique ID, ID and device are all there
+//!   is, and a mount made right after the recorded one vanished could be taken for it.
 //! - [`prove`]: opens the mount point (`O_PATH`: no request reaches the file system),
 //!   checks in `/proc/self/fdinfo` that the descriptor is on the recorded mount ID, and
 //!   with `statx` (no attribute asked of the file system, so no request to a hung FUSE
@@ -18,30 +18,19 @@
 //! - [`unmount_exact`]: a clean unmount of the path when the topmost mount there is the
 //!   recorded one (a descriptor held open would make it fail as busy, so this one checks
 //!   the table right before `umount2`).
-//! - [`FuseConn`]: the recorded mount's FUSE connection, held as a descriptor of its
-//!   `/sys/fs/fuse/connections/N` directory while the mount is proven present. The
+//! - [`FuseConn::open`]: the recorded mount's FUSE connection, held as a descriptor of
+//!   its `/sys/fs/fuse/connections/N` directory while the mount is proven present. The
 //!   directory of a connection that ended is removed, and a later connection that gets
 //!   the same number gets a new directory, so aborting through the descriptor can only
 //!   ever reach the recorded mount's connection.
 
-use super::{ensure_fusectl, read_mountinfo, MountEntry, FUSE_CONNECTIONS};
+use super::{ensure_fusectl, read_mountinfo, FUSE_CONNECTIONS};
+use crate::{ConnHandle, Exact, FuseConn, MountEntry, MountIdentity, Proof};
 use rustix::fs::{Mode, OFlags};
+use rustix::mount::UnmountFlags;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-
-/// What identifies one mount: its mount ID and device number, as in `/proc/self/mountinfo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MountIdentity {
-    /// The mount ID.
-    pub mount_id: u64,
-    /// Major device number of its file system.
-    pub major: u32,
-    /// Minor device number (for FUSE: the connection number).
-    pub minor: u32,
-    /// The unique mount ID (`STATX_MNT_ID_UNIQUE`), where the kernel has one.
-    pub unique: Option<u64>,
-}
 
 impl MountIdentity {
     /// The identity of `entry`, the topmost mount at `path` (its unique ID read through
@@ -57,28 +46,6 @@ impl MountIdentity {
             minor: entry.minor,
             unique,
         }
-    }
-
-    /// Whether `entry` has this mount's ID and device (it is this mount, or one that
-    /// took over both after it was gone: see [`prove`]).
-    pub fn matches(&self, entry: &MountEntry) -> bool {
-        entry.mount_id == self.mount_id && entry.major == self.major && entry.minor == self.minor
-    }
-
-    /// The entry of `table` at `path` with this mount's ID and device, if any (the mount
-    /// itself, or one that took over both: see [`prove`]). IDs and device numbers are
-    /// handed out lowest first, so the next FUSE mount anywhere commonly gets both of a
-    /// mount just gone: an entry elsewhere is never this mount.
-    pub fn find_at<'a>(&self, table: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-        table
-            .iter()
-            .find(|m| self.matches(m) && m.mount_point == path)
-    }
-
-    /// The name of its directory in `/sys/fs/fuse/connections`: the kernel's device
-    /// number (`major << 20 | minor`; for the usual anonymous FUSE device, the minor).
-    fn connection_name(&self) -> String {
-        ((u64::from(self.major) << 20) | u64::from(self.minor)).to_string()
     }
 }
 
@@ -105,6 +72,7 @@ fn open_path(path: &Path) -> rustix::io::Result<OwnedFd> {
 /// system for no attribute (`AT_STATX_DONT_SYNC`, and only `STATX_MNT_ID_UNIQUE`, which
 /// the VFS fills), so a hung FUSE daemon is never asked.
 fn unique_id_of(fd: &OwnedFd) -> Option<u64> {
+    // Through libc: rustix's `StatxFlags` has no `STATX_MNT_ID_UNIQUE` (Linux 6.8).
     // SAFETY: statx writes into the zeroed buffer we own; the path is a C string literal.
     let mut buf: libc::statx = unsafe { std::mem::zeroed() };
     let rc = unsafe {
@@ -117,18 +85,6 @@ fn unique_id_of(fd: &OwnedFd) -> Option<u64> {
         )
     };
     (rc == 0 && buf.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(buf.stx_mnt_id)
-}
-
-/// Whether the recorded mount is the one at a path, by [`prove`].
-#[derive(Debug)]
-pub enum Proof {
-    /// It is the topmost mount at the path; the descriptor (open on it) pins it.
-    Ours(OwnedFd),
-    /// It is gone (whatever is mounted at the path now is another mount).
-    Gone,
-    /// Its ID and device are in the table, but another mount lies on top of it at the
-    /// path, so it cannot be reached (or proven) through the path.
-    Covered,
 }
 
 /// Proves that the topmost mount at `path` is the mount `id`; see the module docs.
@@ -155,18 +111,6 @@ pub fn prove(path: &Path, id: &MountIdentity) -> io::Result<Proof> {
     Ok(Proof::Ours(fd))
 }
 
-/// What an exact detach or unmount did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exact {
-    /// The recorded mount was detached (or unmounted).
-    Done,
-    /// The recorded mount is gone: nothing to do.
-    Gone,
-    /// The recorded mount is there but another mount lies on top of it at its path:
-    /// nothing was done (detaching it would take the other one along).
-    Covered,
-}
-
 /// Detaches (`MNT_DETACH`) the mount `id` at `path` and nothing else; see the module
 /// docs.
 pub fn detach_exact(path: &Path, id: &MountIdentity) -> io::Result<Exact> {
@@ -175,9 +119,9 @@ pub fn detach_exact(path: &Path, id: &MountIdentity) -> io::Result<Exact> {
         Proof::Gone => return Ok(Exact::Gone),
         Proof::Covered => return Ok(Exact::Covered),
     };
-    nix::mount::umount2(
+    rustix::mount::unmount(
         format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
-        nix::mount::MntFlags::MNT_DETACH,
+        UnmountFlags::DETACH,
     )?;
     Ok(Exact::Done)
 }
@@ -191,21 +135,45 @@ pub fn unmount_exact(path: &Path, id: &MountIdentity) -> io::Result<Exact> {
         Proof::Gone => return Ok(Exact::Gone),
         Proof::Covered => return Ok(Exact::Covered),
     }
-    nix::mount::umount2(path, nix::mount::MntFlags::empty())?;
+    rustix::mount::unmount(path, UnmountFlags::empty())?;
     Ok(Exact::Done)
 }
 
-/// The FUSE connection of one recorded mount; see the module docs.
+/// A connection's `/sys/fs/fuse/connections/N` directory, held open.
 #[derive(Debug)]
-pub struct FuseConn {
-    name: String,
-    dir: OwnedFd,
+struct ConnDir(OwnedFd);
+
+impl ConnHandle for ConnDir {
+    fn exists(&self) -> bool {
+        rustix::fs::openat(
+            &self.0,
+            "waiting",
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .is_ok()
+    }
+
+    fn abort(&self) -> io::Result<bool> {
+        let fd = match rustix::fs::openat(
+            &self.0,
+            "abort",
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        std::fs::File::from(fd).write_all(b"1")?;
+        Ok(true)
+    }
 }
 
 impl FuseConn {
     /// The connection of the mount `id` at `path`, once that mount is proven there
-    /// ([`prove`]). `Ok(None)` when it is gone or covered, is not FUSE, or `fusectl`
-    /// cannot be mounted.
+    /// ([`prove`]), on Linux (what [`crate::LinuxMounts`] hands out). `Ok(None)` when it
+    /// is gone or covered, is not FUSE, or `fusectl` cannot be mounted.
     pub fn open(path: &Path, id: &MountIdentity) -> io::Result<Option<FuseConn>> {
         if !id
             .find_at(&read_mountinfo()?, path)
@@ -232,39 +200,6 @@ impl FuseConn {
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(Some(FuseConn { name, dir }))
-    }
-
-    /// The connection's number (its directory name).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Whether the connection still exists (its super block lives).
-    pub fn exists(&self) -> bool {
-        rustix::fs::openat(
-            &self.dir,
-            "waiting",
-            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .is_ok()
-    }
-
-    /// Aborts the connection: every pending and future request fails. `Ok(false)` when
-    /// it no longer exists.
-    pub fn abort(&self) -> io::Result<bool> {
-        let fd = match rustix::fs::openat(
-            &self.dir,
-            "abort",
-            OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        std::fs::File::from(fd).write_all(b"1")?;
-        Ok(true)
+        Ok(Some(FuseConn::new(name, Box::new(ConnDir(dir)))))
     }
 }
