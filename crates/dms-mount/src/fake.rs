@@ -27,7 +27,6 @@
 
 use crate::{
     mount_at, ConnHandle, Exact, FuseConn, MountEntry, MountIdentity, MountState, Mounts, Proof,
-    LATE_PROBE_TIMEOUT,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -56,7 +55,7 @@ pub enum MountCall {
     ReadTable,
     /// [`Mounts::identify`] of the mount with this ID.
     Identify(PathBuf, u64),
-    /// [`Mounts::probe`] of this path (also through [`Mounts::probe_all`]).
+    /// [`Mounts::probe`] of this path (also through [`crate::probe_all`]).
     Probe(PathBuf),
     /// [`Mounts::wait_for_mount`] at this path.
     WaitForMount(PathBuf),
@@ -463,32 +462,6 @@ impl Mounts for FakeMounts {
                 MountState::Stale
             }
         }
-    }
-
-    async fn probe_all(
-        &self,
-        paths: Vec<PathBuf>,
-        timeout: Duration,
-    ) -> HashMap<PathBuf, MountState> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut set = tokio::task::JoinSet::new();
-        let mut seen = HashSet::new();
-        for path in paths {
-            if !seen.insert(path.clone()) {
-                continue;
-            }
-            let me = self.clone();
-            set.spawn(async move {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let state = me.probe(&path, left.max(LATE_PROBE_TIMEOUT)).await;
-                (path, state)
-            });
-        }
-        let mut out = HashMap::new();
-        while let Some(Ok((path, state))) = set.join_next().await {
-            out.insert(path, state);
-        }
-        out
     }
 
     async fn wait_for_mount(&self, path: &Path, before: HashSet<u64>) -> io::Result<MountEntry> {

@@ -46,8 +46,8 @@ mod table;
 
 pub use conn::{ConnHandle, FuseConn};
 pub use linux::{
-    abort_connection, connection_exists, detach, detach_exact, mount_ids_at, probe, probe_all,
-    prove, read_mountinfo, unmount, unmount_exact, wait_for_mount, LinuxMounts, FUSE_CONNECTIONS,
+    abort_connection, connection_exists, detach, detach_exact, mount_ids_at, probe, prove,
+    read_mountinfo, unmount, unmount_exact, wait_for_mount, LinuxMounts, FUSE_CONNECTIONS,
     MOUNTINFO,
 };
 pub use table::{
@@ -60,13 +60,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a mount may take to answer `statfs` before it counts as stale.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How many mount probes of one listing run at a time ([`Mounts::probe_all`]).
+/// How many mount probes of one listing run at a time ([`probe_all`]).
 pub const PROBE_CONCURRENCY: usize = 32;
-/// The least time a probe started late in a [`Mounts::probe_all`] gets: a mount that
+/// The least time a probe started late in a [`probe_all`] gets: a mount that
 /// answers at all answers `statfs` well within it.
 pub const LATE_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -83,14 +84,7 @@ pub trait Mounts: fmt::Debug + Send + Sync {
     fn read_table(&self) -> io::Result<Vec<MountEntry>>;
 
     /// The mount IDs at `path` now (empty: nothing is mounted there).
-    fn mount_ids_at(&self, path: &Path) -> io::Result<HashSet<u64>> {
-        Ok(self
-            .read_table()?
-            .into_iter()
-            .filter(|m| m.mount_point == path)
-            .map(|m| m.mount_id)
-            .collect())
-    }
+    fn mount_ids_at(&self, path: &Path) -> io::Result<HashSet<u64>>;
 
     /// The identity of `entry`, the topmost mount at `path`, to record: its ID and
     /// device, and its unique ID where there is one (read through `path`, without a
@@ -103,16 +97,6 @@ pub trait Mounts: fmt::Debug + Send + Sync {
     /// gives no answer within `timeout`. Never takes much longer than `timeout`; a hung
     /// mount gets at most one probe in flight at a time.
     async fn probe(&self, path: &Path, timeout: Duration) -> MountState;
-
-    /// The states of the mount points `paths`, each distinct path probed once, under one
-    /// deadline `timeout` from now: the answer comes after about `timeout` however many
-    /// mounts hang ([`PROBE_CONCURRENCY`] probes at a time; one that starts after the
-    /// deadline still gets [`LATE_PROBE_TIMEOUT`]).
-    async fn probe_all(
-        &self,
-        paths: Vec<PathBuf>,
-        timeout: Duration,
-    ) -> HashMap<PathBuf, MountState>;
 
     /// Waits until a mount whose ID is not in `before` is the topmost at `path`, and
     /// returns it. No timer: it wakes on each change to the mount table. Never returns
@@ -141,4 +125,43 @@ pub trait Mounts: fmt::Debug + Send + Sync {
     /// reaches only that mount's connection. `Ok(None)` when the mount is gone or
     /// covered, is not FUSE, or its connection cannot be reached.
     fn fuse_conn(&self, path: &Path, id: &MountIdentity) -> io::Result<Option<FuseConn>>;
+}
+
+/// The states of the mount points `paths` through `mounts`, probed concurrently
+/// ([`PROBE_CONCURRENCY`] at a time) under one deadline, `timeout` from now: however many
+/// of them hang, the answer comes after about `timeout` (with more than
+/// [`PROBE_CONCURRENCY`] hung mounts, a probe that starts after the deadline still gets
+/// [`LATE_PROBE_TIMEOUT`]). Each distinct path is probed once. A policy over
+/// [`Mounts::probe`], the same for every implementation.
+pub async fn probe_all(
+    mounts: Arc<dyn Mounts>,
+    paths: impl IntoIterator<Item = PathBuf>,
+    timeout: Duration,
+) -> HashMap<PathBuf, MountState> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROBE_CONCURRENCY));
+    let mut set = tokio::task::JoinSet::new();
+    let mut seen = HashSet::new();
+    for path in paths {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let (slots, mounts) = (slots.clone(), mounts.clone());
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let state = mounts.probe(&path, left.max(LATE_PROBE_TIMEOUT)).await;
+            (path, state)
+        });
+    }
+    let mut out = HashMap::with_capacity(seen.len());
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((path, state)) => {
+                out.insert(path, state);
+            }
+            Err(e) => tracing::warn!(error = %e, "a mount probe task failed"),
+        }
+    }
+    out
 }

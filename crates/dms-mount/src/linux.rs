@@ -22,18 +22,18 @@ pub use own::{detach_exact, prove, unmount_exact};
 
 use crate::{
     mount_at, parse_mountinfo, Exact, FuseConn, MountEntry, MountIdentity, MountState, Mounts,
-    Proof, LATE_PROBE_TIMEOUT, PROBE_CONCURRENCY,
+    Proof,
 };
 use async_trait::async_trait;
 use probe::{statfs_with_timeout, Answer};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::mount::UnmountFlags;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -63,14 +63,6 @@ impl Mounts for LinuxMounts {
 
     async fn probe(&self, path: &Path, timeout: Duration) -> MountState {
         probe(path, timeout).await
-    }
-
-    async fn probe_all(
-        &self,
-        paths: Vec<PathBuf>,
-        timeout: Duration,
-    ) -> HashMap<PathBuf, MountState> {
-        probe_all(paths, timeout).await
     }
 
     async fn wait_for_mount(&self, path: &Path, before: HashSet<u64>) -> io::Result<MountEntry> {
@@ -124,43 +116,6 @@ pub async fn probe(path: &Path, timeout: Duration) -> MountState {
             MountState::Stale
         }
     }
-}
-
-/// The states of the mount points `paths`, probed concurrently ([`PROBE_CONCURRENCY`]
-/// at a time) under one deadline, `timeout` from now: however many of them hang, the
-/// answer comes after about `timeout` (with more than [`PROBE_CONCURRENCY`] hung mounts,
-/// a probe that starts after the deadline still gets [`LATE_PROBE_TIMEOUT`]). Each
-/// distinct path is probed once.
-pub async fn probe_all(
-    paths: impl IntoIterator<Item = PathBuf>,
-    timeout: Duration,
-) -> HashMap<PathBuf, MountState> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PROBE_CONCURRENCY));
-    let mut set = tokio::task::JoinSet::new();
-    let mut seen = HashSet::new();
-    for path in paths {
-        if !seen.insert(path.clone()) {
-            continue;
-        }
-        let slots = slots.clone();
-        set.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let state = probe(&path, left.max(LATE_PROBE_TIMEOUT)).await;
-            (path, state)
-        });
-    }
-    let mut out = HashMap::with_capacity(seen.len());
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((path, state)) => {
-                out.insert(path, state);
-            }
-            Err(e) => tracing::warn!(error = %e, "a mount probe task failed"),
-        }
-    }
-    out
 }
 
 /// Waits until a mount whose ID is not in `before` appears at `path`, and returns it.

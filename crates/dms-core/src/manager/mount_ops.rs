@@ -159,7 +159,7 @@ impl Inner {
 
     /// Every recorded mount, by target, with its state: one read of the registry for a
     /// whole listing, and the mounts that need a probe probed concurrently under one
-    /// deadline ([`Mounts::probe_all`]), so a listing answers within about one probe
+    /// deadline ([`crate::mount::probe_all`]), so a listing answers within about one probe
     /// limit however many mounts hang. Nothing is probed when nothing is recorded.
     pub(super) async fn listed_mounts(&self) -> ListedMounts {
         let records: HashMap<String, MountRecord> = self.registry().list().into_iter().collect();
@@ -176,13 +176,12 @@ impl Inner {
                 None => to_probe.push((target.clone(), record.path.clone())),
             }
         }
-        let probed = self
-            .mounts()
-            .probe_all(
-                to_probe.iter().map(|(_, p)| p.clone()).collect(),
-                PROBE_TIMEOUT,
-            )
-            .await;
+        let probed = crate::mount::probe_all(
+            self.opts.mounts.clone(),
+            to_probe.iter().map(|(_, p)| p.clone()),
+            PROBE_TIMEOUT,
+        )
+        .await;
         for (target, path) in to_probe {
             if let Some(s) = probed.get(&path) {
                 states.insert(target, *s);
