@@ -167,7 +167,13 @@ pub async fn list_sorted(store: &dyn PidStore) -> Result<Vec<Entry>> {
     let collect = async {
         let mut all = Vec::new();
         while let Some(batch) = rx.recv().await {
-            all.extend(batch);
+            // The first batch is kept as it is: a store that sends one batch (memory)
+            // costs no copy of its entries.
+            if all.is_empty() {
+                all = batch;
+            } else {
+                all.extend(batch);
+            }
         }
         all
     };
