@@ -200,7 +200,9 @@ if [[ " ${SIZES[*]} " == *" 10000 "* ]]; then
     done
     for f in "Rust floor:$FLOOR $WORK/run/s3" "C floor:$CFLOOR $WORK/run/s3"; do
         name=${f%%:*} pat=${f#*:}
-        printf 'dms / %-10s min %s  median %s  max %s\n' "$name" \
+        # Each ratio divides one statistic by the same statistic of the other side (the
+        # maxima too), so the last can be below the median's.
+        printf 'dms / %-10s of the mins %s  of the medians %s  of the maxima %s\n' "$name" \
             "$(ratio "$(status_col "$DMS --run-dir" 10000 7)" "$(status_col "$pat" 10000 7)")" \
             "$(ratio "$(status_col "$DMS --run-dir" 10000 4)" "$(status_col "$pat" 10000 4)")" \
             "$(ratio "$(status_col "$DMS --run-dir" 10000 8)" "$(status_col "$pat" 10000 8)")"
