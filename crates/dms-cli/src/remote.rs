@@ -14,6 +14,7 @@ use crate::client::Client;
 use crate::output;
 use crate::run::{detail_of, kill_exit, status_exit, stdout_error, CliError, Out, PreparedSpawn};
 use dms_core::{CleanupReport, KillReport, ProcessInfo, Stats};
+use dms_server::supervise::ReloadReport;
 use hyper::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
@@ -257,7 +258,8 @@ pub async fn adopt(c: &mut Client, a: AdoptArgs, out: &Out) -> Result<u8, CliErr
 /// `reload` through the daemon.
 pub async fn reload(c: &mut Client, out: &Out) -> Result<u8, CliError> {
     let v = c.json(Method::POST, "/v1/reload", None).await?;
-    out.print(&v, reload_line)?;
+    let report: ReloadReport = typed(&v, "a reload report")?;
+    out.print_doc(&v, &report, reload_line)?;
     Ok(0)
 }
 
@@ -296,43 +298,38 @@ pub async fn events(c: &mut Client, a: EventsArgs, out: &Out) -> Result<u8, CliE
 
 /// The one line of `reload`: `reloaded: started a, b; stopped c; restarted -; 3 unchanged`,
 /// then one line per bad file.
-fn reload_line(v: &Value) -> String {
-    let names = |key: &str| {
-        let list: Vec<&str> = v
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+fn reload_line(r: &ReloadReport) -> String {
+    let names = |list: &[dms_store::TargetId]| {
         if list.is_empty() {
             "-".to_owned()
         } else {
-            list.join(", ")
+            list.iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     let mut text = format!(
         "reloaded: started {}; stopped {}; restarted {}; {} unchanged",
-        names("started"),
-        names("stopped"),
-        names("restarted"),
-        v.get("unchanged").and_then(Value::as_u64).unwrap_or(0)
+        names(&r.started),
+        names(&r.stopped),
+        names(&r.restarted),
+        r.unchanged
     );
-    for e in v
-        .get("errors")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-        let line = e
-            .get("line")
-            .and_then(Value::as_u64)
-            .map_or_else(String::new, |l| format!(":{l}"));
-        text.push_str(&format!("\nskipped {}{line}: {}", s("file"), s("message")));
+    for e in &r.errors {
+        let line = e.line.map_or_else(String::new, |l| format!(":{l}"));
+        text.push_str(&format!(
+            "\nskipped {}{line}: {}",
+            e.file.display(),
+            e.message
+        ));
     }
     text
 }
 
-/// One event as a line of text: `TIME #SEQ KIND TARGET PID N key=value...`.
+/// One event as a line of text: `TIME #SEQ KIND TARGET PID N key=value...`. Every key
+/// of the event is shown, so this reads the document by key (the keys differ per kind
+/// and grow with the daemon) rather than as a type.
 fn event_line(v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
     let mut line = format!(
@@ -381,8 +378,9 @@ mod tests {
         let v = json!({"started": ["a", "b"], "stopped": [], "restarted": ["c"],
                        "unchanged": 3, "errors": [{"file": "/d/x.toml", "line": 2,
                        "message": "expected `=`"}]});
+        let report: ReloadReport = typed(&v, "a reload report").unwrap();
         assert_eq!(
-            reload_line(&v),
+            reload_line(&report),
             "reloaded: started a, b; stopped -; restarted c; 3 unchanged\n\
              skipped /d/x.toml:2: expected `=`"
         );

@@ -31,7 +31,7 @@ struct DeclaredFile {
 }
 
 /// A problem with one file of the targets directory.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileError {
     /// The file.
     pub file: PathBuf,
@@ -41,8 +41,8 @@ pub struct FileError {
     pub message: String,
 }
 
-/// The answer of a reload.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// The answer of a reload (read back by the command line, which renders it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReloadReport {
     /// Declared targets started.
     pub started: Vec<TargetId>,
