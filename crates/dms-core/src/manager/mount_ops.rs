@@ -122,6 +122,14 @@ impl Inner {
         &*self.opts.mounts
     }
 
+    /// Whether nothing at all is mounted at `path` now (false when the mount table
+    /// cannot be read): what a record without a mount identity can be forgotten on.
+    pub(super) fn nothing_mounted_at(&self, path: &Path) -> bool {
+        self.mounts()
+            .mount_ids_at(path)
+            .is_ok_and(|ids| ids.is_empty())
+    }
+
     pub(super) fn registry(&self) -> MountRegistry {
         MountRegistry::new(&self.opts.run_dir)
     }
@@ -290,11 +298,7 @@ impl Inner {
     ) {
         let path = m.record.path.clone();
         let Some(id) = m.record.identity else {
-            if self
-                .mounts()
-                .mount_ids_at(&path)
-                .is_ok_and(|ids| ids.is_empty())
-            {
+            if self.nothing_mounted_at(&path) {
                 self.forget_mount_record(target);
             } else {
                 warn!(target = %target, mount = %path.display(),
@@ -349,10 +353,7 @@ impl Inner {
         };
         let gone = match &record.identity {
             Some(id) => matches!(self.mounts().prove(&record.path, id), Ok(Proof::Gone)),
-            None => self
-                .mounts()
-                .mount_ids_at(&record.path)
-                .is_ok_and(|ids| ids.is_empty()),
+            None => self.nothing_mounted_at(&record.path),
         };
         if gone {
             self.forget_mount_record(target);

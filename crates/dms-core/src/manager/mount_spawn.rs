@@ -403,11 +403,7 @@ impl Inner {
         if let Err(e) = self.store.remove(target).await {
             warn!(target = %target, error = %crate::Report::new(&e), "cannot remove the record of a helper that did not mount; cleanup will");
         }
-        if self
-            .mounts()
-            .mount_ids_at(&prepared.path)
-            .is_ok_and(|ids| ids.is_empty())
-        {
+        if self.nothing_mounted_at(&prepared.path) {
             let _ = self.registry().remove(target.as_str());
         }
     }
