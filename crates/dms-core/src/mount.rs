@@ -29,9 +29,9 @@ mod registry;
 pub use dms_mount::fake::{self, FakeMounts};
 pub use dms_mount::{
     abort_connection, connection_exists, detach, detach_exact, fuse_mounts_under, mount_at,
-    mount_ids_at, parse_mountinfo, probe, probe_all, prove, read_mountinfo, unmount, unmount_exact,
-    wait_for_mount, ConnHandle, Exact, FuseConn, LinuxMounts, MountEntry, MountIdentity,
-    MountState, Mounts, Proof, FUSE_CONNECTIONS, LATE_PROBE_TIMEOUT, MOUNTINFO, PROBE_CONCURRENCY,
-    PROBE_TIMEOUT,
+    mount_ids_at, mount_ids_in, parse_mountinfo, probe, probe_all, prove, read_mountinfo, unmount,
+    unmount_exact, wait_for_mount, ConnHandle, Exact, FuseConn, LinuxMounts, MountEntry,
+    MountIdentity, MountState, Mounts, Proof, FUSE_CONNECTIONS, LATE_PROBE_TIMEOUT, MOUNTINFO,
+    PROBE_CONCURRENCY, PROBE_TIMEOUT,
 };
 pub use registry::{MountRecord, MountRegistry, MAX_RECORD};

@@ -26,7 +26,8 @@
 //! paused time.
 
 use crate::{
-    mount_at, ConnHandle, Exact, FuseConn, MountEntry, MountIdentity, MountState, Mounts, Proof,
+    mount_at, mount_ids_in, ConnHandle, Exact, FuseConn, MountEntry, MountIdentity, MountState,
+    Mounts, Proof,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -420,12 +421,7 @@ impl Mounts for FakeMounts {
     }
 
     fn mount_ids_at(&self, path: &Path) -> io::Result<HashSet<u64>> {
-        Ok(self
-            .read_table()?
-            .into_iter()
-            .filter(|m| m.mount_point == path)
-            .map(|m| m.mount_id)
-            .collect())
+        Ok(mount_ids_in(&self.read_table()?, path))
     }
 
     fn identify(&self, entry: &MountEntry, path: &Path) -> MountIdentity {

@@ -51,8 +51,8 @@ pub use linux::{
     MOUNTINFO,
 };
 pub use table::{
-    fuse_mounts_under, mount_at, parse_mountinfo, Exact, MountEntry, MountIdentity, MountState,
-    Proof,
+    fuse_mounts_under, mount_at, mount_ids_in, parse_mountinfo, Exact, MountEntry, MountIdentity,
+    MountState, Proof,
 };
 
 use async_trait::async_trait;

@@ -21,8 +21,8 @@ mod probe;
 pub use own::{detach_exact, prove, unmount_exact};
 
 use crate::{
-    mount_at, parse_mountinfo, Exact, FuseConn, MountEntry, MountIdentity, MountState, Mounts,
-    Proof,
+    mount_at, mount_ids_in, parse_mountinfo, Exact, FuseConn, MountEntry, MountIdentity,
+    MountState, Mounts, Proof,
 };
 use async_trait::async_trait;
 use probe::{statfs_with_timeout, Answer};
@@ -170,11 +170,7 @@ fn watch_mountinfo(path: &Path, before: &HashSet<u64>, cancel: &OwnedFd) -> io::
 
 /// The mount IDs at `path` now.
 pub fn mount_ids_at(path: &Path) -> io::Result<HashSet<u64>> {
-    Ok(read_mountinfo()?
-        .into_iter()
-        .filter(|m| m.mount_point == path)
-        .map(|m| m.mount_id)
-        .collect())
+    Ok(mount_ids_in(&read_mountinfo()?, path))
 }
 
 /// `umount2(path, 0)`: a clean unmount.

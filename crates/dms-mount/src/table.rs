@@ -3,6 +3,7 @@
 //! call here.
 
 use serde::Serialize;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
@@ -103,6 +104,16 @@ pub fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
 /// The topmost mount whose mount point is exactly `path`.
 pub fn mount_at<'a>(table: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
     table.iter().rev().find(|m| m.mount_point == path)
+}
+
+/// The IDs of every mount whose mount point is exactly `path` (empty: nothing is
+/// mounted there).
+pub fn mount_ids_in(table: &[MountEntry], path: &Path) -> HashSet<u64> {
+    table
+        .iter()
+        .filter(|m| m.mount_point == path)
+        .map(|m| m.mount_id)
+        .collect()
 }
 
 /// The FUSE mounts at `path` or below it, deepest (and latest) first, so that
